@@ -1,0 +1,157 @@
+//! The functions' HTTP faces: thin handlers that turn an [`HttpCall`] into a pattern call and the
+//! pattern's answer (or error) into an [`HttpReply`]. No envelope handling here (that is
+//! `protocol`) and no caching logic (that is `patterns`).
+
+mod cache_aside;
+mod health;
+mod input;
+mod write_through;
+
+use crate::app::App;
+use crate::patterns::{ReadError, WriteError};
+use crate::protocol::{HttpCall, HttpReply, InvocationLog};
+use crate::store::StoreError;
+
+/// The HTTP functions this handler serves. Names are the function folder names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFunction {
+    /// `CacheAside`: `api/cache-aside/{key?}`.
+    CacheAside,
+    /// `WriteThrough`: `api/write-through/{key?}`.
+    WriteThrough,
+    /// `Health`: `api/health`.
+    Health,
+}
+
+impl HttpFunction {
+    /// Every HTTP function.
+    pub const ALL: [Self; 3] = [Self::CacheAside, Self::WriteThrough, Self::Health];
+
+    /// The function (folder) name, as the host posts it in payload mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CacheAside => "CacheAside",
+            Self::WriteThrough => "WriteThrough",
+            Self::Health => "Health",
+        }
+    }
+
+    /// The route without `{key?}` and without the `api/` prefix.
+    pub fn route_base(self) -> &'static str {
+        match self {
+            Self::CacheAside => "cache-aside",
+            Self::WriteThrough => "write-through",
+            Self::Health => "health",
+        }
+    }
+
+    /// Whether the route takes a `{key}`.
+    pub fn takes_key(self) -> bool {
+        !matches!(self, Self::Health)
+    }
+
+    /// Allowed methods, upper-case.
+    pub fn methods(self) -> &'static [&'static str] {
+        match self {
+            Self::CacheAside => &["GET", "POST"],
+            Self::WriteThrough => &["PUT", "POST", "DELETE"],
+            Self::Health => &["GET"],
+        }
+    }
+
+    /// The name of the trigger binding in `function.json`.
+    pub fn trigger_binding(self) -> &'static str {
+        "req"
+    }
+
+    /// The name of the HTTP output binding in `function.json`.
+    pub fn output_binding(self) -> &'static str {
+        "res"
+    }
+
+    /// The function called `name` (case-insensitive), if it is an HTTP function.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The function whose route `path` (after `/api/`) matches, with the raw (undecoded) key part.
+    pub fn by_route(path: &str) -> Option<(Self, Option<&str>)> {
+        Self::ALL.into_iter().find_map(|f| {
+            let base = f.route_base();
+            let rest = path.strip_prefix(base).or_else(|| {
+                // Routes are case-insensitive on the host.
+                (path.len() >= base.len()
+                    && path.is_char_boundary(base.len())
+                    && path[..base.len()].eq_ignore_ascii_case(base))
+                .then(|| &path[base.len()..])
+            })?;
+            match rest {
+                "" | "/" => Some((f, None)),
+                _ if f.takes_key() => {
+                    rest.strip_prefix('/').map(|k| (f, Some(k.trim_end_matches('/')).filter(|k| !k.is_empty())))
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// Runs `function` for `call`.
+pub async fn dispatch(app: &App, function: HttpFunction, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
+    if !function.methods().contains(&call.method.as_str()) {
+        return HttpReply::error(
+            405,
+            "method_not_allowed",
+            format!("{} accepts {}, not {}", function.name(), function.methods().join(", "), call.method),
+        )
+        .with_header("Allow", function.methods().join(", "));
+    }
+    match function {
+        HttpFunction::CacheAside => cache_aside::handle(app, call, log).await,
+        HttpFunction::WriteThrough => write_through::handle(app, call, log).await,
+        HttpFunction::Health => health::handle(app, log).await,
+    }
+}
+
+/// The answer for a store failure: `503` with `Retry-After` for transient ones.
+pub(crate) fn store_failure(error: &StoreError, log: &mut InvocationLog) -> HttpReply {
+    log.warn(format!("store failure: {error}"));
+    match error {
+        StoreError::Unavailable { retry_after, .. } => {
+            let seconds = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(5).max(1);
+            HttpReply::error(503, "store_unavailable", error.to_string())
+                .with_header("Retry-After", seconds.to_string())
+        }
+        StoreError::Rejected(_) => HttpReply::error(500, "store_error", error.to_string()),
+    }
+}
+
+pub(crate) fn read_failure(error: &ReadError, log: &mut InvocationLog) -> HttpReply {
+    match error {
+        ReadError::Store(e) => store_failure(e, log),
+    }
+}
+
+pub(crate) fn write_failure(error: &WriteError, log: &mut InvocationLog) -> HttpReply {
+    match error {
+        WriteError::Store(e) => store_failure(e, log),
+        WriteError::Contended => HttpReply::error(503, "contended", error.to_string()).with_header("Retry-After", "1"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(HttpFunction::by_route("cache-aside/abc"), Some((HttpFunction::CacheAside, Some("abc"))));
+        assert_eq!(HttpFunction::by_route("Cache-Aside/a%2Fb/"), Some((HttpFunction::CacheAside, Some("a%2Fb"))));
+        assert_eq!(HttpFunction::by_route("cache-aside"), Some((HttpFunction::CacheAside, None)));
+        assert_eq!(HttpFunction::by_route("write-through/x/y"), Some((HttpFunction::WriteThrough, Some("x/y"))));
+        assert_eq!(HttpFunction::by_route("health"), Some((HttpFunction::Health, None)));
+        assert_eq!(HttpFunction::by_route("health/x"), None);
+        assert_eq!(HttpFunction::by_route("cache-asidex"), None);
+        assert_eq!(HttpFunction::by_name("cacheaside"), Some(HttpFunction::CacheAside));
+    }
+}

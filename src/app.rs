@@ -1,0 +1,51 @@
+//! The application: settings plus the wired-up patterns, shared by every request.
+
+use std::sync::Arc;
+
+use crate::cache::{CacheError, RedisCache};
+use crate::patterns::{CachePolicy, Patterns};
+use crate::settings::{Settings, StoreSettings};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The store could not be opened.
+    #[error("cannot open the backing store: {0}")]
+    Store(#[from] StoreError),
+    /// The Redis client could not be prepared.
+    #[error("cannot prepare the Redis cache: {0}")]
+    Cache(#[from] CacheError),
+}
+
+/// Shared state of the handler. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    /// The caching patterns.
+    pub patterns: Patterns,
+    /// The settings the service started with.
+    pub settings: Arc<Settings>,
+}
+
+impl App {
+    /// Wires an app from parts (tests use this to put a store of their choice behind the patterns).
+    pub fn new(settings: Settings, cache: RedisCache, store: Arc<dyn Store>) -> Self {
+        let policy = CachePolicy::from_settings(&settings);
+        Self { patterns: Patterns::new(cache, store, policy), settings: Arc::new(settings) }
+    }
+
+    /// Opens the store and prepares the cache the settings describe.
+    pub async fn from_settings(settings: Settings) -> Result<Self, StartupError> {
+        let store: Arc<dyn Store> = match &settings.store {
+            StoreSettings::Sqlite { path } => {
+                let store = SqliteStore::open(path)?;
+                tracing::info!(path = %path.display(), "backing store: embedded SQLite");
+                Arc::new(store)
+            }
+        };
+        let cache = RedisCache::new(&settings.redis, &settings.instance_name)?;
+        tracing::info!(redis = cache.describe(), prefix = %settings.instance_name, "cache: Redis");
+        Ok(Self::new(settings, cache, store))
+    }
+}

@@ -1,0 +1,237 @@
+//! Cache-Aside: read the cache; on a miss, load from the store and cache what was found.
+//!
+//! * A fresh hit is one `HMGET` and no store call (DESIGN.md invariant 5).
+//! * Misses of one key in this process share one store read ([`super::single_flight`]); across
+//!   processes a short Redis lock, taken in the same round trip that re-checks the cache, keeps it
+//!   to about one (invariant 6).
+//! * Absent keys are cached as negative entries for `NegativeCacheTtlSeconds`.
+//! * Redis down: the store answers and the result says `Bypass`. Store down: a stale value within
+//!   `FailSafeMaxStaleSeconds` is served and marked `Stale`, and the store is not retried for the
+//!   fail-safe throttle (invariant 7).
+//! * Values are cached with the version they were stored with, through the cache's
+//!   "never older" write, so a slow load can never overwrite a newer write.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Patterns, random_u64};
+use crate::cache::{CacheEntry, EntryWrite, Gate};
+use crate::key::Key;
+use crate::store::StoreError;
+use crate::version::now_millis;
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A fresh cache entry.
+    Cache,
+    /// The backing store.
+    Store,
+    /// A stale cache entry, served because the store is failing.
+    Stale,
+}
+
+impl Source {
+    /// The name used in responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Store => "store",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// What the cache did for a read (`x-cache` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from a fresh entry.
+    Hit,
+    /// Loaded from the store and cached.
+    Miss,
+    /// Served from a stale entry (fail-safe).
+    Stale,
+    /// Redis was unavailable; the store answered directly.
+    Bypass,
+}
+
+impl CacheStatus {
+    /// The name used in the `x-cache` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Stale => "stale",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    /// The value, or `None` when the key does not exist.
+    pub value: Option<Value>,
+    /// Version of the value (of the delete, for a deleted key; 0 if never written).
+    pub version: u64,
+    /// Where it came from.
+    pub source: Source,
+    /// What the cache did.
+    pub cache: CacheStatus,
+    /// When the entry was cached (ms since the epoch), if it came from the cache.
+    pub cached_at_ms: Option<u64>,
+    /// When the cached entry turns stale (ms since the epoch), if it came from or went to the cache.
+    pub fresh_until_ms: Option<u64>,
+}
+
+impl Lookup {
+    pub(crate) fn from_entry(entry: &CacheEntry) -> Self {
+        let stale = entry.fail_safe;
+        Self {
+            value: entry.value.clone(),
+            version: entry.version,
+            source: if stale { Source::Stale } else { Source::Cache },
+            cache: if stale { CacheStatus::Stale } else { CacheStatus::Hit },
+            cached_at_ms: Some(entry.written_at_ms),
+            fresh_until_ms: Some(entry.fresh_until_ms),
+        }
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The store failed and no usable stale value was cached.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Patterns {
+    /// Cache-Aside read of `key`.
+    pub async fn cache_aside_get(&self, key: &Key) -> Result<Lookup, ReadError> {
+        match self.cache.get(key.as_str()).await {
+            Ok(Some(entry)) if entry.is_fresh(now_millis()) => Ok(Lookup::from_entry(&entry)),
+            Ok(stale) => self.load(key, stale).await,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "cache unavailable; reading the store directly");
+                self.load_bypassing_cache(key).await
+            }
+        }
+    }
+
+    /// Loads `key` after a miss: one load per key in this process, gated across processes.
+    /// `stale` is the logically expired entry, if there was one (fail-safe material).
+    pub(crate) async fn load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
+        self.loads.run(key.as_str(), || self.gated_load(key, stale)).await
+    }
+
+    async fn gated_load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
+        let token = format!("{:016x}{:08x}", random_u64(), std::process::id());
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.cache.load_gate(key.as_str(), &token, self.policy.lock_ttl).await {
+                Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(&entry)),
+                Ok(Gate::Acquired) => {
+                    let result = self.load_from_store(key, stale, true).await;
+                    if let Err(e) = self.cache.unlock(key.as_str(), &token).await {
+                        tracing::debug!(key = %key, error = %e, "could not release the load lock; it expires by itself");
+                    }
+                    return result;
+                }
+                Ok(Gate::Busy) if started.elapsed() < self.policy.lock_wait => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Ok(Gate::Busy) => {
+                    tracing::debug!(key = %key, "another process is still loading; reading the store too");
+                    return self.load_from_store(key, stale, true).await;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "cache unavailable during a load; reading the store directly");
+                    return self.load_from_store(key, stale, false).await.map(bypassed);
+                }
+            }
+        }
+    }
+
+    async fn load_bypassing_cache(&self, key: &Key) -> Result<Lookup, ReadError> {
+        self.loads.run(key.as_str(), || async { self.load_from_store(key, None, false).await.map(bypassed) }).await
+    }
+
+    /// Reads the store and, when `cache_it`, caches what it found. On a store failure, serves
+    /// `stale` if it is still within the fail-safe window.
+    pub(crate) async fn load_from_store(
+        &self,
+        key: &Key,
+        stale: Option<CacheEntry>,
+        cache_it: bool,
+    ) -> Result<Lookup, ReadError> {
+        match self.with_store_timeout("reading the store", self.store.get(key.as_str())).await {
+            Ok(record) => {
+                let (value, version) = match record {
+                    Some(record) => (record.value, record.version),
+                    None => (None, 0),
+                };
+                let entry = match &value {
+                    Some(v) => self.policy.value_entry(v.clone(), version),
+                    None => self.policy.negative_entry(version),
+                };
+                if cache_it {
+                    self.cache_quietly(key, &entry).await;
+                }
+                Ok(Lookup {
+                    value,
+                    version,
+                    source: Source::Store,
+                    cache: CacheStatus::Miss,
+                    cached_at_ms: None,
+                    fresh_until_ms: cache_it.then_some(entry.fresh_until_ms),
+                })
+            }
+            Err(e) => match stale.filter(|s| now_millis() < s.stale_until_ms) {
+                Some(stale) if cache_it => {
+                    tracing::warn!(key = %key, error = %e, version = stale.version, "store failed; serving the stale cached value (fail-safe)");
+                    let now = now_millis();
+                    let throttled = EntryWrite {
+                        value: stale.value.clone(),
+                        version: stale.version,
+                        written_at_ms: stale.written_at_ms,
+                        fresh_until_ms: (now + self.policy.fail_safe_throttle.as_millis() as u64)
+                            .min(stale.stale_until_ms),
+                        stale_until_ms: stale.stale_until_ms,
+                        fail_safe: true,
+                    };
+                    self.cache_quietly(key, &throttled).await;
+                    let mut lookup = Lookup::from_entry(&stale);
+                    lookup.source = Source::Stale;
+                    lookup.cache = CacheStatus::Stale;
+                    Ok(lookup)
+                }
+                _ => Err(ReadError::Store(e)),
+            },
+        }
+    }
+
+    /// Writes a cache entry; a failure is logged, never returned (the store already answered).
+    pub(crate) async fn cache_quietly(&self, key: &Key, entry: &EntryWrite) -> bool {
+        match self.cache.put(key.as_str(), entry).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::debug!(key = %key, version = entry.version, "cache holds a newer version; kept it");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "could not update the cache");
+                false
+            }
+        }
+    }
+}
+
+fn bypassed(mut lookup: Lookup) -> Lookup {
+    lookup.cache = CacheStatus::Bypass;
+    lookup.fresh_until_ms = None;
+    lookup
+}

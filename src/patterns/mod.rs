@@ -1,0 +1,149 @@
+//! The caching patterns, free of HTTP and of the host's envelopes.
+//!
+//! [`Patterns`] holds what every pattern shares (the cache, the store, the version clock and the
+//! cache policy); each pattern lives in its own module as methods on it:
+//! [`cache_aside`] (get-or-load) and [`write_through`] (store first, then cache).
+
+pub mod cache_aside;
+pub mod single_flight;
+pub mod write_through;
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cache::{EntryWrite, RedisCache};
+use crate::settings::Settings;
+use crate::store::{Store, StoreError};
+use crate::version::{HybridClock, now_millis};
+
+pub use cache_aside::{CacheStatus, Lookup, ReadError, Source};
+pub use write_through::{WriteError, Written};
+
+/// Lifetimes and limits that shape every cache write.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    /// Logical TTL of a value.
+    pub ttl: Duration,
+    /// Up to this percentage is added to each TTL at random.
+    pub jitter_percent: u32,
+    /// TTL of "this key does not exist".
+    pub negative_ttl: Duration,
+    /// How long past its TTL a value may be served while the store fails.
+    pub fail_safe_max_stale: Duration,
+    /// After the store failed and a stale value was served, how long before the store is tried again.
+    pub fail_safe_throttle: Duration,
+    /// Longest a store call may take before it counts as failed.
+    pub store_timeout: Duration,
+    /// Lifetime of the cross-process load lock.
+    pub lock_ttl: Duration,
+    /// How long a miss waits for another process's load before loading itself.
+    pub lock_wait: Duration,
+}
+
+impl CachePolicy {
+    /// The policy the settings describe.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            ttl: settings.cache_ttl,
+            jitter_percent: settings.ttl_jitter_percent,
+            negative_ttl: settings.negative_ttl,
+            fail_safe_max_stale: settings.fail_safe_max_stale,
+            fail_safe_throttle: settings.cache_ttl.min(Duration::from_secs(30)),
+            store_timeout: Duration::from_secs(10),
+            lock_ttl: Duration::from_secs(5),
+            lock_wait: Duration::from_millis(1500),
+        }
+    }
+
+    /// A cache write of `value` at `version`, with a jittered TTL and the fail-safe window.
+    pub fn value_entry(&self, value: Value, version: u64) -> EntryWrite {
+        let now = now_millis();
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let jitter_ms = ttl_ms * u64::from(self.jitter_percent) / 100;
+        let fresh_until_ms = now + ttl_ms + if jitter_ms > 0 { random_u64() % (jitter_ms + 1) } else { 0 };
+        EntryWrite {
+            value: Some(value),
+            version,
+            written_at_ms: now,
+            fresh_until_ms,
+            stale_until_ms: fresh_until_ms + self.fail_safe_max_stale.as_millis() as u64,
+            fail_safe: false,
+        }
+    }
+
+    /// A cache write recording that the key does not exist (as of `version`, 0 if never written).
+    /// It is kept a few seconds past its TTL so that a slow reader holding an older value cannot
+    /// re-cache it right after a delete.
+    pub fn negative_entry(&self, version: u64) -> EntryWrite {
+        let now = now_millis();
+        let fresh_until_ms = now + self.negative_ttl.as_millis() as u64;
+        EntryWrite {
+            value: None,
+            version,
+            written_at_ms: now,
+            fresh_until_ms,
+            stale_until_ms: fresh_until_ms + 5_000,
+            fail_safe: false,
+        }
+    }
+}
+
+/// Everything the patterns share. Cheap to clone.
+#[derive(Clone)]
+pub struct Patterns {
+    pub(crate) cache: RedisCache,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<HybridClock>,
+    pub(crate) policy: Arc<CachePolicy>,
+    pub(crate) loads: Arc<single_flight::SingleFlight<Result<Lookup, ReadError>>>,
+}
+
+impl Patterns {
+    /// Wires the patterns to a cache and a store.
+    pub fn new(cache: RedisCache, store: Arc<dyn Store>, policy: CachePolicy) -> Self {
+        Self { cache, store, clock: Arc::new(HybridClock::new()), policy: Arc::new(policy), loads: Arc::default() }
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &RedisCache {
+        &self.cache
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &CachePolicy {
+        &self.policy
+    }
+
+    /// The version clock.
+    pub fn clock(&self) -> &HybridClock {
+        &self.clock
+    }
+
+    /// Runs a store call under the policy's timeout; a timeout is an `Unavailable` error.
+    pub(crate) async fn with_store_timeout<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.policy.store_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::unavailable(format!("{what} took longer than {:?}", self.policy.store_timeout))),
+        }
+    }
+}
+
+/// A random number from the standard library's per-process random hashing keys (no extra crate;
+/// good enough for TTL jitter and lock tokens, not for cryptography).
+pub(crate) fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(crate::version::now_micros());
+    hasher.finish()
+}

@@ -1,0 +1,67 @@
+//! Write-Through: the store first, then the cache.
+//!
+//! A write gets the next version from the hybrid clock and is applied to the store, versioned. Only
+//! after the store accepted it is the cache updated (a delete caches a versioned "absent"), through
+//! the "never older" cache write, so racing readers and writers cannot leave an older value behind
+//! (DESIGN.md invariants 1–3). If the store fails, the cache is not touched and the caller learns it.
+//! If another process wrote a newer version (clock skew), the clock moves past it and the write is
+//! retried, so the latest accepted write wins.
+
+use crate::key::Key;
+use crate::store::{Applied, Change, StoreError};
+
+use super::Patterns;
+
+/// How many times a write retries after finding a newer version in the store.
+const MAX_VERSION_RETRIES: usize = 5;
+
+/// A write the store accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The version the write was stored with.
+    pub version: u64,
+    /// Whether the cache was updated (false when Redis was unavailable).
+    pub cached: bool,
+}
+
+/// Why a write failed. Nothing was cached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store kept finding newer versions (writers with far-ahead clocks).
+    #[error("the store kept holding newer versions of this key; try again")]
+    Contended,
+}
+
+impl Patterns {
+    /// Write-Through of `change` to `key`.
+    pub async fn write_through(&self, key: &Key, change: Change) -> Result<Written, WriteError> {
+        let version = self.apply_versioned(key, &change).await?;
+        let entry = match change {
+            Change::Upsert(value) => self.policy.value_entry(value, version),
+            Change::Delete => self.policy.negative_entry(version),
+        };
+        let cached = self.cache_quietly(key, &entry).await;
+        Ok(Written { version, cached })
+    }
+
+    /// Applies `change` to the store with a fresh version, moving past newer versions it finds.
+    pub(crate) async fn apply_versioned(&self, key: &Key, change: &Change) -> Result<u64, WriteError> {
+        for _ in 0..MAX_VERSION_RETRIES {
+            let version = self.clock.next();
+            match self
+                .with_store_timeout("writing to the store", self.store.apply(key.as_str(), version, change.clone()))
+                .await?
+            {
+                Applied::Yes => return Ok(version),
+                Applied::Stale { current } => {
+                    tracing::debug!(key = %key, version, current, "store holds a newer version; moving the clock past it");
+                    self.clock.observe(current);
+                }
+            }
+        }
+        Err(WriteError::Contended)
+    }
+}

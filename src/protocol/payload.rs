@@ -1,0 +1,225 @@
+//! Payload mode: the JSON invocation envelope `POST /{FunctionName}` (HOST-PROTOCOL.md §2, §3).
+//!
+//! Request: `{"Data": {<binding>: …}, "Metadata": {…}}`, keys matched case-insensitively, every
+//! value decoded leniently. For an HTTP trigger, `Data.<trigger>` holds `Url`, `Method`, `Query`,
+//! `Headers` (values are arrays), `Params` and `Body` (absent when empty; base64 for
+//! `application/octet-stream` and `multipart/*`).
+//!
+//! Response: always `Content-Type: application/json`, `{"Outputs": {…}, "Logs": […],
+//! "ReturnValue": null}`. An HTTP answer travels in the `res` output as an object with a string
+//! `statusCode`, string headers and a string `body`, so the host neither re-indents nor
+//! base64-decodes it, and the envelope itself stays `200` (a non-2xx envelope fails the invocation
+//! and drops Outputs and Logs).
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::lenient::{self, field};
+use super::{HttpCall, HttpReply, parse_query, percent_decode};
+
+/// A decoded invocation envelope.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    /// `Data`: one entry per input binding.
+    pub data: Map<String, Value>,
+    /// `Metadata`: the trigger's binding data.
+    pub metadata: Map<String, Value>,
+}
+
+/// Why an envelope could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not JSON, or not an object.
+    #[error("the invocation envelope is not a JSON object: {0}")]
+    NotJson(String),
+    /// The trigger binding is missing from `Data`.
+    #[error("the invocation envelope has no `Data.{0}` (the trigger binding)")]
+    MissingTrigger(String),
+    /// The trigger value has the wrong shape.
+    #[error("`Data.{binding}` is malformed: {problem}")]
+    Malformed {
+        /// The binding.
+        binding: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Invocation {
+    /// Parses an envelope body.
+    pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        let Value::Object(root) = value else {
+            return Err(EnvelopeError::NotJson("the top level is not an object".into()));
+        };
+        let part = |name: &str| field(&root, name).and_then(lenient::object).unwrap_or_default();
+        Ok(Self { data: part("Data"), metadata: part("Metadata") })
+    }
+
+    /// The value of input binding `binding` (case-insensitive).
+    pub fn binding(&self, binding: &str) -> Option<&Value> {
+        field(&self.data, binding)
+    }
+
+    /// A metadata value (case-insensitive), leniently unwrapped.
+    pub fn metadata(&self, name: &str) -> Option<Value> {
+        field(&self.metadata, name).map(lenient::unwrap)
+    }
+
+    /// Reads the HTTP trigger `trigger` as an [`HttpCall`]. `route_base` is the function's route
+    /// without its `{key?}` (e.g. `cache-aside`), used to find the key in `Url` when `Params` lacks it.
+    pub fn http_call(&self, trigger: &str, route_base: &str) -> Result<HttpCall, EnvelopeError> {
+        let raw = self.binding(trigger).ok_or_else(|| EnvelopeError::MissingTrigger(trigger.to_string()))?;
+        let req = lenient::object(raw).ok_or_else(|| EnvelopeError::Malformed {
+            binding: trigger.to_string(),
+            problem: "expected an object with Url, Method, Headers, Query, Params and Body".into(),
+        })?;
+        let method =
+            field(&req, "Method").and_then(lenient::text).map(|m| m.to_ascii_uppercase()).ok_or_else(|| {
+                EnvelopeError::Malformed { binding: trigger.to_string(), problem: "`Method` is missing".into() }
+            })?;
+        let url = field(&req, "Url").and_then(lenient::text).unwrap_or_default();
+        let (path, url_query) = split_url(&url);
+
+        let headers = field(&req, "Headers").and_then(lenient::object).map(header_pairs).unwrap_or_default();
+        let query = match field(&req, "Query").and_then(lenient::object) {
+            Some(map) => map.iter().filter_map(|(k, v)| scalar_or_joined(v).map(|v| (k.clone(), v))).collect(),
+            None => parse_query(url_query),
+        };
+        let route_key = field(&req, "Params")
+            .and_then(lenient::object)
+            .and_then(|params| field(&params, "key").and_then(lenient::text))
+            // ASP.NET decodes route values except `%2F`, which it leaves escaped.
+            .map(|k| k.replace("%2F", "/").replace("%2f", "/"))
+            .filter(|k| !k.is_empty())
+            .or_else(|| key_from_path(path, route_base));
+
+        let mut call = HttpCall { method, route_key, query, headers, body: Bytes::new() };
+        call.body = match field(&req, "Body") {
+            None | Some(Value::Null) => Bytes::new(),
+            Some(Value::String(text)) => {
+                let binary = call
+                    .content_type()
+                    .is_some_and(|ct| ct == "application/octet-stream" || ct.starts_with("multipart/"));
+                if binary {
+                    base64::engine::general_purpose::STANDARD.decode(text.trim()).map(Bytes::from).map_err(|e| {
+                        EnvelopeError::Malformed {
+                            binding: trigger.to_string(),
+                            problem: format!("`Body` of an octet-stream request is not base64: {e}"),
+                        }
+                    })?
+                } else {
+                    Bytes::from(text.clone())
+                }
+            }
+            // Not what the host sends, but a body given as JSON is taken as its JSON text.
+            Some(other) => Bytes::from(other.to_string()),
+        };
+        Ok(call)
+    }
+}
+
+/// Path and query of a URL like `http://host:7071/api/cache-aside/k?x=1`.
+fn split_url(url: &str) -> (&str, &str) {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path_and_query = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    (path, query.split('#').next().unwrap_or(""))
+}
+
+/// The key after `/{prefix}/{route_base}/` in a request path, percent-decoded.
+pub fn key_from_path(path: &str, route_base: &str) -> Option<String> {
+    let lower = path.to_ascii_lowercase();
+    let marker = format!("/{}/", route_base.to_ascii_lowercase());
+    let at = lower.find(&marker)?;
+    let rest = &path[at + marker.len()..];
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() { None } else { percent_decode(rest) }
+}
+
+fn scalar_or_joined(value: &Value) -> Option<String> {
+    match lenient::unwrap(value) {
+        Value::Array(items) => Some(items.iter().filter_map(lenient::text).collect::<Vec<_>>().join(",")),
+        other => lenient::text(&other),
+    }
+}
+
+fn header_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
+    map.iter().filter_map(|(name, value)| scalar_or_joined(value).map(|v| (name.to_ascii_lowercase(), v))).collect()
+}
+
+/// The `res` output object for an HTTP answer.
+pub fn http_output(reply: &HttpReply) -> Value {
+    let mut headers = Map::new();
+    headers.insert("Content-Type".into(), Value::String("application/json; charset=utf-8".into()));
+    for (name, value) in &reply.headers {
+        headers.insert(name.clone(), Value::String(value.clone()));
+    }
+    json!({
+        "statusCode": reply.status.to_string(),
+        "headers": headers,
+        "body": reply.body_text(),
+    })
+}
+
+/// The response envelope.
+pub fn envelope(outputs: Map<String, Value>, logs: Vec<String>) -> Value {
+    json!({"Outputs": outputs, "Logs": logs, "ReturnValue": Value::Null})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_host_shaped_http_trigger() {
+        let body = json!({
+            "Data": {"req": {
+                "Url": "http://localhost:7071/api/cache-aside/a%2Fb?x=1",
+                "Method": "\"GET\"",
+                "Query": {"x": "1"},
+                "Headers": {"Content-Type": ["application/json"], "X-Multi": ["a", "b"]},
+                "Params": {},
+                "Identities": []
+            }},
+            "Metadata": {"sys": {"MethodName": "CacheAside"}, "x": "\"1\""}
+        });
+        let inv = Invocation::parse(body.to_string().as_bytes()).unwrap();
+        let call = inv.http_call("req", "cache-aside").unwrap();
+        assert_eq!(call.method, "GET");
+        assert_eq!(call.route_key.as_deref(), Some("a/b"));
+        assert_eq!(call.header("x-multi"), Some("a,b"));
+        assert_eq!(call.query("X"), Some("1"));
+        assert!(call.body.is_empty());
+        assert_eq!(inv.metadata("x"), Some(json!("1")));
+    }
+
+    #[test]
+    fn base64_bodies_and_string_encoded_requests() {
+        let req = json!({"Method": "PUT", "Url": "http://h/api/write-through/k", "Headers": "{\"Content-Type\":[\"application/octet-stream\"]}", "Params": {"key": "k"}, "Body": "eyJhIjoxfQ=="});
+        let body = json!({"data": {"REQ": req.to_string()}});
+        let call = Invocation::parse(body.to_string().as_bytes()).unwrap().http_call("req", "write-through").unwrap();
+        assert_eq!(&call.body[..], b"{\"a\":1}");
+        assert_eq!(call.route_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn malformed_envelopes_are_errors() {
+        assert!(matches!(Invocation::parse(b"{nope"), Err(EnvelopeError::NotJson(_))));
+        assert!(matches!(Invocation::parse(b"[1]"), Err(EnvelopeError::NotJson(_))));
+        let inv = Invocation::parse(b"{\"Data\":{}}").unwrap();
+        assert_eq!(inv.http_call("req", "x").unwrap_err(), EnvelopeError::MissingTrigger("req".into()));
+        let inv = Invocation::parse(b"{\"Data\":{\"req\":{\"Url\":\"/\"}}}").unwrap();
+        assert!(matches!(inv.http_call("req", "x"), Err(EnvelopeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn output_shape() {
+        let reply = HttpReply::json(404, json!({"a": 1})).with_header("x-cache", "miss");
+        let out = http_output(&reply);
+        assert_eq!(out["statusCode"], "404");
+        assert_eq!(out["body"], "{\"a\":1}");
+        assert_eq!(out["headers"]["x-cache"], "miss");
+    }
+}

@@ -1,0 +1,106 @@
+//! The backing store: the system of record behind the cache.
+//!
+//! [`Store`] is what every pattern talks to; [`sqlite::SqliteStore`] is the embedded default and the
+//! Cosmos DB implementation follows the same contract (the suite in `tests/common/store_contract.rs`
+//! runs against each). The contract's heart is [`Store::apply`]: a write carries a version and is
+//! applied only if it is newer than what is stored, atomically, so duplicated, replayed or
+//! reordered writes can never make the store go backwards. Deletes are tombstones with a version.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+/// What is stored under a key: a value, or a tombstone left by a delete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The key as the caller gave it.
+    pub key: String,
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Value>,
+    /// The version of the write that produced this record.
+    pub version: u64,
+}
+
+impl Record {
+    /// True for a tombstone (the key was deleted at `version`).
+    pub fn is_deleted(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// A versioned change to one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Set the value.
+    Upsert(Value),
+    /// Delete the key (leaves a tombstone carrying the version).
+    Delete,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The change was newer and is now stored.
+    Yes,
+    /// The store already holds this version or a newer one; nothing changed.
+    Stale {
+        /// The version the store holds.
+        current: u64,
+    },
+}
+
+/// Why a store call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store is down, throttling or timing out; trying again later may work.
+    #[error("the backing store is unavailable: {message}")]
+    Unavailable {
+        /// What went wrong.
+        message: String,
+        /// How long the store asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The request itself cannot succeed (bad data, misconfiguration); retrying will not help.
+    #[error("the backing store rejected the request: {0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    /// An [`StoreError::Unavailable`] with no retry hint.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable { message: message.into(), retry_after: None }
+    }
+
+    /// True when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    /// The wait the store asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::Rejected(_) => None,
+        }
+    }
+}
+
+/// A versioned key-value store. Implementations must be safe to share between tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The record under `key`, tombstones included; `None` if the key was never written.
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Applies `change` at `version` if and only if `version` is newer than the stored version
+    /// (or nothing is stored), atomically with respect to concurrent writers.
+    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError>;
+
+    /// A cheap round trip that proves the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// A short name for logs and the health report (`sqlite`, `cosmos`).
+    fn kind(&self) -> &'static str;
+}
