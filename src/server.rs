@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
-use crate::api::{self, HttpFunction};
+use crate::api::{self, HttpFunction, triggers};
 use crate::app::App;
 use crate::protocol::{self, HttpReply, InvocationLog, forwarded, payload};
 
@@ -122,22 +122,36 @@ async fn route_body(
 
 /// Payload mode: one invocation of function `name`.
 async fn invoke(app: &App, name: &str, body: &Bytes) -> Response {
-    let Some(function) = HttpFunction::by_name(name) else {
+    let (http, trigger) = (HttpFunction::by_name(name), triggers::by_name(name));
+    if http.is_none() && trigger.is_none() {
         return json_response(
             404,
             &[],
             &error_body("unknown_function", &format!("this handler has no function called {name:?}")),
         );
-    };
+    }
     let invocation = match payload::Invocation::parse(body) {
         Ok(invocation) => invocation,
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
+    };
+    let mut log = InvocationLog::default();
+    if let Some(function) = trigger {
+        return match triggers::invoke(app, function, &invocation, &mut log).await {
+            Ok(outputs) => json_response(200, &[], &payload::envelope(outputs, log.into_lines())),
+            Err(failure) => {
+                // The host drops the Logs of a failed invocation: put them in the process log too.
+                tracing::error!(function = name, error = %failure, "invocation failed; the host will retry it if the function has a retry policy");
+                json_response(500, &[], &error_body("invocation_failed", &failure.to_string()))
+            }
+        };
+    }
+    let Some(function) = http else {
+        return json_response(404, &[], &error_body("unknown_function", name));
     };
     let call = match invocation.http_call(function.trigger_binding(), function.route_base()) {
         Ok(call) => call,
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
     };
-    let mut log = InvocationLog::default();
     let reply = run_with_timeout(api::dispatch(app, function, &call, &mut log)).await;
     let mut outputs = Map::new();
     outputs.insert(function.output_binding().to_string(), payload::http_output(&reply));

@@ -5,6 +5,7 @@
 mod cache_aside;
 mod health;
 mod input;
+pub mod triggers;
 mod write_through;
 
 use crate::app::App;

@@ -37,13 +37,19 @@ impl FunctionDef {
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
         let bindings = json["bindings"].as_array().expect("bindings").clone();
-        let trigger = bindings.iter().find(|b| b["direction"] == "in" && b["type"].as_str().is_some_and(|t| t.ends_with("Trigger"))).expect("a trigger binding");
+        let trigger = bindings
+            .iter()
+            .find(|b| b["direction"] == "in" && b["type"].as_str().is_some_and(|t| t.ends_with("Trigger")))
+            .expect("a trigger binding");
         let output = bindings.iter().find(|b| b["direction"] == "out" && b["type"] == "http");
         Self {
             name: name.to_string(),
             trigger: trigger["name"].as_str().expect("trigger name").to_string(),
             output: output.and_then(|o| o["name"].as_str()).unwrap_or("").to_string(),
-            methods: trigger["methods"].as_array().map(|m| m.iter().filter_map(|v| v.as_str()).map(str::to_ascii_uppercase).collect()).unwrap_or_default(),
+            methods: trigger["methods"]
+                .as_array()
+                .map(|m| m.iter().filter_map(|v| v.as_str()).map(str::to_ascii_uppercase).collect())
+                .unwrap_or_default(),
             route: trigger["route"].as_str().unwrap_or(name).to_string(),
             auth_level: trigger["authLevel"].as_str().unwrap_or("function").to_string(),
             json,
@@ -133,11 +139,21 @@ pub fn envelope(def: &FunctionDef, call: &Call) -> Value {
     let query_string = if call.query.is_empty() {
         String::new()
     } else {
-        format!("?{}", call.query.iter().map(|(k, v)| format!("{}={}", encode_segment(k), encode_segment(v))).collect::<Vec<_>>().join("&"))
+        format!(
+            "?{}",
+            call.query
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode_segment(k), encode_segment(v)))
+                .collect::<Vec<_>>()
+                .join("&")
+        )
     };
     let mut headers = Map::new();
     let mut header_strings = Map::new();
-    for (name, value) in call.headers.iter().chain([("Host".to_string(), "localhost:7071".to_string()), ("User-Agent".to_string(), "curl/8.5.0".to_string())].iter()) {
+    for (name, value) in call.headers.iter().chain(
+        [("Host".to_string(), "localhost:7071".to_string()), ("User-Agent".to_string(), "curl/8.5.0".to_string())]
+            .iter(),
+    ) {
         headers.insert(name.clone(), json!([value]));
         header_strings.insert(name.clone(), json!(value));
     }
@@ -162,7 +178,12 @@ pub fn envelope(def: &FunctionDef, call: &Call) -> Value {
         "Identities": [{"AuthenticationType": "WebJobsAuthLevel", "IsAuthenticated": true, "Claims": [], "Name": null}],
     });
     if !call.body.is_empty() {
-        let content_type = call.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.to_ascii_lowercase()).unwrap_or_default();
+        let content_type = call
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.to_ascii_lowercase())
+            .unwrap_or_default();
         let body = if content_type.starts_with("application/octet-stream") || content_type.starts_with("multipart/") {
             base64::engine::general_purpose::STANDARD.encode(&call.body)
         } else {
@@ -195,14 +216,27 @@ pub async fn send(router: &Router, mode: Mode, def: &FunctionDef, call: &Call) -
             let mut uri = def.path(call.key.as_deref());
             if !call.query.is_empty() {
                 uri.push('?');
-                uri.push_str(&call.query.iter().map(|(k, v)| format!("{}={}", encode_segment(k), encode_segment(v))).collect::<Vec<_>>().join("&"));
+                uri.push_str(
+                    &call
+                        .query
+                        .iter()
+                        .map(|(k, v)| format!("{}={}", encode_segment(k), encode_segment(v)))
+                        .collect::<Vec<_>>()
+                        .join("&"),
+                );
             }
-            let mut builder = Request::builder().method(call.method.as_str()).uri(uri).header("X-Azure-Functions-InvocationId", "00000000-0000-0000-0000-000000000001");
+            let mut builder = Request::builder()
+                .method(call.method.as_str())
+                .uri(uri)
+                .header("X-Azure-Functions-InvocationId", "00000000-0000-0000-0000-000000000001");
             for (name, value) in &call.headers {
                 builder = builder.header(name, value);
             }
             let (status, headers, body) = raw(router, builder.body(Body::from(call.body.clone())).unwrap()).await;
-            assert!(headers.get("content-type").is_some_and(|ct| ct.starts_with("application/json")), "forwarded replies are JSON: {headers:?}");
+            assert!(
+                headers.get("content-type").is_some_and(|ct| ct.starts_with("application/json")),
+                "forwarded replies are JSON: {headers:?}"
+            );
             Reply { status, headers, body: parse_json(&body), logs: Vec::new() }
         }
         Mode::Payload => {
@@ -215,7 +249,11 @@ pub async fn send(router: &Router, mode: Mode, def: &FunctionDef, call: &Call) -
                 .body(Body::from(envelope.to_string()))
                 .unwrap();
             let (status, headers, body) = raw(router, request).await;
-            assert_eq!(headers.get("content-type").map(|s| s.split(';').next().unwrap()), Some("application/json"), "the host requires application/json");
+            assert_eq!(
+                headers.get("content-type").map(|s| s.split(';').next().unwrap()),
+                Some("application/json"),
+                "the host requires application/json"
+            );
             let envelope = parse_json(&body);
             assert_eq!(status, 200, "a payload-mode envelope must be 200 whenever the function ran: {envelope}");
             unwrap_http_output(&envelope, &def.output)
@@ -229,11 +267,17 @@ pub fn unwrap_http_output(envelope: &Value, output: &str) -> Reply {
     assert_eq!(envelope.get("ReturnValue"), Some(&Value::Null), "ReturnValue must be null: {envelope}");
     let res = &envelope["Outputs"][output];
     assert!(res.is_object(), "Outputs.{output} must be an object: {envelope}");
-    let status: u16 = res["statusCode"].as_str().expect("statusCode is a string").parse().expect("statusCode is a number");
-    let headers: HashMap<String, String> =
-        res["headers"].as_object().expect("headers object").iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().expect("header values are strings").to_string())).collect();
+    let status: u16 =
+        res["statusCode"].as_str().expect("statusCode is a string").parse().expect("statusCode is a number");
+    let headers: HashMap<String, String> = res["headers"]
+        .as_object()
+        .expect("headers object")
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().expect("header values are strings").to_string()))
+        .collect();
     let body_text = res["body"].as_str().expect("body is a string");
-    let logs = envelope["Logs"].as_array().expect("Logs array").iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    let logs =
+        envelope["Logs"].as_array().expect("Logs array").iter().map(|l| l.as_str().unwrap().to_string()).collect();
     Reply { status, headers, body: parse_json(body_text.as_bytes()), logs }
 }
 
@@ -241,7 +285,11 @@ pub fn unwrap_http_output(envelope: &Value, output: &str) -> Reply {
 pub async fn raw(router: &Router, request: Request<Body>) -> (u16, HashMap<String, String>, Vec<u8>) {
     let response = router.clone().oneshot(request).await.expect("router answers");
     let status = response.status().as_u16();
-    let headers = response.headers().iter().map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string())).collect();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string()))
+        .collect();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body").to_vec();
     (status, headers, body)
 }
@@ -250,5 +298,6 @@ fn parse_json(bytes: &[u8]) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("reply body is not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("reply body is not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }

@@ -29,7 +29,11 @@ impl TempDir {
     pub fn new(label: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("cachepatterns-{label}-{}-{n}-{}", std::process::id(), cachepatterns::version::now_micros()));
+        let path = std::env::temp_dir().join(format!(
+            "cachepatterns-{label}-{}-{n}-{}",
+            std::process::id(),
+            cachepatterns::version::now_micros()
+        ));
         std::fs::create_dir_all(&path).expect("create temp dir");
         Self(path)
     }
@@ -204,17 +208,59 @@ impl Drop for RedisServer {
 
 fn make_certificates(dir: &Path) {
     let run = |args: &[&str]| {
-        let status = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let status =
+            Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
         assert!(
             status.map(|s| s.success()).unwrap_or(false),
             "`openssl {}` failed: the TLS test needs the openssl command (apt-get install -y openssl)",
             args.join(" ")
         );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=cachepatterns test CA"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cachepatterns test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
 
 /// A store that wraps a real one, counts calls, and can be told to fail or to be slow.
@@ -228,7 +274,13 @@ pub struct FaultyStore {
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(Self { inner, gets: AtomicUsize::new(0), applies: AtomicUsize::new(0), failing: AtomicBool::new(false), delay_ms: AtomicU64::new(0) })
+        Arc::new(Self {
+            inner,
+            gets: AtomicUsize::new(0),
+            applies: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+        })
     }
 
     pub fn set_failing(&self, failing: bool) {
@@ -253,7 +305,10 @@ impl FaultyStore {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable { message: "injected failure".into(), retry_after: Some(Duration::from_secs(2)) });
+            return Err(StoreError::Unavailable {
+                message: "injected failure".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            });
         }
         Ok(())
     }

@@ -61,7 +61,10 @@ async fn older_and_equal_versions_are_stale(store: Arc<dyn Store>, ns: String) {
     let key = format!("{ns}k");
     store.apply(&key, 100, Change::Upsert(json!("new"))).await.unwrap();
     assert_eq!(store.apply(&key, 99, Change::Upsert(json!("old"))).await.unwrap(), Applied::Stale { current: 100 });
-    assert_eq!(store.apply(&key, 100, Change::Upsert(json!("same version"))).await.unwrap(), Applied::Stale { current: 100 });
+    assert_eq!(
+        store.apply(&key, 100, Change::Upsert(json!("same version"))).await.unwrap(),
+        Applied::Stale { current: 100 }
+    );
     assert_eq!(store.apply(&key, 50, Change::Delete).await.unwrap(), Applied::Stale { current: 100 });
     let record = store.get(&key).await.unwrap().unwrap();
     assert_eq!((record.value, record.version), (Some(json!("new")), 100));
@@ -119,7 +122,7 @@ async fn out_of_order_and_duplicate_applies(store: Arc<dyn Store>, ns: String) {
         seed ^= seed << 17;
         versions.swap(i, (seed % (i as u64 + 1)) as usize);
     }
-    let change = |v: u64| if v % 7 == 0 { Change::Delete } else { Change::Upsert(json!({"v": v})) };
+    let change = |v: u64| if v.is_multiple_of(7) { Change::Delete } else { Change::Upsert(json!({"v": v})) };
     for &v in versions.iter().chain(versions.iter().rev()) {
         store.apply(&key, v, change(v)).await.unwrap();
     }
@@ -139,7 +142,11 @@ async fn concurrent_writers_keep_the_highest_version(store: Arc<dyn Store>, ns: 
                 for i in 0..per_writer {
                     // Interleaved versions: writer w writes w, w+16, w+32, … (some deletes).
                     let version = 1 + w + i * writers;
-                    let change = if version % 11 == 0 { Change::Delete } else { Change::Upsert(json!({"writer": w, "v": version})) };
+                    let change = if version.is_multiple_of(11) {
+                        Change::Delete
+                    } else {
+                        Change::Upsert(json!({"writer": w, "v": version}))
+                    };
                     store.apply(&key, version, change).await.unwrap();
                 }
             })

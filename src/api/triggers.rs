@@ -1,0 +1,48 @@
+//! Non-HTTP functions (timer, Event Hubs): payload mode only.
+//!
+//! Each one reads its trigger from the [`Invocation`] and returns its outputs. Answering
+//! [`TriggerFailure`] makes the envelope non-2xx, which fails the invocation so that the host's
+//! retry policy runs; do that only when a retry is wanted (HOST-PROTOCOL.md §3.6).
+
+use serde_json::{Map, Value};
+
+use crate::app::App;
+use crate::protocol::InvocationLog;
+use crate::protocol::payload::Invocation;
+
+/// A failed invocation the host should retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TriggerFailure(pub String);
+
+/// What a trigger function returns on success: its output bindings.
+pub type Outputs = Map<String, Value>;
+
+/// The non-HTTP function called `name` (case-insensitive), if there is one.
+pub fn by_name(name: &str) -> Option<TriggerFunction> {
+    TriggerFunction::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
+}
+
+/// The non-HTTP functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerFunction {}
+
+impl TriggerFunction {
+    /// Every non-HTTP function.
+    pub const ALL: [Self; 0] = [];
+
+    /// The function (folder) name.
+    pub fn name(self) -> &'static str {
+        match self {}
+    }
+}
+
+/// Runs `function` for `invocation`.
+pub async fn invoke(
+    _app: &App,
+    function: TriggerFunction,
+    _invocation: &Invocation,
+    _log: &mut InvocationLog,
+) -> Result<Outputs, TriggerFailure> {
+    match function {}
+}
