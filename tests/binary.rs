@@ -22,7 +22,8 @@ impl Handler {
     fn start(env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("handler");
         let port = free_port();
-        let child = command(env, &dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn handler");
+        let child =
+            command(env, &dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn handler");
         let mut handler = Self { child, port, _dir: dir };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
@@ -42,7 +43,11 @@ impl Handler {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         let body = body.unwrap_or("");
-        write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -60,7 +65,12 @@ impl Drop for Handler {
 
 fn command(env: &[(&str, &str)], dir: &TempDir, port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_handler"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()).env("LocalStorePath", dir.path().join("store.db")).current_dir(dir.path()).stdin(Stdio::null());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("LocalStorePath", dir.path().join("store.db"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -162,10 +172,14 @@ fn passwords_with_base64_characters_authenticate_and_never_leak() {
     let redis = RedisServer::start();
     let password = "Ab+/cd==";
     redis.command(&format!("CONFIG SET requirepass {password}")).unwrap();
-    let good = Handler::start(&[("RedisCache", &format!("127.0.0.1:{},password={password},ssl=False,abortConnect=False", redis.port))]);
+    let good = Handler::start(&[(
+        "RedisCache",
+        &format!("127.0.0.1:{},password={password},ssl=False,abortConnect=False", redis.port),
+    )]);
     let (status, body) = good.request("GET", "/api/health", None).unwrap();
     assert_eq!((status, &body["redis"]["status"]), (200, &json!("up")), "{body}");
-    let bad = Handler::start(&[("RedisCache", &format!("127.0.0.1:{},password=wrong+/=,abortConnect=False", redis.port))]);
+    let bad =
+        Handler::start(&[("RedisCache", &format!("127.0.0.1:{},password=wrong+/=,abortConnect=False", redis.port))]);
     let (status, body) = bad.request("GET", "/api/health", None).unwrap();
     assert_eq!(status, 503);
     let text = body.to_string();

@@ -3,9 +3,12 @@
 //! `protocol`) and no caching logic (that is `patterns`).
 
 mod cache_aside;
+mod dead_letters;
+pub mod event_hub_consumer;
 mod health;
 mod input;
 pub mod triggers;
+mod write_behind;
 mod write_through;
 
 use crate::app::App;
@@ -20,19 +23,26 @@ pub enum HttpFunction {
     CacheAside,
     /// `WriteThrough`: `api/write-through/{key?}`.
     WriteThrough,
+    /// `WriteBehind`: `api/write-behind/{key?}`.
+    WriteBehind,
+    /// `DeadLetters`: `api/dead-letters/{id?}` (admin).
+    DeadLetters,
     /// `Health`: `api/health`.
     Health,
 }
 
 impl HttpFunction {
     /// Every HTTP function.
-    pub const ALL: [Self; 3] = [Self::CacheAside, Self::WriteThrough, Self::Health];
+    pub const ALL: [Self; 5] =
+        [Self::CacheAside, Self::WriteThrough, Self::WriteBehind, Self::DeadLetters, Self::Health];
 
     /// The function (folder) name, as the host posts it in payload mode.
     pub fn name(self) -> &'static str {
         match self {
             Self::CacheAside => "CacheAside",
             Self::WriteThrough => "WriteThrough",
+            Self::WriteBehind => "WriteBehind",
+            Self::DeadLetters => "DeadLetters",
             Self::Health => "Health",
         }
     }
@@ -42,6 +52,8 @@ impl HttpFunction {
         match self {
             Self::CacheAside => "cache-aside",
             Self::WriteThrough => "write-through",
+            Self::WriteBehind => "write-behind",
+            Self::DeadLetters => "dead-letters",
             Self::Health => "health",
         }
     }
@@ -55,7 +67,8 @@ impl HttpFunction {
     pub fn methods(self) -> &'static [&'static str] {
         match self {
             Self::CacheAside => &["GET", "POST"],
-            Self::WriteThrough => &["PUT", "POST", "DELETE"],
+            Self::WriteThrough | Self::WriteBehind => &["PUT", "POST", "DELETE"],
+            Self::DeadLetters => &["GET", "POST", "DELETE"],
             Self::Health => &["GET"],
         }
     }
@@ -110,6 +123,8 @@ pub async fn dispatch(app: &App, function: HttpFunction, call: &HttpCall, log: &
     match function {
         HttpFunction::CacheAside => cache_aside::handle(app, call, log).await,
         HttpFunction::WriteThrough => write_through::handle(app, call, log).await,
+        HttpFunction::WriteBehind => write_behind::handle(app, call, log).await,
+        HttpFunction::DeadLetters => dead_letters::handle(app, call, log).await,
         HttpFunction::Health => health::handle(app, log).await,
     }
 }

@@ -25,24 +25,31 @@ pub fn by_name(name: &str) -> Option<TriggerFunction> {
 
 /// The non-HTTP functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerFunction {}
+pub enum TriggerFunction {
+    /// `EventHubConsumer`: applies write-behind events from Event Hubs.
+    EventHubConsumer,
+}
 
 impl TriggerFunction {
     /// Every non-HTTP function.
-    pub const ALL: [Self; 0] = [];
+    pub const ALL: [Self; 1] = [Self::EventHubConsumer];
 
     /// The function (folder) name.
     pub fn name(self) -> &'static str {
-        match self {}
+        match self {
+            Self::EventHubConsumer => "EventHubConsumer",
+        }
     }
 }
 
 /// Runs `function` for `invocation`.
 pub async fn invoke(
-    _app: &App,
+    app: &App,
     function: TriggerFunction,
-    _invocation: &Invocation,
-    _log: &mut InvocationLog,
+    invocation: &Invocation,
+    log: &mut InvocationLog,
 ) -> Result<Outputs, TriggerFailure> {
-    match function {}
+    match function {
+        TriggerFunction::EventHubConsumer => super::event_hub_consumer::invoke(app, invocation, log).await,
+    }
 }

@@ -2,10 +2,13 @@
 //!
 //! [`Patterns`] holds what every pattern shares (the cache, the store, the version clock and the
 //! cache policy); each pattern lives in its own module as methods on it:
-//! [`cache_aside`] (get-or-load) and [`write_through`] (store first, then cache).
+//! [`cache_aside`] (get-or-load), [`write_through`] (store first, then cache), [`write_behind`]
+//! (queue first, store later) with [`apply_writes`] (the consumers' side).
 
+pub mod apply_writes;
 pub mod cache_aside;
 pub mod single_flight;
+pub mod write_behind;
 pub mod write_through;
 
 use std::hash::{BuildHasher, Hasher};
@@ -15,6 +18,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cache::{EntryWrite, RedisCache};
+use crate::queue::WriteQueue;
+use crate::queue::dead_letter::DeadLetters;
+use crate::queue::redis_streams::RedisStreamQueue;
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 use crate::version::{HybridClock, now_millis};
@@ -99,12 +105,41 @@ pub struct Patterns {
     pub(crate) clock: Arc<HybridClock>,
     pub(crate) policy: Arc<CachePolicy>,
     pub(crate) loads: Arc<single_flight::SingleFlight<Result<Lookup, ReadError>>>,
+    pub(crate) queue: Arc<dyn WriteQueue>,
+    pub(crate) dead_letters: DeadLetters,
 }
 
 impl Patterns {
-    /// Wires the patterns to a cache and a store.
+    /// Wires the patterns to a cache and a store, with the default write-behind queue (a Redis
+    /// Stream next to the cache).
     pub fn new(cache: RedisCache, store: Arc<dyn Store>, policy: CachePolicy) -> Self {
-        Self { cache, store, clock: Arc::new(HybridClock::new()), policy: Arc::new(policy), loads: Arc::default() }
+        let queue = Arc::new(RedisStreamQueue::new(cache.clone()));
+        let dead_letters = DeadLetters::new(cache.clone(), cache.prefix());
+        Self {
+            cache,
+            store,
+            clock: Arc::new(HybridClock::new()),
+            policy: Arc::new(policy),
+            loads: Arc::default(),
+            queue,
+            dead_letters,
+        }
+    }
+
+    /// The same patterns with another write-behind queue (Event Hubs).
+    pub fn with_queue(mut self, queue: Arc<dyn WriteQueue>) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// The write-behind queue.
+    pub fn queue(&self) -> &Arc<dyn WriteQueue> {
+        &self.queue
+    }
+
+    /// The dead-letter stream.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
     }
 
     /// The cache.

@@ -7,7 +7,9 @@
 //! Events of one key always go to one partition (partition key = cache key), so they stay in order;
 //! the versions they carry make duplicates and reordering harmless anyway.
 
+pub mod dead_letter;
 pub mod event;
+pub mod redis_streams;
 
 pub use event::{EventError, Op, WriteEvent};
 
