@@ -26,7 +26,7 @@ pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> Http
                 Ok(items) => items,
                 Err(e) => return unavailable(e),
             };
-            let total = dead_letters.len().await.unwrap_or(items.len() as u64);
+            let total = dead_letters.count().await.unwrap_or(items.len() as u64);
             let next = items.last().map(|d| Value::String(d.id.clone())).unwrap_or(Value::Null);
             HttpReply::json(200, json!({"total": total, "items": items, "next": next}))
         }

@@ -37,7 +37,7 @@ pub async fn handle(app: &App, log: &mut InvocationLog) -> HttpReply {
     };
     let queue = app.patterns.queue();
     let queue_probe = async {
-        let dead_letters = app.patterns.dead_letters().len().await.ok();
+        let dead_letters = app.patterns.dead_letters().count().await.ok();
         match tokio::time::timeout(PROBE_TIMEOUT, queue.ping()).await {
             Ok(Ok(())) => (true, json!({"status": "up", "kind": queue.kind(), "deadLetters": dead_letters})),
             Ok(Err(e)) => (false, json!({"status": "down", "kind": queue.kind(), "error": e.to_string()})),

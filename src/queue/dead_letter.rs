@@ -102,7 +102,7 @@ impl DeadLetters {
     }
 
     /// How many dead letters there are.
-    pub async fn len(&self) -> Result<u64, CacheError> {
+    pub async fn count(&self) -> Result<u64, CacheError> {
         let mut conn = self.cache.raw_connection()?;
         let n: Result<u64, RedisError> = redis::cmd("XLEN").arg(&self.key).query_async(&mut conn).await;
         n.map_err(|e| self.cache.map_error(e))

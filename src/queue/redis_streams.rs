@@ -290,24 +290,25 @@ impl StreamConsumer {
             .collect();
         let (outcomes, report) = self.patterns.apply_deliveries(&deliveries, self.config.apply).await;
         for (entry, outcome) in to_apply.iter().zip(&outcomes) {
-            match outcome {
-                o if o.is_done() => done.push(entry.id.clone()),
-                Outcome::Poison { reason } => {
-                    if self.dead_letter(entry, reason).await {
-                        done.push(entry.id.clone());
-                    }
+            let dead_letter_reason = match outcome {
+                o if o.is_done() => {
+                    done.push(entry.id.clone());
+                    continue;
                 }
+                Outcome::Poison { reason } => reason,
                 Outcome::Failed { reason, transient, .. }
                     if !*transient || entry.deliveries >= self.config.max_deliveries =>
                 {
-                    if self.dead_letter(entry, reason).await {
-                        done.push(entry.id.clone());
-                    }
+                    reason
                 }
                 Outcome::Failed { reason, .. } => {
                     tracing::warn!(id = %entry.id, deliveries = entry.deliveries, reason, "write-behind entry not applied yet; it will be retried");
+                    continue;
                 }
-                _ => {}
+                _ => continue,
+            };
+            if self.dead_letter(entry, dead_letter_reason).await {
+                done.push(entry.id.clone());
             }
         }
         if !done.is_empty() {
