@@ -407,6 +407,17 @@ impl TestApp {
         Self { app, store, sqlite, dir }
     }
 
+    /// An app on a real Redis and the given store (wrapped to count and inject faults).
+    pub fn with_store(redis: &RedisServer, store: Arc<dyn Store>, extra: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("app");
+        let settings = settings(&redis.connection_string(), extra);
+        let sqlite = Arc::new(SqliteStore::open(&dir.path().join("unused.db")).expect("sqlite"));
+        let faulty = FaultyStore::new(store);
+        let cache = RedisCache::new(&settings.redis, &settings.instance_name).expect("cache");
+        let app = App::new(settings, cache, faulty.clone());
+        Self { app, store: faulty, sqlite, dir }
+    }
+
     /// A second app (another "process") sharing this one's Redis and store.
     pub fn sibling(&self, connection: &str, extra: &[(&str, &str)]) -> App {
         let settings = settings(connection, extra);
