@@ -129,14 +129,18 @@ pub async fn dispatch(app: &App, function: HttpFunction, call: &HttpCall, log: &
     }
 }
 
+/// `503` with a `Retry-After` of the dependency's hint (whole seconds, at least 1; 5 without a hint).
+pub(crate) fn unavailable(code: &str, message: String, retry_after: Option<std::time::Duration>) -> HttpReply {
+    let seconds = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(5).max(1);
+    HttpReply::error(503, code, message).with_header("Retry-After", seconds.to_string())
+}
+
 /// The answer for a store failure: `503` with `Retry-After` for transient ones.
 pub(crate) fn store_failure(error: &StoreError, log: &mut InvocationLog) -> HttpReply {
     log.warn(format!("store failure: {error}"));
     match error {
         StoreError::Unavailable { retry_after, .. } => {
-            let seconds = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(5).max(1);
-            HttpReply::error(503, "store_unavailable", error.to_string())
-                .with_header("Retry-After", seconds.to_string())
+            unavailable("store_unavailable", error.to_string(), *retry_after)
         }
         StoreError::Rejected(_) => HttpReply::error(500, "store_error", error.to_string()),
     }

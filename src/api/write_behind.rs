@@ -42,9 +42,7 @@ pub(crate) fn queue_failure(error: &QueueError, log: &mut InvocationLog) -> Http
     log.warn(format!("queue failure: {error}"));
     match error {
         QueueError::Unavailable { retry_after, .. } => {
-            let seconds = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(5).max(1);
-            HttpReply::error(503, "queue_unavailable", error.to_string())
-                .with_header("Retry-After", seconds.to_string())
+            super::unavailable("queue_unavailable", error.to_string(), *retry_after)
         }
         QueueError::Rejected(_) => HttpReply::error(500, "queue_rejected", error.to_string()),
     }
