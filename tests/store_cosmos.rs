@@ -417,3 +417,67 @@ async fn an_unreachable_account_fails_start_up_with_one_clear_line() {
     assert!(!err.contains('\n'), "one line: {err}");
     eprintln!("start-up failed after {:?}: {err}", started.elapsed());
 }
+
+/// Log lines written during a test, for checking what the store logs.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn request_charges_are_logged_per_operation_and_summed_per_call() {
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("cachepatterns::store::cosmos=trace")
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let emulator = Emulator::new(false);
+    let store = emulator.store().await;
+    store.apply("charged", 1, Change::Upsert(json!({"n": 1}))).await.unwrap();
+    let text = logs.text();
+    let per_operation: Vec<&str> = text.lines().filter(|l| l.contains("Cosmos DB request charge ")).collect();
+    assert!(
+        per_operation
+            .iter()
+            .any(|l| l.contains("TRACE") && l.contains("operation=\"read\"") && l.contains("status=404")),
+        "{text}"
+    );
+    assert!(per_operation.iter().any(|l| l.contains("operation=\"create\"") && l.contains("status=201")), "{text}");
+    let total = text
+        .lines()
+        .find(|l| l.contains("DEBUG") && l.contains("request charge of the store call") && l.contains("call=\"apply\""))
+        .unwrap_or_else(|| panic!("no per-call sum in:\n{text}"));
+    assert!(total.contains("operations=2"), "{total}");
+    let charge: f64 = total
+        .split("request_charge=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request_charge in {total}"));
+    assert!(charge > 0.0, "{total}");
+}

@@ -43,8 +43,8 @@ use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::Etag;
 use azure_data_cosmos::models::ContainerProperties;
 use azure_data_cosmos::options::{
-    ConnectionPoolOptions, ItemWriteOptions, OperationOptionsBuilder, Precondition, ServerCertificateValidation,
-    ThrottlingRetryOptionsBuilder,
+    BinaryEncodingOptions, ConnectionPoolOptions, ItemWriteOptions, OperationOptionsBuilder, Precondition,
+    ServerCertificateValidation, ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosClientBuilder, CosmosError,
@@ -105,6 +105,10 @@ impl CosmosStore {
         let endpoint: AccountEndpoint = settings.endpoint.parse().map_err(|e: CosmosError| {
             StoreError::Rejected(format!("the Cosmos DB account endpoint {} is not usable: {e}", settings.endpoint))
         })?;
+        let local_emulator = endpoint
+            .url()
+            .host_str()
+            .is_some_and(|host| matches!(host.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "[::1]"));
         let (account, provisioning) = match &settings.auth {
             CosmosAuth::Key(key) => (
                 AccountReference::with_authentication_key(endpoint, Secret::new(key.clone())),
@@ -133,6 +137,10 @@ impl CosmosStore {
                     )
                     .build(),
             );
+            if local_emulator {
+                // The Linux (vNext) Cosmos DB emulator does not speak the SDK's binary JSON yet.
+                builder = builder.with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false));
+            }
             if settings.relax_emulator_certificate {
                 let pool = ConnectionPoolOptions::builder()
                     .with_server_certificate_validation(ServerCertificateValidation::RequiredUnlessEmulator)
@@ -195,6 +203,11 @@ impl CosmosStore {
             if e.status().status_code() == azure_core::http::StatusCode::NotFound {
                 StoreError::Rejected(format!(
                     "{target} does not exist; create it with partition key /id (with managed identity the service cannot create it)"
+                ))
+            } else if e.status().is_forbidden() {
+                StoreError::Rejected(format!(
+                    "cannot open {target}: {} (give the identity the Cosmos DB Built-in Data Contributor role on the account)",
+                    describe(&e)
                 ))
             } else {
                 open_error(&target, "open the container", &e)
@@ -459,7 +472,14 @@ fn describe(error: &CosmosError) -> String {
 }
 
 fn startup_error(settings: &CosmosSettings, error: &CosmosError) -> StoreError {
-    let what = format!("cannot reach the Cosmos DB account at {}: {}", settings.endpoint, describe(error));
+    let status = error.status();
+    let hint = match settings.auth {
+        CosmosAuth::ManagedIdentity { .. } if status.is_unauthorized() || status.is_forbidden() => {
+            " (managed identity: the identity needs a token from the platform and the Cosmos DB Built-in Data Contributor role on the account)"
+        }
+        _ => "",
+    };
+    let what = format!("cannot reach the Cosmos DB account at {}: {}{hint}", settings.endpoint, describe(error));
     match store_error("connect", error) {
         StoreError::Unavailable { retry_after, .. } => StoreError::Unavailable { message: what, retry_after },
         StoreError::Rejected(_) => StoreError::Rejected(what),
