@@ -447,19 +447,31 @@ impl CapturedLogs {
     }
 }
 
+/// The process-wide subscriber, installed once: a thread-local one would miss events, because
+/// tracing caches each call site's interest across the threads of concurrently running tests.
+fn captured_logs() -> &'static CapturedLogs {
+    static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = CapturedLogs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("cachepatterns::store::cosmos=trace")
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber of this test binary");
+        logs
+    })
+}
+
 #[tokio::test]
 async fn request_charges_are_logged_per_operation_and_summed_per_call() {
-    let logs = CapturedLogs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("cachepatterns::store::cosmos=trace")
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
     let emulator = Emulator::new(false);
     let store = emulator.store().await;
     store.apply("charged", 1, Change::Upsert(json!({"n": 1}))).await.unwrap();
-    let text = logs.text();
+    let all = logs.text();
+    // Other tests log concurrently; keep the lines about this test's item.
+    let text: String = all.lines().filter(|l| l.contains("id=\"charged\"")).map(|l| format!("{l}\n")).collect();
     let per_operation: Vec<&str> = text.lines().filter(|l| l.contains("Cosmos DB request charge ")).collect();
     assert!(
         per_operation
