@@ -50,6 +50,7 @@ use azure_data_cosmos::{
     AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosClientBuilder, CosmosError,
     CosmosRuntimeBuilder, RoutingStrategy,
 };
+use azure_data_cosmos_driver::error::status_codes;
 use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -444,11 +445,13 @@ fn store_error(operation: &str, error: &CosmosError) -> StoreError {
     let status = error.status();
     let code = u16::from(status.status_code());
     let message = format!("Cosmos DB {operation}: {}", describe(error));
+    // `is_transient` covers 408/429/449/503, including the SDK's own 503s for transport failures
+    // (DNS, connection) and 408s for client-side timeouts.
     let transient = status.is_transient()
         || matches!(code, 500 | 502 | 504)
         || status.is_read_session_not_available()
-        // No answer at all (transport failure) or no token yet (identity endpoint hiccup).
-        || !error.is_from_wire();
+        // No token yet: the identity endpoint is not answering (yet).
+        || status == status_codes::AUTHENTICATION_TOKEN_ACQUISITION_FAILED;
     if transient {
         let retry_after =
             error.response().and_then(|response| response.headers().retry_after_ms).map(Duration::from_millis);
@@ -533,5 +536,68 @@ impl Store for CosmosStore {
 
     fn kind(&self) -> &'static str {
         "cosmos"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use azure_core::http::StatusCode;
+    use azure_data_cosmos::CosmosStatus;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn error(status: CosmosStatus) -> CosmosError {
+        CosmosError::builder().with_status(status).with_message("test").build()
+    }
+
+    #[test]
+    fn transient_answers_are_unavailable_and_the_rest_rejected() {
+        for status in [
+            CosmosStatus::new(StatusCode::TooManyRequests),
+            CosmosStatus::new(StatusCode::ServiceUnavailable),
+            CosmosStatus::new(StatusCode::RequestTimeout),
+            CosmosStatus::new(StatusCode::InternalServerError),
+            status_codes::TRANSPORT_CONNECTION_FAILED,
+            status_codes::TRANSPORT_DNS_FAILED,
+            status_codes::AUTHENTICATION_TOKEN_ACQUISITION_FAILED,
+            status_codes::READ_SESSION_NOT_AVAILABLE,
+        ] {
+            assert!(store_error("read", &error(status)).is_transient(), "{status:?}");
+        }
+        for status in [
+            CosmosStatus::new(StatusCode::BadRequest),
+            CosmosStatus::new(StatusCode::Unauthorized),
+            CosmosStatus::new(StatusCode::Forbidden),
+            CosmosStatus::new(StatusCode::PayloadTooLarge),
+            status_codes::CLIENT_BAD_REQUEST,
+        ] {
+            assert!(!store_error("read", &error(status)).is_transient(), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn messages_say_what_failed() {
+        let message = store_error("replace", &error(CosmosStatus::new(StatusCode::TooManyRequests))).to_string();
+        assert!(message.contains("Cosmos DB replace") && message.contains("429"), "{message}");
+    }
+
+    #[test]
+    fn stored_versions_may_come_back_as_whole_doubles() {
+        let document = |version: Value| StoredDocument { key: None, value: Value::Null, version, deleted: false };
+        assert_eq!(document(json!(1_800_000_000_000_000u64)).version().unwrap(), 1_800_000_000_000_000);
+        assert_eq!(document(json!(1.8e15)).version().unwrap(), 1_800_000_000_000_000);
+        assert!(document(json!(1.5)).version().is_err());
+        assert!(document(json!("7")).version().is_err());
+    }
+
+    #[test]
+    fn items_written_without_a_key_field_fall_back_to_the_id() {
+        let document = StoredDocument { key: None, value: json!(1), version: json!(3), deleted: false };
+        let record = document.into_record("with-id", "with-id").unwrap();
+        assert_eq!((record.key.as_str(), record.value, record.version), ("with-id", Some(json!(1)), 3));
+        let other = StoredDocument { key: Some("a".into()), value: json!(1), version: json!(3), deleted: false };
+        assert!(other.into_record("~~hash", "b").is_err(), "a key mismatch must not return another key's value");
     }
 }
