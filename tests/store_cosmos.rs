@@ -365,7 +365,15 @@ async fn cache_aside_and_write_through_over_http_on_cosmos() {
     let router = server::router(app_on(&redis, store.clone()));
     let cache_aside = FunctionDef::load("CacheAside");
     let write_through = FunctionDef::load("WriteThrough");
+    let health = FunctionDef::load("Health");
     for mode in MODES {
+        let probe = host::send(&router, mode, &health, &Call::new("GET", None)).await;
+        assert_eq!(probe.status, 200, "{mode:?}: {:?}", probe.body);
+        assert_eq!(
+            (probe.body["store"]["kind"].clone(), probe.body["store"]["status"].clone()),
+            (json!("cosmos"), json!("up"))
+        );
+
         let key = format!("orders/{mode:?}/ü?#1");
         // Write-Through: stored in Cosmos under the original key, then cached.
         let put =
