@@ -6,6 +6,7 @@ use crate::cache::{CacheError, RedisCache};
 use crate::patterns::{CachePolicy, Patterns};
 use crate::queue::redis_streams::{ConsumerConfig, StreamConsumer};
 use crate::settings::{Settings, StoreSettings};
+use crate::store::cosmos::CosmosStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -55,6 +56,12 @@ impl App {
             StoreSettings::Sqlite { path } => {
                 let store = SqliteStore::open(path)?;
                 tracing::info!(path = %path.display(), "backing store: embedded SQLite");
+                Arc::new(store)
+            }
+            StoreSettings::Cosmos(cosmos) => {
+                tracing::info!(target = cosmos.describe(), "connecting to the Cosmos DB backing store");
+                let store = CosmosStore::connect(cosmos).await?;
+                tracing::info!(target = store.describe(), "backing store: Azure Cosmos DB");
                 Arc::new(store)
             }
         };

@@ -257,7 +257,204 @@ const REDIS_CACHE: &str = "RedisCache";
 pub enum StoreSettings {
     /// The embedded SQLite store at this path.
     Sqlite { path: PathBuf },
+    /// Azure Cosmos DB (NoSQL API), chosen whenever a `CosmosDBConnection…` setting is present.
+    Cosmos(CosmosSettings),
 }
+
+/// Where the Cosmos DB store lives and how to authenticate, from the `CosmosDB…` settings.
+#[derive(Clone)]
+pub struct CosmosSettings {
+    /// The account endpoint, e.g. `https://myaccount.documents.azure.com:443/`.
+    pub endpoint: String,
+    /// Account key or managed identity.
+    pub auth: CosmosAuth,
+    /// `CosmosDBDatabase`.
+    pub database: String,
+    /// `CosmosDBContainer`; its partition key path is `/id`.
+    pub container: String,
+    /// `DisableServerCertificateValidation=True` in the connection string: accept the local Cosmos
+    /// DB emulator's self-signed certificate (honoured for emulator hosts only, e.g. localhost).
+    pub relax_emulator_certificate: bool,
+}
+
+/// How the service authenticates to Cosmos DB.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CosmosAuth {
+    /// `AccountKey=` of `CosmosDBConnection` (base64). Never printed.
+    Key(String),
+    /// Entra ID through a managed identity: the system-assigned one, or the user-assigned one
+    /// with this client id (`CosmosDBConnection__clientId`).
+    ManagedIdentity {
+        /// Client id of a user-assigned identity.
+        client_id: Option<String>,
+    },
+}
+
+impl fmt::Debug for CosmosSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CosmosSettings")
+            .field("endpoint", &self.endpoint)
+            .field("auth", &self.auth)
+            .field("database", &self.database)
+            .field("container", &self.container)
+            .field("relax_emulator_certificate", &self.relax_emulator_certificate)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CosmosAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Key(_) => write!(f, "AccountKey(***)"),
+            Self::ManagedIdentity { client_id: None } => write!(f, "ManagedIdentity(system-assigned)"),
+            Self::ManagedIdentity { client_id: Some(id) } => write!(f, "ManagedIdentity(client id {id})"),
+        }
+    }
+}
+
+impl CosmosSettings {
+    /// A description safe for logs: endpoint, database, container and the kind of credential.
+    pub fn describe(&self) -> String {
+        let auth = match &self.auth {
+            CosmosAuth::Key(_) => "account key",
+            CosmosAuth::ManagedIdentity { client_id: None } => "system-assigned managed identity",
+            CosmosAuth::ManagedIdentity { client_id: Some(_) } => "user-assigned managed identity",
+        };
+        format!("{} database {:?} container {:?} ({auth})", self.endpoint, self.database, self.container)
+    }
+
+    /// Reads the `CosmosDB…` settings; `Ok(None)` when none of the connection settings is present.
+    ///
+    /// `CosmosDBConnection` (a key connection string) wins over `CosmosDBConnection__accountEndpoint`
+    /// (managed identity), as it does for the Functions Cosmos DB extension.
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Self>, SettingsError> {
+        let connection = get(COSMOS_CONNECTION);
+        let identity_endpoint = get(COSMOS_IDENTITY_ENDPOINT);
+        let client_id = get(COSMOS_CLIENT_ID);
+        let (endpoint, auth, relax_emulator_certificate) = match (connection, identity_endpoint) {
+            (Some(raw), _) => {
+                let parsed = parse_cosmos_connection(&raw)?;
+                (parsed.endpoint, CosmosAuth::Key(parsed.key), parsed.relax_emulator_certificate)
+            }
+            (None, Some(endpoint)) => {
+                let endpoint = check_cosmos_endpoint(COSMOS_IDENTITY_ENDPOINT, &endpoint)?;
+                (endpoint, CosmosAuth::ManagedIdentity { client_id }, false)
+            }
+            (None, None) if client_id.is_some() => {
+                return Err(SettingsError::new(
+                    COSMOS_IDENTITY_ENDPOINT,
+                    "is not set, but CosmosDBConnection__clientId is; set it to the account endpoint (https://<account>.documents.azure.com:443/)",
+                ));
+            }
+            (None, None) => {
+                for name in [COSMOS_DATABASE, COSMOS_CONTAINER] {
+                    if get(name).is_some() {
+                        return Err(SettingsError::new(
+                            COSMOS_CONNECTION,
+                            format!(
+                                "is not set, but {name} is; set CosmosDBConnection (AccountEndpoint=…;AccountKey=…;) or CosmosDBConnection__accountEndpoint, or remove {name} to use the embedded store"
+                            ),
+                        ));
+                    }
+                }
+                return Ok(None);
+            }
+        };
+        let database = cosmos_name(get, COSMOS_DATABASE, "cachepatterns")?;
+        let container = cosmos_name(get, COSMOS_CONTAINER, "items")?;
+        Ok(Some(Self { endpoint, auth, database, container, relax_emulator_certificate }))
+    }
+}
+
+struct CosmosConnection {
+    endpoint: String,
+    key: String,
+    relax_emulator_certificate: bool,
+}
+
+/// Parses `AccountEndpoint=…;AccountKey=…;` (option names case-insensitive, values split at the
+/// first `=` only because base64 keys end in `=` padding). Errors never repeat the key.
+fn parse_cosmos_connection(raw: &str) -> Result<CosmosConnection, SettingsError> {
+    let mut endpoint = None;
+    let mut key = None;
+    let mut relax_emulator_certificate = false;
+    for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = part.split_once('=') else {
+            return Err(SettingsError::new(
+                COSMOS_CONNECTION,
+                "must be a list of Name=Value pairs separated by `;` (AccountEndpoint=…;AccountKey=…;)",
+            ));
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "accountendpoint" => endpoint = Some(value.to_string()),
+            "accountkey" => key = Some(value.to_string()),
+            "disableservercertificatevalidation" => {
+                relax_emulator_certificate = parse_bool(value).ok_or_else(|| {
+                    SettingsError::new(
+                        COSMOS_CONNECTION,
+                        "option `DisableServerCertificateValidation` must be True or False",
+                    )
+                })?
+            }
+            other => {
+                return Err(SettingsError::new(
+                    COSMOS_CONNECTION,
+                    format!("has an unknown option `{other}`; expected AccountEndpoint and AccountKey"),
+                ));
+            }
+        }
+    }
+    let endpoint = endpoint.filter(|e| !e.is_empty()).ok_or_else(|| {
+        SettingsError::new(COSMOS_CONNECTION, "has no AccountEndpoint (expected AccountEndpoint=https://<account>.documents.azure.com:443/;AccountKey=…;)")
+    })?;
+    let endpoint = check_cosmos_endpoint(COSMOS_CONNECTION, &endpoint)?;
+    let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
+        SettingsError::new(
+            COSMOS_CONNECTION,
+            "has no AccountKey; give the key connection string the portal shows, or use CosmosDBConnection__accountEndpoint for managed identity",
+        )
+    })?;
+    use base64::Engine as _;
+    if base64::engine::general_purpose::STANDARD.decode(&key).is_err() {
+        return Err(SettingsError::new(COSMOS_CONNECTION, "has an AccountKey that is not valid base64"));
+    }
+    Ok(CosmosConnection { endpoint, key, relax_emulator_certificate })
+}
+
+/// An absolute `https://` (or, for the local emulator, `http://`) URL with a host.
+fn check_cosmos_endpoint(setting: &str, raw: &str) -> Result<String, SettingsError> {
+    let lower = raw.to_ascii_lowercase();
+    let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', ':', '?']).next().unwrap_or(""));
+    match host {
+        Some(host) if !host.is_empty() && !raw.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Ok(raw.to_string())
+        }
+        _ => Err(SettingsError::new(
+            setting,
+            "has an account endpoint that is not an https:// URL (expected https://<account>.documents.azure.com:443/)",
+        )),
+    }
+}
+
+/// Database and container ids: 1–255 characters, none of `/ \ ? #`.
+fn cosmos_name(get: &impl Fn(&str) -> Option<String>, name: &str, default: &str) -> Result<String, SettingsError> {
+    let value = get(name).unwrap_or_else(|| default.to_string());
+    if value.len() > 255 || value.chars().any(|c| matches!(c, '/' | '\\' | '?' | '#') || c.is_control()) {
+        return Err(SettingsError::new(
+            name,
+            format!("{value:?} is not a valid Cosmos DB id (at most 255 characters, none of / \\ ? #)"),
+        ));
+    }
+    Ok(value)
+}
+
+const COSMOS_CONNECTION: &str = "CosmosDBConnection";
+const COSMOS_IDENTITY_ENDPOINT: &str = "CosmosDBConnection__accountEndpoint";
+const COSMOS_CLIENT_ID: &str = "CosmosDBConnection__clientId";
+const COSMOS_DATABASE: &str = "CosmosDBDatabase";
+const COSMOS_CONTAINER: &str = "CosmosDBContainer";
 
 /// Every setting the service reads, with DESIGN.md's defaults applied.
 #[derive(Debug, Clone)]
@@ -306,8 +503,11 @@ impl Settings {
         if instance_name.chars().any(char::is_control) {
             return Err(SettingsError::new("RedisInstanceName", "must not contain control characters"));
         }
-        let store = StoreSettings::Sqlite {
-            path: PathBuf::from(get("LocalStorePath").unwrap_or_else(|| ".data/store.db".to_string())),
+        let store = match CosmosSettings::from_lookup(&get)? {
+            Some(cosmos) => StoreSettings::Cosmos(cosmos),
+            None => StoreSettings::Sqlite {
+                path: PathBuf::from(get("LocalStorePath").unwrap_or_else(|| ".data/store.db".to_string())),
+            },
         };
         let cache_ttl = Duration::from_secs(number(&get, "CacheTtlSeconds", 300, 1, 365 * 24 * 3600)?);
         let ttl_jitter_percent = number(&get, "CacheTtlJitterPercent", 10, 0, 100)? as u32;
@@ -357,6 +557,8 @@ fn number(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
@@ -421,5 +623,98 @@ mod tests {
         let err = settings(&[("RedisCache", "localhost"), ("RefreshAheadFactor", "1.5")]).unwrap_err();
         assert_eq!(err.name, "RefreshAheadFactor");
         assert_eq!(settings(&[]).unwrap_err().name, "RedisCache");
+    }
+
+    const EMULATOR: &str = "AccountEndpoint=https://localhost:8081/;AccountKey=C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==;";
+
+    fn cosmos(pairs: &[(&str, &str)]) -> Result<CosmosSettings, SettingsError> {
+        let mut all = vec![("RedisCache", "localhost")];
+        all.extend_from_slice(pairs);
+        match settings(&all)?.store {
+            StoreSettings::Cosmos(cosmos) => Ok(cosmos),
+            other => panic!("expected the Cosmos store, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_cosmos_setting_means_sqlite() {
+        let s = settings(&[("RedisCache", "localhost"), ("LocalStorePath", "/tmp/x.db")]).unwrap();
+        assert!(matches!(s.store, StoreSettings::Sqlite { ref path } if path == Path::new("/tmp/x.db")));
+    }
+
+    #[test]
+    fn emulator_connection_string_with_defaults() {
+        let c = cosmos(&[("CosmosDBConnection", EMULATOR)]).unwrap();
+        assert_eq!(c.endpoint, "https://localhost:8081/");
+        assert_eq!(
+            c.auth,
+            CosmosAuth::Key(
+                "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==".into()
+            )
+        );
+        assert_eq!((c.database.as_str(), c.container.as_str()), ("cachepatterns", "items"));
+        assert!(!c.relax_emulator_certificate);
+        assert!(!format!("{c:?}").contains("C2y6yDjf5"), "Debug must not print the key");
+        assert!(!c.describe().contains("C2y6yDjf5"));
+    }
+
+    #[test]
+    fn portal_connection_string_any_case_and_names() {
+        let c = cosmos(&[
+            ("CosmosDBConnection", " accountendpoint=https://acct.documents.azure.com:443/ ; ACCOUNTKEY=a2V5PT0=; DisableServerCertificateValidation=True"),
+            ("CosmosDBDatabase", "db1"),
+            ("CosmosDBContainer", "c1"),
+        ])
+        .unwrap();
+        assert_eq!(c.endpoint, "https://acct.documents.azure.com:443/");
+        assert_eq!(c.auth, CosmosAuth::Key("a2V5PT0=".into()));
+        assert_eq!((c.database.as_str(), c.container.as_str()), ("db1", "c1"));
+        assert!(c.relax_emulator_certificate);
+    }
+
+    #[test]
+    fn managed_identity_settings() {
+        let c = cosmos(&[("CosmosDBConnection__accountEndpoint", "https://acct.documents.azure.com:443/")]).unwrap();
+        assert_eq!(c.auth, CosmosAuth::ManagedIdentity { client_id: None });
+        let c = cosmos(&[
+            ("CosmosDBConnection__accountEndpoint", "https://acct.documents.azure.com:443/"),
+            ("CosmosDBConnection__clientId", "00000000-1111-2222-3333-444444444444"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.auth,
+            CosmosAuth::ManagedIdentity { client_id: Some("00000000-1111-2222-3333-444444444444".into()) }
+        );
+        // The key connection string wins when both are present.
+        let c =
+            cosmos(&[("CosmosDBConnection", EMULATOR), ("CosmosDBConnection__accountEndpoint", "https://x/")]).unwrap();
+        assert!(matches!(c.auth, CosmosAuth::Key(_)));
+    }
+
+    #[test]
+    fn cosmos_errors_name_the_setting_and_never_the_key() {
+        let secret = "c2VjcmV0LWtleQ==";
+        let bad_connections = [
+            format!("AccountKey={secret}"),
+            format!("AccountEndpoint=ftp://acct;AccountKey={secret}"),
+            format!("AccountEndpoint=https://acct.documents.azure.com/;AccountKey={secret};Bogus=1"),
+            format!("AccountEndpoint=https://acct.documents.azure.com/;{secret}"),
+            "AccountEndpoint=https://acct.documents.azure.com/;AccountKey=not base64 s3cret!".to_string(),
+            "AccountEndpoint=https://acct.documents.azure.com/".to_string(),
+        ];
+        for bad in &bad_connections {
+            let err = cosmos(&[("CosmosDBConnection", bad)]).unwrap_err();
+            assert_eq!(err.name, "CosmosDBConnection", "{err}");
+            let text = err.to_string();
+            assert!(!text.contains(secret) && !text.contains("s3cret"), "secret leaked: {text}");
+        }
+        let err = cosmos(&[("CosmosDBConnection__clientId", "abc")]).unwrap_err();
+        assert_eq!(err.name, "CosmosDBConnection__accountEndpoint");
+        let err = cosmos(&[("CosmosDBConnection__accountEndpoint", "acct.documents.azure.com")]).unwrap_err();
+        assert_eq!(err.name, "CosmosDBConnection__accountEndpoint");
+        let err = cosmos(&[("CosmosDBDatabase", "db")]).unwrap_err();
+        assert_eq!(err.name, "CosmosDBConnection");
+        let err = cosmos(&[("CosmosDBConnection", EMULATOR), ("CosmosDBContainer", "a/b")]).unwrap_err();
+        assert_eq!(err.name, "CosmosDBContainer");
     }
 }

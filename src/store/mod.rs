@@ -1,11 +1,12 @@
 //! The backing store: the system of record behind the cache.
 //!
-//! [`Store`] is what every pattern talks to; [`sqlite::SqliteStore`] is the embedded default and the
-//! Cosmos DB implementation follows the same contract (the suite in `tests/common/store_contract.rs`
+//! [`Store`] is what every pattern talks to; [`sqlite::SqliteStore`] is the embedded default and
+//! [`cosmos::CosmosStore`] (Azure Cosmos DB) follows the same contract (the suite in `tests/common/store_contract.rs`
 //! runs against each). The contract's heart is [`Store::apply`]: a write carries a version and is
 //! applied only if it is newer than what is stored, atomically, so duplicated, replayed or
 //! reordered writes can never make the store go backwards. Deletes are tombstones with a version.
 
+pub mod cosmos;
 pub mod sqlite;
 
 use std::time::Duration;

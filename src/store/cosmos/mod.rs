@@ -1,0 +1,603 @@
+//! The Azure Cosmos DB (NoSQL API) store, on `azure_data_cosmos`.
+//!
+//! One item per key, in a container partitioned on `/id`:
+//! `{"id", "key", "value", "version", "deleted", "updatedAt"}`. The id is derived from the key
+//! ([`id`] explains the mapping; keys with `/ \ ? #`, non-ASCII or 200+ bytes get a safe id) and the
+//! original key is recorded in `key`, which is what [`Store::get`] returns. Deletes write a
+//! tombstone (`deleted: true`, `value: null`) that keeps the delete's version, so a late, older
+//! write cannot resurrect the key.
+//!
+//! # Apply only if newer, atomically
+//!
+//! Optimistic concurrency on the item's ETag: read the item (404 → `create`, which fails with 409
+//! if another writer created it first), compare versions (ours not newer → `Stale`), else `replace`
+//! with `If-Match: <etag>` (412 if anyone wrote in between). A 409 or 412 means another writer won
+//! the race: read again and decide again, at most [`MAX_ATTEMPTS`] times (then `Unavailable`, so
+//! the caller retries later). Cosmos serialises writes per item, so the only replace that can
+//! succeed is one based on the current state: no lost update, and the highest version wins.
+//!
+//! Alternatives considered: a *conditional patch* (`filterPredicate: "from c where c.version <
+//! @v"`) is one round trip, but patch is behind `unstable_patch` in this SDK ("not
+//! production-ready"), cannot create a missing item, and a rejected predicate does not say which
+//! version is stored (the contract's `Stale { current }` needs it), so it saves nothing in the cases
+//! that matter. A *stored procedure* would be atomic in one call too, but it must be registered with
+//! key (control-plane) access that managed-identity deployments do not have, and the SDK has no API
+//! to run one. The ETag loop needs only data-plane rights (Cosmos DB Built-in Data Contributor).
+//!
+//! # Errors and request units
+//!
+//! 404 on a read is "absent". 429 (after the SDK's own throttling retries), 503, 408, 449, other 5xx,
+//! timeouts and transport failures are [`StoreError::Unavailable`] with the service's
+//! `x-ms-retry-after-ms` when it sent one (the HTTP layer turns that into `503` + `Retry-After`);
+//! everything else is [`StoreError::Rejected`]. Each Cosmos operation's request charge is logged at
+//! `trace` and the sum per store call at `debug` (`RUST_LOG=cachepatterns::store::cosmos=trace`).
+
+mod id;
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::http::Etag;
+use azure_data_cosmos::models::ContainerProperties;
+use azure_data_cosmos::options::{
+    BinaryEncodingOptions, ConnectionPoolOptions, ItemWriteOptions, OperationOptionsBuilder, Precondition,
+    ServerCertificateValidation, ThrottlingRetryOptionsBuilder,
+};
+use azure_data_cosmos::{
+    AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosClientBuilder, CosmosError,
+    CosmosRuntimeBuilder, RoutingStrategy,
+};
+use azure_data_cosmos_driver::error::status_codes;
+use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use id::item_id;
+
+use super::{Applied, Change, Record, Store, StoreError};
+use crate::settings::{CosmosAuth, CosmosSettings};
+
+/// Reads and conditional writes one apply may make before it gives up on a hot key.
+pub const MAX_ATTEMPTS: u32 = 16;
+/// Longest a single store call may take, SDK retries included, before it counts as unavailable.
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest start-up may wait for the account (client, database and container checks).
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Cosmos numbers are IEEE doubles: larger versions would be rounded on the server.
+const MAX_VERSION: u64 = (1 << 53) - 1;
+/// An id no key maps to (hashed ids are 45 characters), read by [`Store::ping`].
+const PING_ID: &str = "~~ping";
+/// The partition key path the container must have.
+const PARTITION_KEY_PATH: &str = "/id";
+
+/// What start-up may do about a missing database or container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// Create them if missing (needs key access: the control plane is not open to Entra ID data roles).
+    CreateIfMissing,
+    /// Only check that they exist (managed identity).
+    MustExist,
+}
+
+/// The Cosmos DB-backed [`Store`]. One per process: it holds the process's only Cosmos client.
+#[derive(Clone)]
+pub struct CosmosStore {
+    container: ContainerClient,
+    // Kept so the client (and its connection pools) lives exactly as long as the store.
+    _client: Arc<CosmosClient>,
+    description: String,
+}
+
+impl std::fmt::Debug for CosmosStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CosmosStore").field("target", &self.description).finish()
+    }
+}
+
+impl CosmosStore {
+    /// Builds the process's Cosmos client from the settings and opens the container, creating the
+    /// database and container when authenticating with a key. Fails when the account cannot be
+    /// reached within 30 s; no message contains the key.
+    pub async fn connect(settings: &CosmosSettings) -> Result<Self, StoreError> {
+        install_crypto_provider();
+        let endpoint: AccountEndpoint = settings.endpoint.parse().map_err(|e: CosmosError| {
+            StoreError::Rejected(format!("the Cosmos DB account endpoint {} is not usable: {e}", settings.endpoint))
+        })?;
+        let local_emulator = endpoint
+            .url()
+            .host_str()
+            .is_some_and(|host| matches!(host.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "[::1]"));
+        let (account, provisioning) = match &settings.auth {
+            CosmosAuth::Key(key) => (
+                AccountReference::with_authentication_key(endpoint, Secret::new(key.clone())),
+                Provisioning::CreateIfMissing,
+            ),
+            CosmosAuth::ManagedIdentity { client_id } => {
+                let options = ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                    ..Default::default()
+                };
+                let credential: Arc<dyn TokenCredential> =
+                    ManagedIdentityCredential::new(Some(options)).map_err(|e| {
+                        StoreError::Rejected(format!("cannot prepare the managed identity credential: {e}"))
+                    })?;
+                (AccountReference::with_credential(endpoint, credential), Provisioning::MustExist)
+            }
+        };
+        let startup = async {
+            let mut builder = CosmosClientBuilder::new().with_default_operation_options(
+                OperationOptionsBuilder::new()
+                    .with_throttling_retry_options(
+                        ThrottlingRetryOptionsBuilder::new()
+                            .with_max_retry_count(3)
+                            .with_max_retry_wait_time(Duration::from_secs(5))
+                            .build(),
+                    )
+                    .build(),
+            );
+            if local_emulator {
+                // The Linux (vNext) Cosmos DB emulator does not speak the SDK's binary JSON yet.
+                builder = builder.with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false));
+            }
+            if settings.relax_emulator_certificate {
+                let pool = ConnectionPoolOptions::builder()
+                    .with_server_certificate_validation(ServerCertificateValidation::RequiredUnlessEmulator)
+                    .build()
+                    .map_err(|e| startup_error(settings, &e))?;
+                let runtime = CosmosRuntimeBuilder::new()
+                    .with_connection_pool(pool)
+                    .build()
+                    .await
+                    .map_err(|e| startup_error(settings, &e))?;
+                builder = builder.with_runtime(runtime);
+            }
+            // An empty preference list routes by the account's own region order.
+            let client = builder
+                .build(account, RoutingStrategy::PreferredRegions(Vec::new()))
+                .await
+                .map_err(|e| startup_error(settings, &e))?;
+            Self::open(client, &settings.database, &settings.container, provisioning).await
+        };
+        match tokio::time::timeout(STARTUP_DEADLINE, startup).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::unavailable(format!(
+                "the Cosmos DB account at {} did not answer within {} s",
+                settings.endpoint,
+                STARTUP_DEADLINE.as_secs()
+            ))),
+        }
+    }
+
+    /// Opens `database`/`container` through an existing client (the in-memory emulator's, in
+    /// tests), creating them first if `provisioning` says so, and checks the partition key path.
+    pub async fn open(
+        client: CosmosClient,
+        database: &str,
+        container: &str,
+        provisioning: Provisioning,
+    ) -> Result<Self, StoreError> {
+        let target = format!("{} database {database:?} container {container:?}", client.endpoint());
+        if provisioning == Provisioning::CreateIfMissing {
+            match client.create_database(database, None).await {
+                Ok(_) => tracing::info!(database, "created the Cosmos DB database"),
+                Err(e) if e.status().is_conflict() => {}
+                Err(e) => return Err(open_error(&target, "create the database", &e)),
+            }
+            let properties = ContainerProperties::new(container.to_string(), PARTITION_KEY_PATH.into());
+            match client.database_client(database).create_container(properties, None).await {
+                Ok(_) => tracing::info!(database, container, "created the Cosmos DB container (partition key /id)"),
+                Err(e) if e.status().is_conflict() => {}
+                Err(e) => return Err(open_error(&target, "create the container", &e)),
+            }
+        } else {
+            tracing::info!(
+                database,
+                container,
+                "managed identity: the database and the container (partition key /id) must already exist; \
+                 the identity needs the Cosmos DB Built-in Data Contributor role"
+            );
+        }
+        let container_client = client.database_client(database).container_client(container, None).await.map_err(|e| {
+            if e.status().status_code() == azure_core::http::StatusCode::NotFound {
+                StoreError::Rejected(format!(
+                    "{target} does not exist; create it with partition key /id (with managed identity the service cannot create it)"
+                ))
+            } else if e.status().is_forbidden() {
+                StoreError::Rejected(format!(
+                    "cannot open {target}: {} (give the identity the Cosmos DB Built-in Data Contributor role on the account)",
+                    describe(&e)
+                ))
+            } else {
+                open_error(&target, "open the container", &e)
+            }
+        })?;
+        let properties: ContainerProperties = container_client
+            .read(None)
+            .await
+            .and_then(|response| response.into_model())
+            .map_err(|e| open_error(&target, "read the container's properties", &e))?;
+        let paths: Vec<&str> = properties.partition_key.paths().iter().map(|p| p.as_ref()).collect();
+        if paths != [PARTITION_KEY_PATH] {
+            return Err(StoreError::Rejected(format!(
+                "{target} is partitioned on {paths:?}; this service needs partition key path /id"
+            )));
+        }
+        Ok(Self { container: container_client, _client: Arc::new(client), description: target })
+    }
+
+    /// Endpoint, database and container, for logs.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// Reads the item `id`: `None` on 404, else the document and its ETag.
+    async fn read(&self, id: &str, charges: &mut Charges<'_>) -> Result<Option<(StoredDocument, Etag)>, StoreError> {
+        match self.container.read_item(id.to_string(), id, None).await {
+            Ok(response) => {
+                charges.record("read", response.diagnostics().total_request_charge().value(), 200);
+                let etag =
+                    response.headers().etag().cloned().ok_or_else(|| {
+                        StoreError::Rejected(format!("Cosmos DB returned item {id:?} without an ETag"))
+                    })?;
+                let document: StoredDocument = response
+                    .into_model()
+                    .map_err(|e| StoreError::Rejected(format!("item {id:?} is not a document of this service: {e}")))?;
+                Ok(Some((document, etag)))
+            }
+            Err(e) if e.status().is_not_found() => {
+                charges.record_error("read", &e);
+                Ok(None)
+            }
+            Err(e) => {
+                charges.record_error("read", &e);
+                Err(store_error("read", &e))
+            }
+        }
+    }
+
+    async fn apply_at_most(
+        &self,
+        document: &NewDocument<'_>,
+        charges: &mut Charges<'_>,
+    ) -> Result<Applied, StoreError> {
+        let id = document.id;
+        for attempt in 1..=MAX_ATTEMPTS {
+            if attempt > 2 {
+                back_off(attempt).await;
+            }
+            match self.read(id, charges).await? {
+                None => match self.container.create_item(id.to_string(), id, document, None).await {
+                    Ok(response) => {
+                        charges.record("create", response.diagnostics().total_request_charge().value(), 201);
+                        return Ok(Applied::Yes);
+                    }
+                    // Another writer created it first: read theirs and decide again.
+                    Err(e) if e.status().is_conflict() => charges.record_error("create", &e),
+                    Err(e) => {
+                        charges.record_error("create", &e);
+                        return Err(store_error("create", &e));
+                    }
+                },
+                Some((current, etag)) => {
+                    current.check_key(id, document.key)?;
+                    let stored = current.version()?;
+                    if stored >= document.version {
+                        return Ok(Applied::Stale { current: stored });
+                    }
+                    let options = ItemWriteOptions::default().with_precondition(Precondition::if_match(etag));
+                    match self.container.replace_item(id.to_string(), id, document, Some(options)).await {
+                        Ok(response) => {
+                            charges.record("replace", response.diagnostics().total_request_charge().value(), 200);
+                            return Ok(Applied::Yes);
+                        }
+                        // 412: someone wrote since our read; 404: someone removed the item by hand.
+                        Err(e) if e.status().is_precondition_failed() || e.status().is_not_found() => {
+                            charges.record_error("replace", &e)
+                        }
+                        Err(e) => {
+                            charges.record_error("replace", &e);
+                            return Err(store_error("replace", &e));
+                        }
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable {
+            message: format!(
+                "Cosmos DB: gave up on item {id:?} after {MAX_ATTEMPTS} attempts lost to concurrent writers"
+            ),
+            retry_after: Some(Duration::from_millis(100)),
+        })
+    }
+}
+
+/// reqwest is built without a default rustls provider (no aws-lc-rs): make sure one is installed
+/// before the first client is built, whoever embeds the store (the binary installs `ring` too).
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: any installed provider will do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// A short jittered pause between attempts on a contended item, so racing writers spread out.
+async fn back_off(attempt: u32) {
+    let jitter = crate::version::now_micros() % 1000;
+    tokio::time::sleep(Duration::from_micros(u64::from(attempt) * 500 + jitter)).await;
+}
+
+/// The document as written.
+#[derive(Serialize)]
+struct NewDocument<'a> {
+    id: &'a str,
+    key: &'a str,
+    value: &'a Value,
+    version: u64,
+    deleted: bool,
+    #[serde(rename = "updatedAt")]
+    updated_at: String,
+}
+
+/// The document as read; Cosmos's own fields (`_etag`, `_ts`, …) are ignored.
+#[derive(Deserialize)]
+struct StoredDocument {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    value: Value,
+    version: Value,
+    #[serde(default)]
+    deleted: bool,
+}
+
+impl StoredDocument {
+    /// The stored version; accepts `1.0e15`-style numbers that some encodings give back for integers.
+    fn version(&self) -> Result<u64, StoreError> {
+        self.version
+            .as_u64()
+            .or_else(|| {
+                self.version
+                    .as_f64()
+                    .filter(|v| v.fract() == 0.0 && *v >= 0.0 && *v <= MAX_VERSION as f64)
+                    .map(|v| v as u64)
+            })
+            .ok_or_else(|| StoreError::Rejected(format!("stored version {} is not a whole number", self.version)))
+    }
+
+    /// The key this item stands for: the recorded one, or (for items written by hand without it)
+    /// the one the id encodes.
+    fn stored_key(&self, id: &str) -> Option<String> {
+        self.key.clone().or_else(|| id::key_of(id))
+    }
+
+    /// Guards against the (astronomically unlikely) hash collision of two long keys.
+    fn check_key(&self, id: &str, key: &str) -> Result<(), StoreError> {
+        match self.stored_key(id) {
+            Some(stored) if stored == key => Ok(()),
+            _ => Err(StoreError::Rejected(format!("Cosmos DB item {id:?} belongs to another key"))),
+        }
+    }
+
+    fn into_record(self, id: &str, key: &str) -> Result<Record, StoreError> {
+        self.check_key(id, key)?;
+        let version = self.version()?;
+        let value = if self.deleted { None } else { Some(self.value) };
+        Ok(Record { key: key.to_string(), value, version })
+    }
+}
+
+/// Request units spent by one store call, logged per operation (trace) and in total (debug).
+struct Charges<'a> {
+    call: &'static str,
+    id: &'a str,
+    total: f64,
+    operations: u32,
+}
+
+impl<'a> Charges<'a> {
+    fn new(call: &'static str, id: &'a str) -> Self {
+        Self { call, id, total: 0.0, operations: 0 }
+    }
+
+    fn record(&mut self, operation: &'static str, request_charge: f64, status: u16) {
+        self.total += request_charge;
+        self.operations += 1;
+        tracing::trace!(operation, id = self.id, status, request_charge, "Cosmos DB request charge");
+    }
+
+    fn record_error(&mut self, operation: &'static str, error: &CosmosError) {
+        let charge = error.diagnostics().map(|d| d.total_request_charge().value()).unwrap_or(0.0);
+        self.record(operation, charge, u16::from(error.status().status_code()));
+    }
+
+    fn finish(&self) {
+        tracing::debug!(
+            call = self.call,
+            id = self.id,
+            operations = self.operations,
+            request_charge = self.total,
+            "Cosmos DB request charge of the store call"
+        );
+    }
+}
+
+/// Runs one store call under [`CALL_DEADLINE`] and logs its request charge.
+async fn within_deadline<T>(
+    charges: &mut Charges<'_>,
+    call: impl AsyncFnOnce(&mut Charges<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let result = match tokio::time::timeout(CALL_DEADLINE, call(charges)).await {
+        Ok(result) => result,
+        Err(_) => {
+            Err(StoreError::unavailable(format!("Cosmos DB did not answer within {} s", CALL_DEADLINE.as_secs())))
+        }
+    };
+    charges.finish();
+    result
+}
+
+/// Maps an SDK error to the store's: transient conditions are `Unavailable` (with the service's
+/// retry hint), the rest `Rejected`.
+fn store_error(operation: &str, error: &CosmosError) -> StoreError {
+    let status = error.status();
+    let code = u16::from(status.status_code());
+    let message = format!("Cosmos DB {operation}: {}", describe(error));
+    // `is_transient` covers 408/429/449/503, including the SDK's own 503s for transport failures
+    // (DNS, connection) and 408s for client-side timeouts.
+    let transient = status.is_transient()
+        || matches!(code, 500 | 502 | 504)
+        || status.is_read_session_not_available()
+        // No token yet: the identity endpoint is not answering (yet).
+        || status == status_codes::AUTHENTICATION_TOKEN_ACQUISITION_FAILED;
+    if transient {
+        let retry_after =
+            error.response().and_then(|response| response.headers().retry_after_ms).map(Duration::from_millis);
+        StoreError::Unavailable { message, retry_after }
+    } else {
+        StoreError::Rejected(message)
+    }
+}
+
+/// The SDK's one-line `status (name): message`, plus the root cause when there is one (a DNS or
+/// connection error says more than "transport failed").
+fn describe(error: &CosmosError) -> String {
+    let mut root = error.source();
+    while let Some(next) = root.and_then(|e| e.source()) {
+        root = Some(next);
+    }
+    match root {
+        Some(cause) => format!("{error} ({cause})"),
+        None => error.to_string(),
+    }
+}
+
+fn startup_error(settings: &CosmosSettings, error: &CosmosError) -> StoreError {
+    let status = error.status();
+    let hint = match settings.auth {
+        CosmosAuth::ManagedIdentity { .. } if status.is_unauthorized() || status.is_forbidden() => {
+            " (managed identity: the identity needs a token from the platform and the Cosmos DB Built-in Data Contributor role on the account)"
+        }
+        _ => "",
+    };
+    let what = format!("cannot reach the Cosmos DB account at {}: {}{hint}", settings.endpoint, describe(error));
+    match store_error("connect", error) {
+        StoreError::Unavailable { retry_after, .. } => StoreError::Unavailable { message: what, retry_after },
+        StoreError::Rejected(_) => StoreError::Rejected(what),
+    }
+}
+
+fn open_error(target: &str, action: &str, error: &CosmosError) -> StoreError {
+    let what = format!("cannot {action} ({target}): {}", describe(error));
+    match store_error(action, error) {
+        StoreError::Unavailable { retry_after, .. } => StoreError::Unavailable { message: what, retry_after },
+        StoreError::Rejected(_) => StoreError::Rejected(what),
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[async_trait]
+impl Store for CosmosStore {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        let id = item_id(key);
+        let mut charges = Charges::new("get", &id);
+        within_deadline(&mut charges, async |charges| match self.read(&id, charges).await? {
+            None => Ok(None),
+            Some((document, _)) => document.into_record(&id, key).map(Some),
+        })
+        .await
+    }
+
+    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
+        if version > MAX_VERSION {
+            return Err(StoreError::Rejected(format!(
+                "version {version} is larger than Cosmos DB numbers hold exactly (2^53 - 1)"
+            )));
+        }
+        let id = item_id(key);
+        let (value, deleted) = match change {
+            Change::Upsert(value) => (value, false),
+            Change::Delete => (Value::Null, true),
+        };
+        let document = NewDocument { id: &id, key, value: &value, version, deleted, updated_at: now_rfc3339() };
+        let mut charges = Charges::new("apply", &id);
+        within_deadline(&mut charges, async |charges| self.apply_at_most(&document, charges).await).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut charges = Charges::new("ping", PING_ID);
+        within_deadline(&mut charges, async |charges| self.read(PING_ID, charges).await.map(|_| ())).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "cosmos"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use azure_core::http::StatusCode;
+    use azure_data_cosmos::CosmosStatus;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn error(status: CosmosStatus) -> CosmosError {
+        CosmosError::builder().with_status(status).with_message("test").build()
+    }
+
+    #[test]
+    fn transient_answers_are_unavailable_and_the_rest_rejected() {
+        for status in [
+            CosmosStatus::new(StatusCode::TooManyRequests),
+            CosmosStatus::new(StatusCode::ServiceUnavailable),
+            CosmosStatus::new(StatusCode::RequestTimeout),
+            CosmosStatus::new(StatusCode::InternalServerError),
+            status_codes::TRANSPORT_CONNECTION_FAILED,
+            status_codes::TRANSPORT_DNS_FAILED,
+            status_codes::AUTHENTICATION_TOKEN_ACQUISITION_FAILED,
+            status_codes::READ_SESSION_NOT_AVAILABLE,
+        ] {
+            assert!(store_error("read", &error(status)).is_transient(), "{status:?}");
+        }
+        for status in [
+            CosmosStatus::new(StatusCode::BadRequest),
+            CosmosStatus::new(StatusCode::Unauthorized),
+            CosmosStatus::new(StatusCode::Forbidden),
+            CosmosStatus::new(StatusCode::PayloadTooLarge),
+            status_codes::CLIENT_BAD_REQUEST,
+        ] {
+            assert!(!store_error("read", &error(status)).is_transient(), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn messages_say_what_failed() {
+        let message = store_error("replace", &error(CosmosStatus::new(StatusCode::TooManyRequests))).to_string();
+        assert!(message.contains("Cosmos DB replace") && message.contains("429"), "{message}");
+    }
+
+    #[test]
+    fn stored_versions_may_come_back_as_whole_doubles() {
+        let document = |version: Value| StoredDocument { key: None, value: Value::Null, version, deleted: false };
+        assert_eq!(document(json!(1_800_000_000_000_000u64)).version().unwrap(), 1_800_000_000_000_000);
+        assert_eq!(document(json!(1.8e15)).version().unwrap(), 1_800_000_000_000_000);
+        assert!(document(json!(1.5)).version().is_err());
+        assert!(document(json!("7")).version().is_err());
+    }
+
+    #[test]
+    fn items_written_without_a_key_field_fall_back_to_the_id() {
+        let document = StoredDocument { key: None, value: json!(1), version: json!(3), deleted: false };
+        let record = document.into_record("with-id", "with-id").unwrap();
+        assert_eq!((record.key.as_str(), record.value, record.version), ("with-id", Some(json!(1)), 3));
+        let other = StoredDocument { key: Some("a".into()), value: json!(1), version: json!(3), deleted: false };
+        assert!(other.into_record("~~hash", "b").is_err(), "a key mismatch must not return another key's value");
+    }
+}

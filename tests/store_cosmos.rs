@@ -1,0 +1,503 @@
+//! The store contract against the Cosmos DB store, plus what is Cosmos's own: provisioning, the
+//! document shape and ids, contention, throttling through the HTTP API, and Cache-Aside /
+//! Write-Through end to end. Cosmos is the SDK's in-memory emulator, which runs the real SDK
+//! pipeline (auth, retries, 404/409/412/429) against an in-process account.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::http::Url;
+use azure_data_cosmos::options::{OperationOptionsBuilder, Region, ThrottlingRetryOptionsBuilder};
+use azure_data_cosmos::{
+    AccountEndpoint, AccountReference, CosmosClient, CosmosClientBuilder, CosmosRuntimeBuilder, RoutingStrategy,
+};
+use azure_data_cosmos_driver::fault_injection::{
+    FaultInjectionConditionBuilder, FaultInjectionErrorType, FaultInjectionResultBuilder, FaultInjectionRule,
+    FaultInjectionRuleBuilder, FaultOperationType,
+};
+use azure_data_cosmos_driver::in_memory_emulator::{
+    ConsistencyLevel, ContainerConfig, EmulatorStore, InMemoryEmulatorHttpClient, VirtualAccountConfig, VirtualRegion,
+};
+use cachepatterns::app::App;
+use cachepatterns::cache::RedisCache;
+use cachepatterns::server;
+use cachepatterns::store::cosmos::{CosmosStore, Provisioning, item_id};
+use cachepatterns::store::{Applied, Change, Store, StoreError};
+use common::RedisServer;
+use common::host::{self, Call, FunctionDef, MODES};
+use serde_json::{Value, json};
+
+const GATEWAY: &str = "https://eastus.emulator.local";
+const DATABASE: &str = "cachepatterns";
+const CONTAINER: &str = "items";
+
+/// One in-memory Cosmos account.
+struct Emulator {
+    http: Arc<InMemoryEmulatorHttpClient>,
+}
+
+impl Emulator {
+    fn new(throttling: bool) -> Self {
+        // reqwest is built without a default crypto provider (see Cargo.toml); the binary and
+        // `CosmosStore::connect` install `ring`, and so must a test that builds its own client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let region = VirtualRegion::new("East US", Url::parse(GATEWAY).expect("gateway URL"));
+        let config = VirtualAccountConfig::new(vec![region])
+            .expect("emulator account")
+            .with_consistency(ConsistencyLevel::Session)
+            .with_throttling_enabled(throttling);
+        Self { http: Arc::new(InMemoryEmulatorHttpClient::new(config)) }
+    }
+
+    fn account(&self) -> Arc<EmulatorStore> {
+        self.http.store()
+    }
+
+    /// A client of this account. `throttle_retries: Some(0)` makes the SDK hand back the first 429.
+    async fn client(&self, throttle_retries: Option<u32>) -> CosmosClient {
+        self.client_with_faults(throttle_retries, Vec::new()).await
+    }
+
+    /// A client whose requests pass through fault-injection `rules` (delays, injected errors).
+    async fn client_with_faults(
+        &self,
+        throttle_retries: Option<u32>,
+        rules: Vec<Arc<FaultInjectionRule>>,
+    ) -> CosmosClient {
+        let account = AccountReference::with_authentication_key(
+            GATEWAY.parse::<AccountEndpoint>().expect("endpoint"),
+            azure_core::credentials::Secret::new("dGVzdGtleQ=="),
+        );
+        let driver_runtime = if rules.is_empty() {
+            self.http.runtime_builder()
+        } else {
+            self.http.runtime_builder_with_fault_rules(rules)
+        };
+        let runtime = CosmosRuntimeBuilder::from(driver_runtime).build().await.expect("emulator runtime");
+        let mut builder = CosmosClientBuilder::new().with_runtime(runtime);
+        if let Some(retries) = throttle_retries {
+            builder = builder.with_default_operation_options(
+                OperationOptionsBuilder::new()
+                    .with_throttling_retry_options(
+                        ThrottlingRetryOptionsBuilder::new().with_max_retry_count(retries).build(),
+                    )
+                    .build(),
+            );
+        }
+        builder.build(account, RoutingStrategy::ProximityTo(Region::EAST_US)).await.expect("emulator client")
+    }
+
+    /// The store on this account, creating the database and container as a key-authenticated
+    /// service does at start-up.
+    async fn store(&self) -> Arc<CosmosStore> {
+        let client = self.client(None).await;
+        Arc::new(CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.expect("open"))
+    }
+
+    /// Creates the container directly in the account, partitioned on `path`, with `throughput` RU/s.
+    fn precreate_container(&self, path: &str, throughput: Option<u64>) {
+        let account = self.account();
+        account.create_database(DATABASE);
+        let mut config = ContainerConfig::new().with_partition_count(1);
+        if let Some(ru) = throughput {
+            config = config.with_throughput(ru);
+        }
+        account.create_container_with_config(
+            DATABASE,
+            CONTAINER,
+            serde_json::from_value(json!({"paths": [path], "kind": "Hash", "version": 2})).expect("pk definition"),
+            config.build().expect("container config"),
+        );
+    }
+}
+
+/// The raw document behind `key`, as Cosmos holds it.
+async fn raw_document(client: &CosmosClient, key: &str) -> Value {
+    let container = client.database_client(DATABASE).container_client(CONTAINER, None).await.expect("container");
+    let id = item_id(key);
+    container.read_item(id.clone(), &id, None).await.expect("read raw item").into_model().expect("JSON document")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cosmos_passes_the_store_contract() {
+    let emulator = Emulator::new(false);
+    let store: Arc<dyn Store> = emulator.store().await;
+    common::store_contract::run_all(store, "cosmos").await;
+}
+
+#[tokio::test]
+async fn documents_have_the_documented_shape_and_keep_the_original_key() {
+    let emulator = Emulator::new(false);
+    let store = emulator.store().await;
+    let client = emulator.client(None).await;
+    for key in ["plain-key", "with/slash?and#hash\\", &"é".repeat(200)] {
+        store.apply(key, 7, Change::Upsert(json!({"n": 1}))).await.unwrap();
+        let doc = raw_document(&client, key).await;
+        assert_eq!(doc["id"], json!(item_id(key)));
+        assert_eq!(doc["key"], json!(key));
+        assert_eq!(doc["value"], json!({"n": 1}));
+        assert_eq!(doc["version"], json!(7));
+        assert_eq!(doc["deleted"], json!(false));
+        let updated = doc["updatedAt"].as_str().expect("updatedAt is a string");
+        assert!(updated.len() >= 20 && updated.as_bytes()[10] == b'T' && updated.ends_with('Z'), "{updated}");
+        store.apply(key, 8, Change::Delete).await.unwrap();
+        let tomb = raw_document(&client, key).await;
+        assert_eq!(
+            (tomb["deleted"].clone(), tomb["value"].clone(), tomb["version"].clone()),
+            (json!(true), Value::Null, json!(8))
+        );
+    }
+    assert_eq!(item_id("plain-key"), "plain-key");
+}
+
+#[tokio::test]
+async fn opening_twice_reuses_the_database_and_container() {
+    let emulator = Emulator::new(false);
+    let first = emulator.store().await;
+    first.apply("k", 1, Change::Upsert(json!("kept"))).await.unwrap();
+    // The second open meets 409 on both creates and must carry on with the existing container.
+    let second = emulator.store().await;
+    assert_eq!(second.get("k").await.unwrap().unwrap().value, Some(json!("kept")));
+    assert_eq!(second.kind(), "cosmos");
+    second.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn managed_identity_mode_requires_an_existing_container() {
+    let emulator = Emulator::new(false);
+    let client = emulator.client(None).await;
+    let err = CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::MustExist).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+    assert!(text.contains("does not exist") && text.contains("/id"), "{text}");
+
+    emulator.precreate_container("/id", None);
+    let client = emulator.client(None).await;
+    let store = CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::MustExist).await.unwrap();
+    store.apply("k", 1, Change::Upsert(json!(1))).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_container_with_another_partition_key_is_refused() {
+    let emulator = Emulator::new(false);
+    emulator.precreate_container("/pk", None);
+    let client = emulator.client(None).await;
+    let err = CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap_err();
+    assert!(err.to_string().contains("partition key path /id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_writers_from_two_clients_lose_no_update() {
+    let emulator = Emulator::new(false);
+    // Two stores with their own clients: two service instances writing the same item.
+    let stores = [emulator.store().await, emulator.store().await];
+    let key = "hot/key";
+    let writers = 48u64;
+    // Versions are a fixed permutation of 1..=48, so the highest does not simply come last.
+    let versions: Vec<u64> = (0..writers).map(|i| (i * 29) % writers + 1).collect();
+    let tasks: Vec<_> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, &version)| {
+            let store = stores[i % 2].clone();
+            tokio::spawn(async move {
+                let change = if version % 5 == 0 { Change::Delete } else { Change::Upsert(json!({"v": version})) };
+                (version, store.apply(key, version, change).await)
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        let (version, outcome) = task.await.unwrap();
+        match outcome.unwrap_or_else(|e| panic!("version {version}: {e}")) {
+            Applied::Yes => applied += 1,
+            Applied::Stale { current } => {
+                assert!(current >= version, "stale {version} against older {current}");
+                assert_ne!(version, writers, "the highest version must be applied, never reported stale");
+            }
+        }
+    }
+    assert!(applied >= 1);
+    let record = stores[0].get(key).await.unwrap().unwrap();
+    assert_eq!((record.version, record.value), (writers, Some(json!({"v": writers}))));
+    assert_eq!(stores[1].get(key).await.unwrap().unwrap().version, writers);
+}
+
+fn fault(id: &str, operation: FaultOperationType, result: FaultInjectionResultBuilder) -> Arc<FaultInjectionRule> {
+    let condition = FaultInjectionConditionBuilder::new().with_operation_type(operation).build();
+    Arc::new(FaultInjectionRuleBuilder::new(id, result.build()).with_condition(condition).build())
+}
+
+/// Two service instances race on one key, and the older write is the one held back: it read the
+/// item, then its write reaches Cosmos only after the newer write landed. `If-Match` (for an
+/// existing item) and `create`'s 409 (for a new one) must turn it into `Stale`; a plain replace
+/// or upsert would overwrite the newer version (a lost update).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_older_write_cannot_overwrite_a_newer_one() {
+    let emulator = Emulator::new(false);
+    let fast = Arc::new(emulator.store().await);
+    fast.apply("existing", 1, Change::Upsert(json!("v1"))).await.unwrap();
+    let held_back = Duration::from_millis(150);
+    let slow_writes = vec![
+        fault(
+            "slow-replace",
+            FaultOperationType::ReplaceItem,
+            FaultInjectionResultBuilder::new().with_delay(held_back),
+        ),
+        fault("slow-create", FaultOperationType::CreateItem, FaultInjectionResultBuilder::new().with_delay(held_back)),
+    ];
+    let client = emulator.client_with_faults(None, slow_writes).await;
+    let slow = Arc::new(CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap());
+    for key in ["existing", "new"] {
+        let older = {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.apply(key, 2, Change::Upsert(json!("older"))).await })
+        };
+        // Long enough for the older writer's read; far shorter than its write is held back.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(fast.apply(key, 3, Change::Upsert(json!("newer"))).await.unwrap(), Applied::Yes, "{key}");
+        assert_eq!(older.await.unwrap().unwrap(), Applied::Stale { current: 3 }, "{key}");
+        let record = fast.get(key).await.unwrap().unwrap();
+        assert_eq!((record.version, record.value), (3, Some(json!("newer"))), "{key}: an update was lost");
+    }
+}
+
+#[tokio::test]
+async fn service_unavailable_and_timeouts_are_unavailable_and_404_is_absent() {
+    let emulator = Emulator::new(false);
+    emulator.store().await.apply("present", 1, Change::Upsert(json!(1))).await.unwrap();
+    for (name, error) in
+        [("503", FaultInjectionErrorType::ServiceUnavailable), ("408", FaultInjectionErrorType::Timeout)]
+    {
+        let rule = fault(name, FaultOperationType::ReadItem, FaultInjectionResultBuilder::new().with_error(error));
+        let client = emulator.client_with_faults(None, vec![rule]).await;
+        let store = CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap();
+        match store.get("present").await {
+            Err(StoreError::Unavailable { message, .. }) => assert!(message.contains(name), "{message}"),
+            other => panic!("{name} must be Unavailable, got {other:?}"),
+        }
+        assert!(store.apply("present", 2, Change::Delete).await.unwrap_err().is_transient());
+    }
+    let store = emulator.store().await;
+    assert_eq!(store.get("absent").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn versions_cosmos_cannot_hold_exactly_are_rejected() {
+    let emulator = Emulator::new(false);
+    let store = emulator.store().await;
+    let err = store.apply("k", 1 << 60, Change::Upsert(json!(1))).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+    assert_eq!(store.get("k").await.unwrap(), None);
+}
+
+/// Applies large values to other keys until the container's RU budget is spent (the emulator then
+/// answers 429 with `x-ms-retry-after-ms`, and the SDK, told not to retry, hands it back).
+async fn exhaust_throughput(store: &CosmosStore) -> StoreError {
+    let blob = json!({"padding": "x".repeat(64 * 1024)});
+    for i in 0..200u64 {
+        if let Err(e) = store.apply(&format!("filler-{i}"), 1, Change::Upsert(blob.clone())).await {
+            return e;
+        }
+    }
+    panic!("the emulator never throttled");
+}
+
+#[tokio::test]
+async fn throttling_is_unavailable_with_the_services_retry_hint() {
+    let emulator = Emulator::new(true);
+    emulator.precreate_container("/id", Some(400));
+    let client = emulator.client(Some(0)).await;
+    let store = CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap();
+    match exhaust_throughput(&store).await {
+        StoreError::Unavailable { message, retry_after } => {
+            assert!(message.contains("429"), "{message}");
+            assert!(
+                retry_after.is_some_and(|d| d > Duration::ZERO),
+                "429 carries x-ms-retry-after-ms: {retry_after:?}"
+            );
+        }
+        other => panic!("429 must be Unavailable, got {other:?}"),
+    }
+}
+
+/// An app on a real Redis and the given Cosmos store.
+fn app_on(redis: &RedisServer, store: Arc<dyn Store>) -> App {
+    let settings = common::settings(&redis.connection_string(), &[]);
+    let cache = RedisCache::new(&settings.redis, &settings.instance_name).expect("cache");
+    App::new(settings, cache, store)
+}
+
+#[tokio::test]
+async fn throttling_reaches_the_caller_as_503_with_retry_after() {
+    let redis = RedisServer::start();
+    let emulator = Emulator::new(true);
+    emulator.precreate_container("/id", Some(400));
+    let client = emulator.client(Some(0)).await;
+    let store = Arc::new(CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap());
+    let router = server::router(app_on(&redis, store.clone()));
+    let write_through = FunctionDef::load("WriteThrough");
+    for mode in MODES {
+        exhaust_throughput(&store).await;
+        let reply = host::send(
+            &router,
+            mode,
+            &write_through,
+            &Call::new("PUT", Some("throttled")).json(&json!({"big": "y".repeat(64 * 1024)})),
+        )
+        .await;
+        assert_eq!(reply.status, 503, "{mode:?}: {:?}", reply.body);
+        assert_eq!(reply.body["error"]["code"], json!("store_unavailable"), "{mode:?}");
+        let retry_after: u64 = reply.header("Retry-After").expect("Retry-After").parse().expect("whole seconds");
+        assert!(retry_after >= 1, "{mode:?}");
+    }
+    // Write-through must not have cached what the store refused.
+    assert_eq!(redis.command("EXISTS throttled").unwrap().trim(), ":0");
+}
+
+#[tokio::test]
+async fn cache_aside_and_write_through_over_http_on_cosmos() {
+    let redis = RedisServer::start();
+    let emulator = Emulator::new(false);
+    let store = emulator.store().await;
+    let router = server::router(app_on(&redis, store.clone()));
+    let cache_aside = FunctionDef::load("CacheAside");
+    let write_through = FunctionDef::load("WriteThrough");
+    let health = FunctionDef::load("Health");
+    for mode in MODES {
+        let probe = host::send(&router, mode, &health, &Call::new("GET", None)).await;
+        assert_eq!(probe.status, 200, "{mode:?}: {:?}", probe.body);
+        assert_eq!(
+            (probe.body["store"]["kind"].clone(), probe.body["store"]["status"].clone()),
+            (json!("cosmos"), json!("up"))
+        );
+
+        let key = format!("orders/{mode:?}/ü?#1");
+        // Write-Through: stored in Cosmos under the original key, then cached.
+        let put =
+            host::send(&router, mode, &write_through, &Call::new("PUT", Some(&key)).json(&json!({"total": 42}))).await;
+        assert_eq!(put.status, 200, "{mode:?}: {:?}", put.body);
+        let version = put.body["version"].as_u64().expect("version");
+        let record = store.get(&key).await.unwrap().expect("in Cosmos");
+        assert_eq!(
+            (record.key.as_str(), record.value.clone(), record.version),
+            (key.as_str(), Some(json!({"total": 42})), version)
+        );
+        let hit = host::send(&router, mode, &cache_aside, &Call::new("GET", Some(&key))).await;
+        assert_eq!((hit.status, hit.header("x-cache")), (200, Some("hit")), "{mode:?}: {:?}", hit.body);
+        assert_eq!(hit.body["value"], json!({"total": 42}));
+
+        // Cache-Aside: a value only Cosmos has is loaded on the first read, then served from Redis.
+        let other = format!("{key}-stored-only");
+        store.apply(&other, 5, Change::Upsert(json!(["from", "cosmos"]))).await.unwrap();
+        let miss = host::send(&router, mode, &cache_aside, &Call::new("GET", Some(&other))).await;
+        assert_eq!((miss.status, miss.header("x-cache")), (200, Some("miss")), "{mode:?}: {:?}", miss.body);
+        assert_eq!((miss.body["source"].clone(), miss.body["version"].clone()), (json!("store"), json!(5)));
+        let again = host::send(&router, mode, &cache_aside, &Call::new("GET", Some(&other))).await;
+        assert_eq!(again.header("x-cache"), Some("hit"), "{mode:?}");
+
+        // Delete through Write-Through leaves a tombstone in Cosmos and a 404 for readers.
+        let delete = host::send(&router, mode, &write_through, &Call::new("DELETE", Some(&key))).await;
+        assert!(delete.status == 200 || delete.status == 204, "{mode:?}: {} {:?}", delete.status, delete.body);
+        assert!(store.get(&key).await.unwrap().expect("tombstone").is_deleted());
+        let gone = host::send(&router, mode, &cache_aside, &Call::new("GET", Some(&key))).await;
+        assert_eq!(gone.status, 404, "{mode:?}: {:?}", gone.body);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_account_fails_start_up_with_one_clear_line() {
+    let redis = RedisServer::start();
+    // Port 9 on loopback: nothing listens, so the connection is refused at once.
+    let settings = common::settings(
+        &redis.connection_string(),
+        &[("CosmosDBConnection", "AccountEndpoint=https://127.0.0.1:9/;AccountKey=c2VjcmV0LWtleQ==;")],
+    );
+    let started = std::time::Instant::now();
+    let err = match App::from_settings(settings).await {
+        Ok(_) => panic!("start-up must fail when the account cannot be reached"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    assert!(!err.contains("c2VjcmV0LWtleQ"), "the key leaked: {err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    eprintln!("start-up failed after {:?}: {err}", started.elapsed());
+}
+
+/// Log lines written during a test, for checking what the store logs.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+/// The process-wide subscriber, installed once: a thread-local one would miss events, because
+/// tracing caches each call site's interest across the threads of concurrently running tests.
+fn captured_logs() -> &'static CapturedLogs {
+    static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = CapturedLogs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("cachepatterns::store::cosmos=trace")
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber of this test binary");
+        logs
+    })
+}
+
+#[tokio::test]
+async fn request_charges_are_logged_per_operation_and_summed_per_call() {
+    let logs = captured_logs();
+    let emulator = Emulator::new(false);
+    let store = emulator.store().await;
+    store.apply("charged", 1, Change::Upsert(json!({"n": 1}))).await.unwrap();
+    let all = logs.text();
+    // Other tests log concurrently; keep the lines about this test's item.
+    let text: String = all.lines().filter(|l| l.contains("id=\"charged\"")).map(|l| format!("{l}\n")).collect();
+    let per_operation: Vec<&str> = text.lines().filter(|l| l.contains("Cosmos DB request charge ")).collect();
+    assert!(
+        per_operation
+            .iter()
+            .any(|l| l.contains("TRACE") && l.contains("operation=\"read\"") && l.contains("status=404")),
+        "{text}"
+    );
+    assert!(per_operation.iter().any(|l| l.contains("operation=\"create\"") && l.contains("status=201")), "{text}");
+    let total = text
+        .lines()
+        .find(|l| l.contains("DEBUG") && l.contains("request charge of the store call") && l.contains("call=\"apply\""))
+        .unwrap_or_else(|| panic!("no per-call sum in:\n{text}"));
+    assert!(total.contains("operations=2"), "{total}");
+    let charge: f64 = total
+        .split("request_charge=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request_charge in {total}"));
+    assert!(charge > 0.0, "{total}");
+}
