@@ -84,7 +84,7 @@ async fn route_body(
                 &error_body(
                     "not_found",
                     &format!(
-                        "no function serves {path}; routes are /api/cache-aside/{{key}}, /api/write-through/{{key}}, /api/health"
+                        "no function serves {path}; routes are /api/cache-aside/{{key}}, /api/write-through/{{key}}, /api/refresh-ahead/{{key}}, /api/health"
                     ),
                 ),
             );

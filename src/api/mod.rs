@@ -5,6 +5,7 @@
 mod cache_aside;
 mod health;
 mod input;
+mod refresh_ahead;
 pub mod triggers;
 mod write_through;
 
@@ -20,19 +21,22 @@ pub enum HttpFunction {
     CacheAside,
     /// `WriteThrough`: `api/write-through/{key?}`.
     WriteThrough,
+    /// `RefreshAheadRead`: `api/refresh-ahead/{key}`.
+    RefreshAheadRead,
     /// `Health`: `api/health`.
     Health,
 }
 
 impl HttpFunction {
     /// Every HTTP function.
-    pub const ALL: [Self; 3] = [Self::CacheAside, Self::WriteThrough, Self::Health];
+    pub const ALL: [Self; 4] = [Self::CacheAside, Self::WriteThrough, Self::RefreshAheadRead, Self::Health];
 
     /// The function (folder) name, as the host posts it in payload mode.
     pub fn name(self) -> &'static str {
         match self {
             Self::CacheAside => "CacheAside",
             Self::WriteThrough => "WriteThrough",
+            Self::RefreshAheadRead => "RefreshAheadRead",
             Self::Health => "Health",
         }
     }
@@ -42,6 +46,7 @@ impl HttpFunction {
         match self {
             Self::CacheAside => "cache-aside",
             Self::WriteThrough => "write-through",
+            Self::RefreshAheadRead => "refresh-ahead",
             Self::Health => "health",
         }
     }
@@ -56,7 +61,7 @@ impl HttpFunction {
         match self {
             Self::CacheAside => &["GET", "POST"],
             Self::WriteThrough => &["PUT", "POST", "DELETE"],
-            Self::Health => &["GET"],
+            Self::RefreshAheadRead | Self::Health => &["GET"],
         }
     }
 
@@ -110,6 +115,7 @@ pub async fn dispatch(app: &App, function: HttpFunction, call: &HttpCall, log: &
     match function {
         HttpFunction::CacheAside => cache_aside::handle(app, call, log).await,
         HttpFunction::WriteThrough => write_through::handle(app, call, log).await,
+        HttpFunction::RefreshAheadRead => refresh_ahead::handle(app, call, log).await,
         HttpFunction::Health => health::handle(app, log).await,
     }
 }
@@ -151,6 +157,7 @@ mod tests {
         assert_eq!(HttpFunction::by_route("cache-aside"), Some((HttpFunction::CacheAside, None)));
         assert_eq!(HttpFunction::by_route("write-through/x/y"), Some((HttpFunction::WriteThrough, Some("x/y"))));
         assert_eq!(HttpFunction::by_route("health"), Some((HttpFunction::Health, None)));
+        assert_eq!(HttpFunction::by_route("refresh-ahead/k"), Some((HttpFunction::RefreshAheadRead, Some("k"))));
         assert_eq!(HttpFunction::by_route("health/x"), None);
         assert_eq!(HttpFunction::by_route("cache-asidex"), None);
         assert_eq!(HttpFunction::by_name("cacheaside"), Some(HttpFunction::CacheAside));

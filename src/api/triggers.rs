@@ -25,24 +25,40 @@ pub fn by_name(name: &str) -> Option<TriggerFunction> {
 
 /// The non-HTTP functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerFunction {}
+pub enum TriggerFunction {
+    /// `RefreshAhead`: timer that refreshes hot keys before they expire.
+    RefreshAhead,
+}
 
 impl TriggerFunction {
     /// Every non-HTTP function.
-    pub const ALL: [Self; 0] = [];
+    pub const ALL: [Self; 1] = [Self::RefreshAhead];
 
     /// The function (folder) name.
     pub fn name(self) -> &'static str {
-        match self {}
+        match self {
+            Self::RefreshAhead => "RefreshAhead",
+        }
+    }
+
+    /// The name of the trigger binding in `function.json`.
+    pub fn trigger_binding(self) -> &'static str {
+        match self {
+            Self::RefreshAhead => "timer",
+        }
     }
 }
 
 /// Runs `function` for `invocation`.
 pub async fn invoke(
-    _app: &App,
+    app: &App,
     function: TriggerFunction,
-    _invocation: &Invocation,
-    _log: &mut InvocationLog,
+    invocation: &Invocation,
+    log: &mut InvocationLog,
 ) -> Result<Outputs, TriggerFailure> {
-    match function {}
+    match function {
+        TriggerFunction::RefreshAhead => {
+            super::refresh_ahead::timer(app, function.trigger_binding(), invocation, log).await
+        }
+    }
 }

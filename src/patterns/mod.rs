@@ -2,9 +2,11 @@
 //!
 //! [`Patterns`] holds what every pattern shares (the cache, the store, the version clock and the
 //! cache policy); each pattern lives in its own module as methods on it:
-//! [`cache_aside`] (get-or-load) and [`write_through`] (store first, then cache).
+//! [`cache_aside`] (get-or-load), [`write_through`] (store first, then cache) and
+//! [`refresh_ahead`] (eager and timed refresh of read keys).
 
 pub mod cache_aside;
+pub mod refresh_ahead;
 pub mod single_flight;
 pub mod write_through;
 
@@ -37,6 +39,9 @@ pub struct CachePolicy {
     pub fail_safe_throttle: Duration,
     /// Longest a store call may take before it counts as failed.
     pub store_timeout: Duration,
+    /// How long a read waits for the store when it could serve a stale value instead (fail-safe
+    /// soft timeout); zero waits for `store_timeout`.
+    pub soft_timeout: Duration,
     /// Lifetime of the cross-process load lock.
     pub lock_ttl: Duration,
     /// How long a miss waits for another process's load before loading itself.
@@ -53,6 +58,7 @@ impl CachePolicy {
             fail_safe_max_stale: settings.fail_safe_max_stale,
             fail_safe_throttle: settings.cache_ttl.min(Duration::from_secs(30)),
             store_timeout: Duration::from_secs(10),
+            soft_timeout: settings.fail_safe_soft_timeout,
             lock_ttl: Duration::from_secs(5),
             lock_wait: Duration::from_millis(1500),
         }
@@ -99,12 +105,20 @@ pub struct Patterns {
     pub(crate) clock: Arc<HybridClock>,
     pub(crate) policy: Arc<CachePolicy>,
     pub(crate) loads: Arc<single_flight::SingleFlight<Result<Lookup, ReadError>>>,
+    pub(crate) refresh: Arc<refresh_ahead::RefreshAhead>,
 }
 
 impl Patterns {
     /// Wires the patterns to a cache and a store.
     pub fn new(cache: RedisCache, store: Arc<dyn Store>, policy: CachePolicy) -> Self {
-        Self { cache, store, clock: Arc::new(HybridClock::new()), policy: Arc::new(policy), loads: Arc::default() }
+        Self {
+            cache,
+            store,
+            clock: Arc::new(HybridClock::new()),
+            policy: Arc::new(policy),
+            loads: Arc::default(),
+            refresh: Arc::default(),
+        }
     }
 
     /// The cache.
