@@ -98,7 +98,7 @@ if not landmark then return {} end
 local scale = 2 ^ ((tonumber(ARGV[1]) - landmark) / tonumber(ARGV[2]))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.17g', scale / 1000))
 local found = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', string.format('%.17g', scale * tonumber(ARGV[3])),
-  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
+  'WITHSCORES', 'LIMIT', 0, ARGV[4])
 for i = 2, #found, 2 do found[i] = string.format('%.6g', tonumber(found[i]) / scale) end
 return found
 "#,
@@ -188,7 +188,7 @@ impl RedisCache {
             .arg(now_millis())
             .arg(policy.half_life.as_millis().max(1) as u64)
             .arg(min_reads)
-            .arg(limit)
+            .arg(limit.min(i64::MAX as u64))
             .invoke_async(&mut conn)
             .await;
         let flat = flat.map_err(|e| self.classify(e))?;
@@ -197,7 +197,7 @@ impl RedisCache {
 
     /// The decayed read count of `key` in the hot-key set (0 when absent), for tests and diagnostics.
     pub async fn hotness(&self, key: &str, policy: &HotKeyPolicy) -> Result<f64, CacheError> {
-        let hot = self.hottest(policy, 0.0, u64::MAX >> 1).await?;
+        let hot = self.hottest(policy, 0.0, u64::MAX).await?;
         Ok(hot.into_iter().find(|(k, _)| k == key).map(|(_, n)| n).unwrap_or(0.0))
     }
 

@@ -140,12 +140,13 @@ pub struct TimerPlan {
 
 impl TimerPlan {
     /// Plans a run at `now_ms`. `status_next` is the host's `ScheduleStatus.Next`, used when it is a
-    /// sane future time (it is often this run's own time, or absent, or the year 1 on a first run);
-    /// otherwise the schedule says, and failing that five minutes from now.
+    /// sane future time: more than half a second ahead (during a scheduled run it is this run's own
+    /// time, give or take the timer's jitter) and at most a day. It may also be absent, or the year 1
+    /// on a first run. Otherwise the schedule says, and failing that five minutes from now.
     pub fn new(schedule: &Schedule, now_ms: i64, status_next: Option<i64>) -> Self {
         const DAY_MS: i64 = 24 * 3600 * 1000;
         let next_run_ms = status_next
-            .filter(|next| *next > now_ms + 1000 && *next <= now_ms + DAY_MS)
+            .filter(|next| *next > now_ms + 500 && *next <= now_ms + DAY_MS)
             .or_else(|| schedule.next_after(now_ms))
             .unwrap_or(now_ms + 300_000);
         let tick_ms = schedule.tick_at(now_ms + 1000).unwrap_or(now_ms - now_ms.rem_euclid(1000));
