@@ -163,6 +163,7 @@ async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
         let gets = a.store.gets();
         assert_served(&a.read(Mode::Payload, "RefreshAheadRead", &key).await, &json!("warm"), "cache", "hit");
         let calls = redis.command_calls();
+        eprintln!("Redis commands for one refresh-ahead hit (script body included): {calls:?}");
         assert_eq!(calls.get("evalsha"), Some(&1), "{calls:?}");
         let top_level: Vec<_> = calls
             .keys()
@@ -286,6 +287,19 @@ async fn hot_key_set_decays_and_stays_bounded() {
         }
         let all = cache.hottest(&policy, 0.0, 1000).await.unwrap();
         assert_eq!(all.len(), 10, "bounded by RefreshAheadHotKeysMax: {all:?}");
+
+        // Weights grow as 2^(half-lives since the landmark); far past it the set is rescaled
+        // instead of overflowing. Move the landmark 100 half-lives back to get there now.
+        let landmark = "hot\u{1f}landmark";
+        redis.command(&format!("SET {landmark} {}", now_ms() - 100_000)).unwrap();
+        let fresh = format!("{store_name}-after-rescale");
+        for _ in 0..3 {
+            a.read(Mode::Forwarded, "RefreshAheadRead", &fresh).await;
+        }
+        let reads = cache.hotness(&fresh, &policy).await.unwrap();
+        assert!((2.9..3.05).contains(&reads), "3 reads count 3 after the rescale: {reads}");
+        let moved: i64 = redis.command(&format!("GET {landmark}")).unwrap().lines().nth(1).unwrap().parse().unwrap();
+        assert!(now_ms() - moved < 5_000, "the landmark moved to now");
     }
 }
 
