@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::cache::{CacheError, RedisCache};
 use crate::patterns::refresh_ahead::RefreshAheadPolicy;
 use crate::patterns::{CachePolicy, Patterns};
+use crate::queue::redis_streams::{ConsumerConfig, StreamConsumer};
 use crate::settings::{Settings, StoreSettings};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -36,6 +37,19 @@ impl App {
         let patterns =
             Patterns::new(cache, store, policy).with_refresh_ahead(RefreshAheadPolicy::from_settings(&settings));
         Self { patterns, settings: Arc::new(settings) }
+    }
+
+    /// Starts the work that runs beside the requests: the in-process consumer of the Redis
+    /// Stream write-behind queue (with Event Hubs, the `EventHubConsumer` function does that job).
+    pub fn start_background_work(&self) -> Result<Vec<tokio::task::JoinHandle<()>>, StartupError> {
+        let mut tasks = Vec::new();
+        if self.patterns.queue().kind() == "redis-streams" {
+            // Blocking stream reads get a connection of their own.
+            let conn = RedisCache::new(&self.settings.redis, &self.settings.instance_name)?;
+            let consumer = StreamConsumer::new(self.patterns.clone(), conn, ConsumerConfig::new());
+            tasks.push(tokio::spawn(consumer.run()));
+        }
+        Ok(tasks)
     }
 
     /// Opens the store and prepares the cache the settings describe.

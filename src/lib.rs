@@ -15,6 +15,7 @@ pub mod cache;
 pub mod key;
 pub mod patterns;
 pub mod protocol;
+pub mod queue;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -50,6 +50,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr} (FUNCTIONS_CUSTOMHANDLER_PORT): {e}"))?;
     tracing::info!(%addr, "handler listening");
+    app.start_background_work().map_err(|e| e.to_string())?;
     let cache = app.patterns.cache().clone();
     tokio::spawn(async move {
         match cache.ping().await {

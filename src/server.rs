@@ -84,7 +84,8 @@ async fn route_body(
                 &error_body(
                     "not_found",
                     &format!(
-                        "no function serves {path}; routes are /api/cache-aside/{{key}}, /api/write-through/{{key}}, /api/refresh-ahead/{{key}}, /api/health"
+                        "no function serves {path}; the routes are {}",
+                        HttpFunction::ALL.map(|f| format!("/api/{}", f.route_base())).join(", ")
                     ),
                 ),
             );

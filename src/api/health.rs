@@ -35,13 +35,37 @@ pub async fn handle(app: &App, log: &mut InvocationLog) -> HttpReply {
             ),
         }
     };
-    let ((redis_up, redis), (store_up, store_report)) = tokio::join!(redis_probe, store_probe);
-    let healthy = redis_up && store_up;
-    let body = json!({"status": if healthy { "healthy" } else { "unhealthy" }, "redis": redis, "store": store_report, "version": env!("CARGO_PKG_VERSION")});
+    let queue = app.patterns.queue();
+    let queue_probe = async {
+        let dead_letters = app.patterns.dead_letters().count().await.ok();
+        match tokio::time::timeout(PROBE_TIMEOUT, queue.ping()).await {
+            Ok(Ok(())) => (true, json!({"status": "up", "kind": queue.kind(), "deadLetters": dead_letters})),
+            Ok(Err(e)) => (false, json!({"status": "down", "kind": queue.kind(), "error": e.to_string()})),
+            Err(_) => (
+                false,
+                json!({"status": "down", "kind": queue.kind(), "error": format!("no answer within {PROBE_TIMEOUT:?}")}),
+            ),
+        }
+    };
+    let ((redis_up, redis), (store_up, store_report), (queue_up, queue_report)) =
+        tokio::join!(redis_probe, store_probe, queue_probe);
+    let healthy = redis_up && store_up && queue_up;
+    let body = json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "redis": redis,
+        "store": store_report,
+        "queue": queue_report,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
     if healthy {
         HttpReply::json(200, body)
     } else {
-        log.warn(format!("health: redis {}, store {}", status_word(redis_up), status_word(store_up)));
+        log.warn(format!(
+            "health: redis {}, store {}, queue {}",
+            status_word(redis_up),
+            status_word(store_up),
+            status_word(queue_up)
+        ));
         HttpReply::json(503, body).with_header("Retry-After", "5")
     }
 }

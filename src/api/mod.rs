@@ -3,10 +3,13 @@
 //! `protocol`) and no caching logic (that is `patterns`).
 
 mod cache_aside;
+mod dead_letters;
+pub mod event_hub_consumer;
 mod health;
 mod input;
 mod refresh_ahead;
 pub mod triggers;
+mod write_behind;
 mod write_through;
 
 use crate::app::App;
@@ -21,6 +24,10 @@ pub enum HttpFunction {
     CacheAside,
     /// `WriteThrough`: `api/write-through/{key?}`.
     WriteThrough,
+    /// `WriteBehind`: `api/write-behind/{key?}`.
+    WriteBehind,
+    /// `DeadLetters`: `api/dead-letters/{id?}` (admin).
+    DeadLetters,
     /// `RefreshAheadRead`: `api/refresh-ahead/{key}`.
     RefreshAheadRead,
     /// `Health`: `api/health`.
@@ -29,13 +36,22 @@ pub enum HttpFunction {
 
 impl HttpFunction {
     /// Every HTTP function.
-    pub const ALL: [Self; 4] = [Self::CacheAside, Self::WriteThrough, Self::RefreshAheadRead, Self::Health];
+    pub const ALL: [Self; 6] = [
+        Self::CacheAside,
+        Self::WriteThrough,
+        Self::WriteBehind,
+        Self::RefreshAheadRead,
+        Self::DeadLetters,
+        Self::Health,
+    ];
 
     /// The function (folder) name, as the host posts it in payload mode.
     pub fn name(self) -> &'static str {
         match self {
             Self::CacheAside => "CacheAside",
             Self::WriteThrough => "WriteThrough",
+            Self::WriteBehind => "WriteBehind",
+            Self::DeadLetters => "DeadLetters",
             Self::RefreshAheadRead => "RefreshAheadRead",
             Self::Health => "Health",
         }
@@ -46,6 +62,8 @@ impl HttpFunction {
         match self {
             Self::CacheAside => "cache-aside",
             Self::WriteThrough => "write-through",
+            Self::WriteBehind => "write-behind",
+            Self::DeadLetters => "dead-letters",
             Self::RefreshAheadRead => "refresh-ahead",
             Self::Health => "health",
         }
@@ -60,7 +78,8 @@ impl HttpFunction {
     pub fn methods(self) -> &'static [&'static str] {
         match self {
             Self::CacheAside => &["GET", "POST"],
-            Self::WriteThrough => &["PUT", "POST", "DELETE"],
+            Self::WriteThrough | Self::WriteBehind => &["PUT", "POST", "DELETE"],
+            Self::DeadLetters => &["GET", "POST", "DELETE"],
             Self::RefreshAheadRead | Self::Health => &["GET"],
         }
     }
@@ -115,6 +134,8 @@ pub async fn dispatch(app: &App, function: HttpFunction, call: &HttpCall, log: &
     match function {
         HttpFunction::CacheAside => cache_aside::handle(app, call, log).await,
         HttpFunction::WriteThrough => write_through::handle(app, call, log).await,
+        HttpFunction::WriteBehind => write_behind::handle(app, call, log).await,
+        HttpFunction::DeadLetters => dead_letters::handle(app, call, log).await,
         HttpFunction::RefreshAheadRead => refresh_ahead::handle(app, call, log).await,
         HttpFunction::Health => health::handle(app, log).await,
     }

@@ -110,6 +110,11 @@ impl RedisCache {
         })
     }
 
+    /// `RedisInstanceName`, the prefix of every key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The Redis key that holds cache key `key`: exactly `RedisInstanceName + key`.
     pub fn redis_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)

@@ -2,12 +2,15 @@
 //!
 //! [`Patterns`] holds what every pattern shares (the cache, the store, the version clock and the
 //! cache policy); each pattern lives in its own module as methods on it:
-//! [`cache_aside`] (get-or-load), [`write_through`] (store first, then cache) and
-//! [`refresh_ahead`] (eager and timed refresh of read keys).
+//! [`cache_aside`] (get-or-load), [`write_through`] (store first, then cache), [`write_behind`]
+//! (queue first, store later) with [`apply_writes`] (the consumers' side), and [`refresh_ahead`]
+//! (eager and timed refresh of read keys).
 
+pub mod apply_writes;
 pub mod cache_aside;
 pub mod refresh_ahead;
 pub mod single_flight;
+pub mod write_behind;
 pub mod write_through;
 
 use std::hash::{BuildHasher, Hasher};
@@ -17,6 +20,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cache::{EntryWrite, RedisCache};
+use crate::queue::WriteQueue;
+use crate::queue::dead_letter::DeadLetters;
+use crate::queue::redis_streams::RedisStreamQueue;
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 use crate::version::{HybridClock, now_millis};
@@ -105,20 +111,43 @@ pub struct Patterns {
     pub(crate) clock: Arc<HybridClock>,
     pub(crate) policy: Arc<CachePolicy>,
     pub(crate) loads: Arc<single_flight::SingleFlight<Result<Lookup, ReadError>>>,
+    pub(crate) queue: Arc<dyn WriteQueue>,
+    pub(crate) dead_letters: DeadLetters,
     pub(crate) refresh: Arc<refresh_ahead::RefreshAhead>,
 }
 
 impl Patterns {
-    /// Wires the patterns to a cache and a store.
+    /// Wires the patterns to a cache and a store, with the default write-behind queue (a Redis
+    /// Stream next to the cache).
     pub fn new(cache: RedisCache, store: Arc<dyn Store>, policy: CachePolicy) -> Self {
+        let queue = Arc::new(RedisStreamQueue::new(cache.clone()));
+        let dead_letters = DeadLetters::new(cache.clone(), cache.prefix());
         Self {
             cache,
             store,
             clock: Arc::new(HybridClock::new()),
             policy: Arc::new(policy),
             loads: Arc::default(),
+            queue,
+            dead_letters,
             refresh: Arc::default(),
         }
+    }
+
+    /// The same patterns with another write-behind queue (Event Hubs).
+    pub fn with_queue(mut self, queue: Arc<dyn WriteQueue>) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// The write-behind queue.
+    pub fn queue(&self) -> &Arc<dyn WriteQueue> {
+        &self.queue
+    }
+
+    /// The dead-letter stream.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
     }
 
     /// The cache.

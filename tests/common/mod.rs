@@ -154,6 +154,29 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.path().display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart redis-server");
+        self.child = child;
+        assert!(wait_ready(&mut self.child, self.port, Duration::from_secs(10)), "redis-server did not restart");
+    }
+
+    /// An async connection for inspecting what the service wrote.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
 }
 
 fn wait_ready(child: &mut Child, port: u16, timeout: Duration) -> bool {
@@ -270,6 +293,7 @@ pub struct FaultyStore {
     pub applies: AtomicUsize,
     failing: AtomicBool,
     delay_ms: AtomicU64,
+    get_return_delay_ms: AtomicU64,
 }
 
 impl FaultyStore {
@@ -280,6 +304,7 @@ impl FaultyStore {
             applies: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
+            get_return_delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -289,6 +314,12 @@ impl FaultyStore {
 
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes `get` read the store at once but return its (by then old) answer only after `delay`:
+    /// a slow reader racing a writer.
+    pub fn set_get_return_delay(&self, delay: Duration) {
+        self.get_return_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn gets(&self) -> usize {
@@ -319,7 +350,12 @@ impl Store for FaultyStore {
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.before_call().await?;
-        self.inner.get(key).await
+        let result = self.inner.get(key).await;
+        let delay = self.get_return_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        result
     }
 
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
@@ -369,6 +405,17 @@ impl TestApp {
         let cache = RedisCache::new(&settings.redis, &settings.instance_name).expect("cache");
         let app = App::new(settings, cache, store.clone());
         Self { app, store, sqlite, dir }
+    }
+
+    /// An app on a real Redis and the given store (wrapped to count and inject faults).
+    pub fn with_store(redis: &RedisServer, store: Arc<dyn Store>, extra: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("app");
+        let settings = settings(&redis.connection_string(), extra);
+        let sqlite = Arc::new(SqliteStore::open(&dir.path().join("unused.db")).expect("sqlite"));
+        let faulty = FaultyStore::new(store);
+        let cache = RedisCache::new(&settings.redis, &settings.instance_name).expect("cache");
+        let app = App::new(settings, cache, faulty.clone());
+        Self { app, store: faulty, sqlite, dir }
     }
 
     /// A second app (another "process") sharing this one's Redis and store.

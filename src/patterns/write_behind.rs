@@ -1,0 +1,36 @@
+//! Write-Behind: accept the write into a durable queue, update the cache, apply to the store later.
+//!
+//! The write gets its version now, so the order of writes is fixed when they are accepted, not
+//! when they are applied. The event is published first and the cache updated only once the queue
+//! confirmed it: if the queue fails, the caller gets an error and no reader sees the write. The
+//! store is updated by a consumer ([`super::apply_writes`]).
+
+use super::Patterns;
+use crate::key::Key;
+use crate::queue::{QueueError, WriteEvent};
+use crate::store::Change;
+
+/// A write the queue accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The write's version.
+    pub version: u64,
+    /// Whether the cache was updated (false when Redis was unavailable or held something newer).
+    pub cached: bool,
+}
+
+impl Patterns {
+    /// Write-Behind of `change` to `key`.
+    pub async fn write_behind(&self, key: &Key, change: Change) -> Result<Accepted, QueueError> {
+        let version = self.clock.next();
+        let (event, entry) = match change {
+            Change::Upsert(value) => {
+                (WriteEvent::upsert(key, value.clone(), version), self.policy.value_entry(value, version))
+            }
+            Change::Delete => (WriteEvent::delete(key, version), self.policy.negative_entry(version)),
+        };
+        self.queue.publish(&event).await?;
+        let cached = self.cache_quietly(key, &entry).await;
+        Ok(Accepted { version, cached })
+    }
+}

@@ -1,0 +1,187 @@
+//! The `handler` binary as the host runs it: environment in, `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT`
+//! out. Start-up errors, readiness, TLS to Redis, passwords, and Redis being down at start.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, TempDir, free_port};
+use serde_json::{Value, json};
+
+/// A running handler process, killed on drop.
+struct Handler {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Handler {
+    fn start(env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("handler");
+        let port = free_port();
+        let child =
+            command(env, &dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn handler");
+        let mut handler = Self { child, port, _dir: dir };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = handler.child.try_wait() {
+                panic!("handler exited at start-up with {status}");
+            }
+            if handler.request("GET", "/", None).is_ok() {
+                return handler;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("handler did not answer GET / within 20 s");
+    }
+
+    /// A minimal HTTP/1.1 exchange over a fresh connection.
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let body = body.unwrap_or("");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(env: &[(&str, &str)], dir: &TempDir, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handler"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("LocalStorePath", dir.path().join("store.db"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs the handler expecting it to refuse to start; returns (exit code, stderr).
+fn failed_start(env: &[(&str, &str)]) -> (i32, String) {
+    let dir = TempDir::new("handler-fail");
+    let output = command(env, &dir, free_port()).output().expect("run handler");
+    assert!(!output.status.success(), "the handler should not start with {env:?}");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn serves_both_modes_from_the_real_binary() {
+    let redis = RedisServer::start();
+    let handler = Handler::start(&[("RedisCache", &redis.connection_string())]);
+    assert_eq!(handler.request("GET", "/", None).unwrap().0, 200);
+    let (status, body) = handler.request("PUT", "/api/write-through/bin", Some("{\"n\":1}")).unwrap();
+    assert_eq!((status, &body["value"]), (200, &json!({"n": 1})));
+    let (status, body) = handler.request("GET", "/api/cache-aside/bin", None).unwrap();
+    assert_eq!((status, &body["source"]), (200, &json!("cache")));
+    let envelope = json!({"Data": {"req": {"Url": "http://localhost:7071/api/cache-aside/bin", "Method": "GET", "Headers": {}, "Query": {}, "Params": {"key": "bin"}}}, "Metadata": {}});
+    let (status, body) = handler.request("POST", "/CacheAside", Some(&envelope.to_string())).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["Outputs"]["res"]["statusCode"], "200");
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["status"]), (200, &json!("healthy")));
+}
+
+#[test]
+fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
+    for (env, setting) in [
+        (vec![], "RedisCache"),
+        (vec![("RedisCache", "localhost"), ("CacheTtlSeconds", "five")], "CacheTtlSeconds"),
+        (vec![("RedisCache", "localhost"), ("MaxValueBytes", "-1")], "MaxValueBytes"),
+        (vec![("RedisCache", "localhost"), ("RefreshAheadFactor", "2")], "RefreshAheadFactor"),
+        (vec![("RedisCache", "host:6380,password=s3cr+t/=,ssl=maybe")], "RedisCache"),
+        (vec![("RedisCache", "host:99999,password=s3cr+t/=")], "RedisCache"),
+    ] {
+        let (code, stderr) = failed_start(&env);
+        assert_eq!(code, 1, "{env:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
+        assert!(lines[0].contains(&format!("`{setting}`")), "the line names {setting}: {stderr}");
+        assert!(!stderr.contains("s3cr+t"), "a secret leaked: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stderr) = failed_start(&[("RedisCache", "localhost"), ("FUNCTIONS_CUSTOMHANDLER_PORT", &port)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("FUNCTIONS_CUSTOMHANDLER_PORT"), "{stderr}");
+}
+
+#[test]
+fn starts_while_redis_is_down_and_serves_from_the_store() {
+    let port = free_port();
+    let handler = Handler::start(&[("RedisCache", &format!("127.0.0.1:{port},abortConnect=False"))]);
+    let (status, body) = handler.request("PUT", "/api/write-through/k", Some("\"v\"")).unwrap();
+    assert_eq!((status, &body["value"]), (200, &json!("v")));
+    let (status, body) = handler.request("GET", "/api/cache-aside/k", None).unwrap();
+    assert_eq!((status, &body["source"]), (200, &json!("store")));
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["redis"]["status"]), (503, &json!("down")));
+}
+
+#[test]
+fn tls_to_redis_with_the_portal_connection_string() {
+    let redis = RedisServer::start_tls();
+    let tls_port = redis.tls_port.unwrap();
+    let ca = redis.ca_path().display().to_string();
+    let conn = format!("localhost:{tls_port},ssl=True,abortConnect=False");
+    // Trusting the generated CA (as SSL_CERT_FILE), the connection works.
+    let handler = Handler::start(&[("RedisCache", &conn), ("SSL_CERT_FILE", &ca)]);
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["redis"]["status"]), (200, &json!("up")), "{body}");
+    assert!(body["redis"]["target"].as_str().unwrap().starts_with("rediss://"));
+    handler.request("PUT", "/api/write-through/tls", Some("[1]")).unwrap();
+    let (status, body) = handler.request("GET", "/api/cache-aside/tls", None).unwrap();
+    assert_eq!((status, &body["source"]), (200, &json!("cache")));
+    drop(handler);
+    // Without trusting it, the certificate is refused: TLS is really verified.
+    let untrusted = Handler::start(&[("RedisCache", &conn), ("SSL_CERT_FILE", "/nonexistent-ca.pem")]);
+    let (status, body) = untrusted.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["redis"]["status"]), (503, &json!("down")), "{body}");
+    // The rediss:// URL form works too.
+    let url = Handler::start(&[("RedisCache", &format!("rediss://localhost:{tls_port}")), ("SSL_CERT_FILE", &ca)]);
+    assert_eq!(url.request("GET", "/api/health", None).unwrap().0, 200);
+}
+
+#[test]
+fn passwords_with_base64_characters_authenticate_and_never_leak() {
+    let redis = RedisServer::start();
+    let password = "Ab+/cd==";
+    redis.command(&format!("CONFIG SET requirepass {password}")).unwrap();
+    let good = Handler::start(&[(
+        "RedisCache",
+        &format!("127.0.0.1:{},password={password},ssl=False,abortConnect=False", redis.port),
+    )]);
+    let (status, body) = good.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["redis"]["status"]), (200, &json!("up")), "{body}");
+    let bad =
+        Handler::start(&[("RedisCache", &format!("127.0.0.1:{},password=wrong+/=,abortConnect=False", redis.port))]);
+    let (status, body) = bad.request("GET", "/api/health", None).unwrap();
+    assert_eq!(status, 503);
+    let text = body.to_string();
+    assert!(!text.contains("wrong+/=") && !text.contains(password), "no secret in answers: {text}");
+}
