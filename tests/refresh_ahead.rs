@@ -550,3 +550,19 @@ async fn a_slow_store_gets_the_soft_timeout_then_the_load_completes_in_the_backg
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_reads_go_to_the_store() {
+    let mut redis = RedisServer::start();
+    let dir = TempDir::new("ra-bypass");
+    for (store_name, backing) in stores(&dir) {
+        let (a, _) = Process::pair(&redis, backing, &[]);
+        let key = format!("{store_name}-bypass");
+        a.write(&key, json!("from the store")).await;
+        redis.stop();
+        for mode in MODES {
+            let reply = a.read(mode, "RefreshAheadRead", &key).await;
+            assert_served(&reply, &json!("from the store"), "store", "bypass");
+        }
+    }
+}
