@@ -63,6 +63,10 @@ async fn main() {
         t.app.patterns.cache_aside_get(&key).await.map(|_| ()).unwrap()
     })
     .await;
+    let refresh_ahead = measure("Patterns::refresh_ahead_get (hit + hot bump)", n, || async {
+        t.app.patterns.refresh_ahead_get(&key).await.map(|_| ()).unwrap()
+    })
+    .await;
     let forwarded = measure("router, forwarded GET /api/cache-aside (hit)", n, || async {
         assert_eq!(send(&router, Mode::Forwarded, &aside, &call).await.status, 200);
     })
@@ -79,8 +83,9 @@ async fn main() {
     let ratio = |d: Duration| d.as_secs_f64() / baseline.as_secs_f64();
     println!();
     println!(
-        "ratios to the baseline: pattern {:.2}x, forwarded {:.2}x, payload {:.2}x, store read {:.2}x",
+        "ratios to the baseline: pattern {:.2}x, refresh-ahead {:.2}x, forwarded {:.2}x, payload {:.2}x, store read {:.2}x",
         ratio(pattern),
+        ratio(refresh_ahead),
         ratio(forwarded),
         ratio(payload),
         ratio(store)

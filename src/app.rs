@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::cache::{CacheError, RedisCache};
+use crate::patterns::refresh_ahead::RefreshAheadPolicy;
 use crate::patterns::{CachePolicy, Patterns};
 use crate::queue::redis_streams::{ConsumerConfig, StreamConsumer};
 use crate::settings::{Settings, StoreSettings};
@@ -34,7 +35,9 @@ impl App {
     /// Wires an app from parts (tests use this to put a store of their choice behind the patterns).
     pub fn new(settings: Settings, cache: RedisCache, store: Arc<dyn Store>) -> Self {
         let policy = CachePolicy::from_settings(&settings);
-        Self { patterns: Patterns::new(cache, store, policy), settings: Arc::new(settings) }
+        let patterns =
+            Patterns::new(cache, store, policy).with_refresh_ahead(RefreshAheadPolicy::from_settings(&settings));
+        Self { patterns, settings: Arc::new(settings) }
     }
 
     /// Starts the work that runs beside the requests: the in-process consumer of the Redis

@@ -476,6 +476,11 @@ pub struct Settings {
     pub refresh_ahead_factor: f64,
     /// `FailSafeMaxStaleSeconds`: how long past its TTL a value may be served while the store fails.
     pub fail_safe_max_stale: Duration,
+    /// `FailSafeSoftTimeoutMs`: how long a read waits for the store when a stale value could be
+    /// served instead (zero: wait for the store's own timeout).
+    pub fail_safe_soft_timeout: Duration,
+    /// The refresh-ahead read and timer settings.
+    pub refresh_ahead: RefreshAheadSettings,
     /// `MaxValueBytes`: largest accepted value, as serialized JSON.
     pub max_value_bytes: usize,
     /// `FUNCTIONS_CUSTOMHANDLER_PORT`: where the handler listens (127.0.0.1 only).
@@ -524,6 +529,8 @@ impl Settings {
                 )
             })?,
         };
+        let fail_safe_soft_timeout = Duration::from_millis(number(&get, "FailSafeSoftTimeoutMs", 1000, 0, 60_000)?);
+        let refresh_ahead = RefreshAheadSettings::from_lookup(&get)?;
         let port = number(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", 7071, 1, 65535)? as u16;
         Ok(Self {
             redis,
@@ -534,6 +541,8 @@ impl Settings {
             negative_ttl,
             refresh_ahead_factor,
             fail_safe_max_stale,
+            fail_safe_soft_timeout,
+            refresh_ahead,
             max_value_bytes,
             port,
         })
@@ -552,6 +561,58 @@ fn number(
         Some(raw) => raw.parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
             SettingsError::new(name, format!("must be a whole number from {min} to {max}, got {raw:?}"))
         }),
+    }
+}
+
+/// Settings of the refresh-ahead read (`RefreshAheadRead`) and timer (`RefreshAhead`); see
+/// `docs/refresh-ahead.md`.
+#[derive(Debug, Clone)]
+pub struct RefreshAheadSettings {
+    /// `RefreshAheadSchedule`: the timer's NCRONTAB schedule; `function.json` reads the same setting.
+    pub schedule: crate::patterns::refresh_ahead::Schedule,
+    /// `RefreshAheadHotKeysMax`: most keys the hot-key set keeps (the coldest are trimmed).
+    pub hot_keys_max: u64,
+    /// `RefreshAheadHotKeysHalfLifeSeconds`: a read counts half as much after this long.
+    pub hot_keys_half_life: Duration,
+    /// `RefreshAheadHotMinReads`: decayed read count from which a key is hot enough for the timer.
+    pub hot_min_reads: f64,
+    /// `RefreshAheadTimerMaxKeys`: most (hottest) keys one timer run looks at.
+    pub timer_max_keys: u64,
+    /// `RefreshAheadTimerParallelism`: store reads one timer run makes at once.
+    pub timer_parallelism: usize,
+}
+
+impl RefreshAheadSettings {
+    /// The default timer schedule (every five minutes, on the minute).
+    pub const DEFAULT_SCHEDULE: &'static str = "0 */5 * * * *";
+
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let raw = get("RefreshAheadSchedule").unwrap_or_else(|| Self::DEFAULT_SCHEDULE.to_string());
+        let schedule = crate::patterns::refresh_ahead::Schedule::parse(&raw)
+            .map_err(|problem| SettingsError::new("RefreshAheadSchedule", format!("{problem} (got {raw:?})")))?;
+        let hot_min_reads = match get("RefreshAheadHotMinReads") {
+            None => 2.0,
+            Some(raw) => raw.parse::<f64>().ok().filter(|f| (0.0..=1e6).contains(f)).ok_or_else(|| {
+                SettingsError::new(
+                    "RefreshAheadHotMinReads",
+                    format!("must be a number from 0 to 1000000, got {raw:?}"),
+                )
+            })?,
+        };
+        Ok(Self {
+            schedule,
+            hot_keys_max: number(get, "RefreshAheadHotKeysMax", 10_000, 1, 1_000_000)?,
+            hot_keys_half_life: Duration::from_secs(number(
+                get,
+                "RefreshAheadHotKeysHalfLifeSeconds",
+                900,
+                1,
+                7 * 24 * 3600,
+            )?),
+            hot_min_reads,
+            timer_max_keys: number(get, "RefreshAheadTimerMaxKeys", 1000, 1, 100_000)?,
+            timer_parallelism: number(get, "RefreshAheadTimerParallelism", 8, 1, 256)? as usize,
+        })
     }
 }
 
@@ -716,5 +777,23 @@ mod tests {
         assert_eq!(err.name, "CosmosDBConnection");
         let err = cosmos(&[("CosmosDBConnection", EMULATOR), ("CosmosDBContainer", "a/b")]).unwrap_err();
         assert_eq!(err.name, "CosmosDBContainer");
+    }
+
+    #[test]
+    fn refresh_ahead_settings() {
+        let s = settings(&[("RedisCache", "localhost")]).unwrap();
+        assert_eq!(s.refresh_ahead.schedule.as_str(), "0 */5 * * * *");
+        assert_eq!(s.fail_safe_soft_timeout, Duration::from_millis(1000));
+        assert_eq!((s.refresh_ahead.hot_keys_max, s.refresh_ahead.timer_parallelism), (10_000, 8));
+        for (name, bad) in [
+            ("RefreshAheadSchedule", "every five minutes"),
+            ("RefreshAheadHotKeysMax", "0"),
+            ("RefreshAheadHotMinReads", "-1"),
+            ("RefreshAheadTimerParallelism", "1000"),
+            ("FailSafeSoftTimeoutMs", "soon"),
+        ] {
+            let err = settings(&[("RedisCache", "localhost"), (name, bad)]).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod dead_letters;
 pub mod event_hub_consumer;
 mod health;
 mod input;
+mod refresh_ahead;
 pub mod triggers;
 mod write_behind;
 mod write_through;
@@ -27,14 +28,22 @@ pub enum HttpFunction {
     WriteBehind,
     /// `DeadLetters`: `api/dead-letters/{id?}` (admin).
     DeadLetters,
+    /// `RefreshAheadRead`: `api/refresh-ahead/{key}`.
+    RefreshAheadRead,
     /// `Health`: `api/health`.
     Health,
 }
 
 impl HttpFunction {
     /// Every HTTP function.
-    pub const ALL: [Self; 5] =
-        [Self::CacheAside, Self::WriteThrough, Self::WriteBehind, Self::DeadLetters, Self::Health];
+    pub const ALL: [Self; 6] = [
+        Self::CacheAside,
+        Self::WriteThrough,
+        Self::WriteBehind,
+        Self::RefreshAheadRead,
+        Self::DeadLetters,
+        Self::Health,
+    ];
 
     /// The function (folder) name, as the host posts it in payload mode.
     pub fn name(self) -> &'static str {
@@ -43,6 +52,7 @@ impl HttpFunction {
             Self::WriteThrough => "WriteThrough",
             Self::WriteBehind => "WriteBehind",
             Self::DeadLetters => "DeadLetters",
+            Self::RefreshAheadRead => "RefreshAheadRead",
             Self::Health => "Health",
         }
     }
@@ -54,6 +64,7 @@ impl HttpFunction {
             Self::WriteThrough => "write-through",
             Self::WriteBehind => "write-behind",
             Self::DeadLetters => "dead-letters",
+            Self::RefreshAheadRead => "refresh-ahead",
             Self::Health => "health",
         }
     }
@@ -69,7 +80,7 @@ impl HttpFunction {
             Self::CacheAside => &["GET", "POST"],
             Self::WriteThrough | Self::WriteBehind => &["PUT", "POST", "DELETE"],
             Self::DeadLetters => &["GET", "POST", "DELETE"],
-            Self::Health => &["GET"],
+            Self::RefreshAheadRead | Self::Health => &["GET"],
         }
     }
 
@@ -125,6 +136,7 @@ pub async fn dispatch(app: &App, function: HttpFunction, call: &HttpCall, log: &
         HttpFunction::WriteThrough => write_through::handle(app, call, log).await,
         HttpFunction::WriteBehind => write_behind::handle(app, call, log).await,
         HttpFunction::DeadLetters => dead_letters::handle(app, call, log).await,
+        HttpFunction::RefreshAheadRead => refresh_ahead::handle(app, call, log).await,
         HttpFunction::Health => health::handle(app, log).await,
     }
 }
@@ -170,6 +182,7 @@ mod tests {
         assert_eq!(HttpFunction::by_route("cache-aside"), Some((HttpFunction::CacheAside, None)));
         assert_eq!(HttpFunction::by_route("write-through/x/y"), Some((HttpFunction::WriteThrough, Some("x/y"))));
         assert_eq!(HttpFunction::by_route("health"), Some((HttpFunction::Health, None)));
+        assert_eq!(HttpFunction::by_route("refresh-ahead/k"), Some((HttpFunction::RefreshAheadRead, Some("k"))));
         assert_eq!(HttpFunction::by_route("health/x"), None);
         assert_eq!(HttpFunction::by_route("cache-asidex"), None);
         assert_eq!(HttpFunction::by_name("cacheaside"), Some(HttpFunction::CacheAside));

@@ -28,16 +28,27 @@ pub fn by_name(name: &str) -> Option<TriggerFunction> {
 pub enum TriggerFunction {
     /// `EventHubConsumer`: applies write-behind events from Event Hubs.
     EventHubConsumer,
+    /// `RefreshAhead`: timer that refreshes hot keys before they expire.
+    RefreshAhead,
 }
 
 impl TriggerFunction {
     /// Every non-HTTP function.
-    pub const ALL: [Self; 1] = [Self::EventHubConsumer];
+    pub const ALL: [Self; 2] = [Self::EventHubConsumer, Self::RefreshAhead];
 
     /// The function (folder) name.
     pub fn name(self) -> &'static str {
         match self {
             Self::EventHubConsumer => "EventHubConsumer",
+            Self::RefreshAhead => "RefreshAhead",
+        }
+    }
+
+    /// The name of the trigger binding in `function.json`.
+    pub fn trigger_binding(self) -> &'static str {
+        match self {
+            Self::EventHubConsumer => "events",
+            Self::RefreshAhead => "timer",
         }
     }
 }
@@ -51,5 +62,8 @@ pub async fn invoke(
 ) -> Result<Outputs, TriggerFailure> {
     match function {
         TriggerFunction::EventHubConsumer => super::event_hub_consumer::invoke(app, invocation, log).await,
+        TriggerFunction::RefreshAhead => {
+            super::refresh_ahead::timer(app, function.trigger_binding(), invocation, log).await
+        }
     }
 }

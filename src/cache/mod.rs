@@ -12,9 +12,11 @@
 //! which no valid cache key can, so they never collide with user data.
 
 mod entry;
+mod hot_keys;
 mod scripts;
 
 pub use entry::{CacheEntry, EntryWrite};
+pub use hot_keys::{EntryMeta, HotKeyPolicy, RefreshGate};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,7 +7,9 @@
 //! * Absent keys are cached as negative entries for `NegativeCacheTtlSeconds`.
 //! * Redis down: the store answers and the result says `Bypass`. Store down: a stale value within
 //!   `FailSafeMaxStaleSeconds` is served and marked `Stale`, and the store is not retried for the
-//!   fail-safe throttle (invariant 7).
+//!   fail-safe throttle (invariant 7). Store slow: when a stale value exists, a read waits at most
+//!   `FailSafeSoftTimeoutMs`, then serves it; the load goes on in the background, still holding
+//!   the load lock, and updates the cache when the store answers.
 //! * Values are cached with the version they were stored with, through the cache's
 //!   "never older" write, so a slow load can never overwrite a newer write.
 
@@ -86,6 +88,11 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// A stale entry served by the fail-safe.
+    pub(crate) fn stale(entry: &CacheEntry) -> Self {
+        Self { source: Source::Stale, cache: CacheStatus::Stale, ..Self::from_entry(entry) }
+    }
+
     pub(crate) fn from_entry(entry: &CacheEntry) -> Self {
         let stale = entry.fail_safe;
         Self {
@@ -133,20 +140,18 @@ impl Patterns {
         loop {
             match self.cache.load_gate(key.as_str(), &token, self.policy.lock_ttl).await {
                 Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(&entry)),
-                Ok(Gate::Acquired) => {
-                    let result = self.load_from_store(key, stale, true).await;
-                    if let Err(e) = self.cache.unlock(key.as_str(), &token).await {
-                        tracing::debug!(key = %key, error = %e, "could not release the load lock; it expires by itself");
+                Ok(Gate::Acquired) => return self.load_holding_lock(key, stale, token).await,
+                Ok(Gate::Busy) => {
+                    if let Some(stale) = self.soft_timed_out(&stale, started.elapsed()) {
+                        tracing::debug!(key = %key, "another caller's load is slow; serving the stale value (fail-safe)");
+                        return Ok(Lookup::stale(stale));
                     }
-                    return result;
-                }
-                Ok(Gate::Busy) if started.elapsed() < self.policy.lock_wait => {
+                    if started.elapsed() >= self.policy.lock_wait {
+                        tracing::debug!(key = %key, "another process is still loading; reading the store too");
+                        return self.load_from_store(key, stale, true).await;
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                Ok(Gate::Busy) => {
-                    tracing::debug!(key = %key, "another process is still loading; reading the store too");
-                    return self.load_from_store(key, stale, true).await;
                 }
                 Err(e) => {
                     tracing::warn!(key = %key, error = %e, "cache unavailable during a load; reading the store directly");
@@ -156,7 +161,54 @@ impl Patterns {
         }
     }
 
-    async fn load_bypassing_cache(&self, key: &Key) -> Result<Lookup, ReadError> {
+    /// The stale value to serve because waiting for the store took `waited` already, if any.
+    fn soft_timed_out<'a>(&self, stale: &'a Option<CacheEntry>, waited: Duration) -> Option<&'a CacheEntry> {
+        let soft = self.policy.soft_timeout;
+        stale.as_ref().filter(|s| !soft.is_zero() && waited >= soft && now_millis() < s.stale_until_ms)
+    }
+
+    /// Reads the store while holding the load lock of `key`, and releases it when the store answered.
+    /// With a stale value to fall back on, the caller waits at most the soft timeout: the read then
+    /// goes on in the background (keeping the lock, so other processes serve their stale value too)
+    /// and caches its result when it completes.
+    async fn load_holding_lock(
+        &self,
+        key: &Key,
+        stale: Option<CacheEntry>,
+        token: String,
+    ) -> Result<Lookup, ReadError> {
+        let soft = self.policy.soft_timeout;
+        let fallback = stale.clone().filter(|s| !soft.is_zero() && now_millis() < s.stale_until_ms);
+        let Some(fallback) = fallback else {
+            let result = self.load_from_store(key, stale, true).await;
+            self.unlock_quietly(key, &token).await;
+            return result;
+        };
+        let (this, owned_key) = (self.clone(), key.clone());
+        let mut load = tokio::spawn(async move {
+            let result = this.load_from_store(&owned_key, stale, true).await;
+            this.unlock_quietly(&owned_key, &token).await;
+            result
+        });
+        match tokio::time::timeout(soft, &mut load).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(stopped)) => {
+                Err(ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}"))))
+            }
+            Err(_) => {
+                tracing::warn!(key = %key, soft_timeout = ?soft, "store slower than the soft timeout; serving the stale value while the load goes on (fail-safe)");
+                Ok(Lookup::stale(&fallback))
+            }
+        }
+    }
+
+    async fn unlock_quietly(&self, key: &Key, token: &str) {
+        if let Err(e) = self.cache.unlock(key.as_str(), token).await {
+            tracing::debug!(key = %key, error = %e, "could not release the load lock; it expires by itself");
+        }
+    }
+
+    pub(crate) async fn load_bypassing_cache(&self, key: &Key) -> Result<Lookup, ReadError> {
         self.loads.run(key.as_str(), || async { self.load_from_store(key, None, false).await.map(bypassed) }).await
     }
 
@@ -204,10 +256,7 @@ impl Patterns {
                         fail_safe: true,
                     };
                     self.cache_quietly(key, &throttled).await;
-                    let mut lookup = Lookup::from_entry(&stale);
-                    lookup.source = Source::Stale;
-                    lookup.cache = CacheStatus::Stale;
-                    Ok(lookup)
+                    Ok(Lookup::stale(&stale))
                 }
                 _ => Err(ReadError::Store(e)),
             },

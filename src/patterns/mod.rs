@@ -3,10 +3,12 @@
 //! [`Patterns`] holds what every pattern shares (the cache, the store, the version clock and the
 //! cache policy); each pattern lives in its own module as methods on it:
 //! [`cache_aside`] (get-or-load), [`write_through`] (store first, then cache), [`write_behind`]
-//! (queue first, store later) with [`apply_writes`] (the consumers' side).
+//! (queue first, store later) with [`apply_writes`] (the consumers' side), and [`refresh_ahead`]
+//! (eager and timed refresh of read keys).
 
 pub mod apply_writes;
 pub mod cache_aside;
+pub mod refresh_ahead;
 pub mod single_flight;
 pub mod write_behind;
 pub mod write_through;
@@ -43,6 +45,9 @@ pub struct CachePolicy {
     pub fail_safe_throttle: Duration,
     /// Longest a store call may take before it counts as failed.
     pub store_timeout: Duration,
+    /// How long a read waits for the store when it could serve a stale value instead (fail-safe
+    /// soft timeout); zero waits for `store_timeout`.
+    pub soft_timeout: Duration,
     /// Lifetime of the cross-process load lock.
     pub lock_ttl: Duration,
     /// How long a miss waits for another process's load before loading itself.
@@ -59,6 +64,7 @@ impl CachePolicy {
             fail_safe_max_stale: settings.fail_safe_max_stale,
             fail_safe_throttle: settings.cache_ttl.min(Duration::from_secs(30)),
             store_timeout: Duration::from_secs(10),
+            soft_timeout: settings.fail_safe_soft_timeout,
             lock_ttl: Duration::from_secs(5),
             lock_wait: Duration::from_millis(1500),
         }
@@ -107,6 +113,7 @@ pub struct Patterns {
     pub(crate) loads: Arc<single_flight::SingleFlight<Result<Lookup, ReadError>>>,
     pub(crate) queue: Arc<dyn WriteQueue>,
     pub(crate) dead_letters: DeadLetters,
+    pub(crate) refresh: Arc<refresh_ahead::RefreshAhead>,
 }
 
 impl Patterns {
@@ -123,6 +130,7 @@ impl Patterns {
             loads: Arc::default(),
             queue,
             dead_letters,
+            refresh: Arc::default(),
         }
     }
 
