@@ -1,8 +1,8 @@
 //! Refresh-Ahead on a real Redis and a real store: eager refresh on read, the hot-key set, the
 //! timer and its host payloads, and the fail-safe on every read path.
 //!
-//! Every test runs against each store [`stores`] returns (SQLite now; the Cosmos store joins when
-//! it lands), through the `Store` trait only. Time-dependent behaviour uses TTLs of 1–3 s.
+//! Every test runs against each store [`stores`] returns (SQLite, and Cosmos DB on the SDK's in-memory
+//! emulator), through the `Store` trait only. Time-dependent behaviour uses TTLs of 1–3 s.
 
 mod common;
 
@@ -25,9 +25,12 @@ use common::{FaultyStore, RedisServer, TempDir};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-/// The stores every test runs against, each fresh. Add the Cosmos store here when it exists.
-fn stores(dir: &TempDir) -> Vec<(&'static str, Arc<dyn Store>)> {
-    vec![("sqlite", Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("sqlite store")))]
+/// The stores every test runs against, each fresh: SQLite and Cosmos DB (in-memory emulator).
+async fn stores(dir: &TempDir) -> Vec<(&'static str, Arc<dyn Store>)> {
+    vec![
+        ("sqlite", Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("sqlite store"))),
+        ("cosmos", common::cosmos::in_memory_store().await),
+    ]
 }
 
 /// One handler process: an app, its router, and the counting store behind it.
@@ -91,7 +94,9 @@ const SHORT_TTL: [(&str, &str); 3] =
 async fn eager_refresh_fires_once_per_key_per_window_across_processes() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-eager");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let (a, b) = Process::pair(&redis, backing, &SHORT_TTL);
         for mode in MODES {
             let key = format!("{store_name}-eager-{mode:?}");
@@ -152,7 +157,9 @@ async fn futures_join_all<F: std::future::Future<Output = T>, T>(futures: impl I
 async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-hit");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let (a, _) = Process::pair(&redis, backing, &[]);
         let key = format!("{store_name}-hit");
         a.write(&key, json!("warm")).await;
@@ -218,7 +225,9 @@ impl Store for HeldStore {
 async fn a_refresh_racing_a_write_through_never_wins() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-race");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let held = Arc::new(HeldStore { inner: backing, hold: watch::Sender::new(false), held: AtomicUsize::new(0) });
         let (a, _) = Process::pair(&redis, held.clone(), &SHORT_TTL);
         let key = format!("{store_name}-race");
@@ -243,7 +252,9 @@ async fn a_refresh_racing_a_write_through_never_wins() {
 async fn a_failed_refresh_keeps_the_old_value_and_is_not_retried_at_once() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-failed");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let (a, _) = Process::pair(&redis, backing, &SHORT_TTL);
         let key = format!("{store_name}-failed");
         let version = a.write(&key, json!([1, 2])).await;
@@ -263,7 +274,9 @@ async fn a_failed_refresh_keeps_the_old_value_and_is_not_retried_at_once() {
 async fn hot_key_set_decays_and_stays_bounded() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-hot");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let extra = [("RefreshAheadHotKeysMax", "10"), ("RefreshAheadHotKeysHalfLifeSeconds", "1")];
         let (a, _) = Process::pair(&redis, backing, &extra);
         let policy = a.app.patterns.refresh_ahead_policy().hot_keys;
@@ -365,7 +378,9 @@ fn counts(logs: &[String]) -> (usize, usize, usize) {
 async fn the_timer_refreshes_hot_keys_that_expire_before_the_next_run_and_skips_cold_ones() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-timer");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let extra = [("CacheTtlSeconds", "3"), ("CacheTtlJitterPercent", "0"), ("RefreshAheadFactor", "0")];
         let (a, _) = Process::pair(&redis, backing, &extra);
         let hot: Vec<String> = (0..2).map(|i| format!("{store_name}-hot-{i}")).collect();
@@ -405,7 +420,9 @@ async fn the_timer_refreshes_hot_keys_that_expire_before_the_next_run_and_skips_
 async fn two_concurrent_timer_runs_refresh_each_key_once() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-timer-pair");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let extra = [("CacheTtlSeconds", "3"), ("RefreshAheadFactor", "0"), ("RefreshAheadHotMinReads", "0.5")];
         let (a, b) = Process::pair(&redis, backing, &extra);
         let keys: Vec<String> = (0..6).map(|i| format!("{store_name}-pair-{i}")).collect();
@@ -431,7 +448,9 @@ async fn two_concurrent_timer_runs_refresh_each_key_once() {
 async fn every_timer_payload_the_host_sends_runs() {
     let mut redis = RedisServer::start();
     let dir = TempDir::new("ra-timer-payloads");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let extra = [("CacheTtlSeconds", "3600"), ("RefreshAheadHotMinReads", "0.5")];
         let (a, _) = Process::pair(&redis, backing, &extra);
         let key = format!("{store_name}-payloads");
@@ -470,7 +489,7 @@ async fn every_timer_payload_the_host_sends_runs() {
     }
     // Redis down: still a 200 envelope (a retry would not help), with the reason in Logs.
     redis.stop();
-    let (a, _) = Process::pair(&redis, stores(&dir).remove(0).1, &[]);
+    let (a, _) = Process::pair(&redis, stores(&dir).await.remove(0).1, &[]);
     let logs = run_timer(&a.router, Some(timer_info(None, json!(false)))).await;
     assert_eq!(counts(&logs), (0, 0, 0));
     assert!(logs[0].contains("unavailable"), "{logs:?}");
@@ -482,7 +501,9 @@ async fn every_timer_payload_the_host_sends_runs() {
 async fn fail_safe_serves_stale_while_the_store_fails_and_stops_after_the_window() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-failsafe");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let extra = [
             ("CacheTtlSeconds", "1"),
             ("CacheTtlJitterPercent", "0"),
@@ -524,7 +545,9 @@ async fn fail_safe_serves_stale_while_the_store_fails_and_stops_after_the_window
 async fn a_slow_store_gets_the_soft_timeout_then_the_load_completes_in_the_background() {
     let redis = RedisServer::start();
     let dir = TempDir::new("ra-soft");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
         let extra = [
             ("CacheTtlSeconds", "1"),
             ("CacheTtlJitterPercent", "0"),
@@ -555,7 +578,9 @@ async fn a_slow_store_gets_the_soft_timeout_then_the_load_completes_in_the_backg
 async fn with_redis_down_reads_go_to_the_store() {
     let mut redis = RedisServer::start();
     let dir = TempDir::new("ra-bypass");
-    for (store_name, backing) in stores(&dir) {
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from a running, empty Redis (the previous round stopped it).
+        redis.restart();
         let (a, _) = Process::pair(&redis, backing, &[]);
         let key = format!("{store_name}-bypass");
         a.write(&key, json!("from the store")).await;

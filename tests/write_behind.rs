@@ -404,6 +404,11 @@ async fn randomized_writes_with_crashes_duplicates_and_failures_end_with_the_las
     chaos(store, "sqlite").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn randomized_writes_with_crashes_duplicates_and_failures_end_with_the_last_acknowledged_write_on_cosmos() {
+    chaos(common::cosmos::in_memory_store().await, "cosmos").await;
+}
+
 fn ehc_envelope(data: Value, metadata: Value) -> String {
     json!({"Data": {cachepatterns::api::event_hub_consumer::TRIGGER: data}, "Metadata": metadata}).to_string()
 }

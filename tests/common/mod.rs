@@ -3,6 +3,7 @@
 //! `function.json` files.
 #![allow(dead_code)]
 
+pub mod cosmos;
 pub mod host;
 pub mod store_contract;
 
