@@ -12,6 +12,7 @@
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod identity;
 pub mod key;
 pub mod patterns;
 pub mod protocol;

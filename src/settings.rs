@@ -44,6 +44,9 @@ pub struct RedisTarget {
     pub connect_timeout: Duration,
     /// Per-command timeout (`syncTimeout=`/`asyncTimeout=` in ms), 2 s by default.
     pub response_timeout: Duration,
+    /// Entra ID instead of a password (`RedisCache__hostName`): `Some(client id)` of a user-assigned
+    /// identity, or `Some(None)` for the system-assigned one (or `az login` locally).
+    pub entra_id: Option<Option<String>>,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -56,12 +59,29 @@ impl RedisTarget {
     /// A description safe for logs: scheme, host, port, database, never the password.
     pub fn describe(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
-        let auth = match (&self.user, &self.password) {
-            (Some(user), _) => format!("{user}:***@"),
-            (None, Some(_)) => "***@".to_string(),
-            (None, None) => String::new(),
+        let auth = match (&self.entra_id, &self.user, &self.password) {
+            (Some(_), _, _) => "entra-id@".to_string(),
+            (None, Some(user), _) => format!("{user}:***@"),
+            (None, None, Some(_)) => "***@".to_string(),
+            (None, None, None) => String::new(),
         };
         format!("{scheme}://{auth}{}:{}/{}", self.host, self.port, self.database)
+    }
+
+    /// `RedisCache__hostName` (+ `RedisCache__clientId`): Azure Cache for Redis with Entra ID. The host
+    /// name may carry a port; TLS on 6380 otherwise, as Azure Cache for Redis serves it.
+    pub fn entra_id(host_name: &str, client_id: Option<String>) -> Result<Self, SettingsError> {
+        let host_name = host_name.trim();
+        if host_name.contains("://") || host_name.contains(',') || host_name.contains('/') {
+            return Err(SettingsError::new(
+                REDIS_HOST_NAME,
+                "must be a host name such as mycache.redis.cache.windows.net (no scheme, no options)",
+            ));
+        }
+        let (host, port) = split_host_port(host_name).map_err(|e| SettingsError::new(REDIS_HOST_NAME, e.problem))?;
+        let mut target = Self::defaults(host, port.unwrap_or(6380), true);
+        target.entra_id = Some(client_id);
+        Ok(target)
     }
 
     /// Parses `RedisCache`: the StackExchange.Redis form the Azure portal shows
@@ -94,6 +114,7 @@ impl RedisTarget {
             database: 0,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(2),
+            entra_id: None,
         }
     }
 
@@ -251,6 +272,8 @@ fn parse_millis(name: &str, value: &str) -> Result<Duration, SettingsError> {
 }
 
 const REDIS_CACHE: &str = "RedisCache";
+const REDIS_HOST_NAME: &str = "RedisCache__hostName";
+const REDIS_CLIENT_ID: &str = "RedisCache__clientId";
 
 /// Which backing store the service uses. Cosmos DB comes with its settings; SQLite is the default.
 #[derive(Debug, Clone)]
@@ -500,10 +523,22 @@ impl Settings {
 
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let redis_raw = get(REDIS_CACHE).ok_or_else(|| {
-            SettingsError::new(REDIS_CACHE, "is not set; set it to the connection string the Azure portal shows (host:6380,password=…,ssl=True,abortConnect=False) or to localhost:6379")
-        })?;
-        let redis = RedisTarget::parse(&redis_raw)?;
+        let redis = match (get(REDIS_CACHE), get(REDIS_HOST_NAME)) {
+            (Some(raw), None) => RedisTarget::parse(&raw)?,
+            (None, Some(host_name)) => RedisTarget::entra_id(&host_name, get(REDIS_CLIENT_ID))?,
+            (Some(_), Some(_)) => {
+                return Err(SettingsError::new(
+                    REDIS_CACHE,
+                    "and RedisCache__hostName are both set; keep RedisCache for a password, or RedisCache__hostName for Entra ID",
+                ));
+            }
+            (None, None) => {
+                return Err(SettingsError::new(
+                    REDIS_CACHE,
+                    "is not set; set it to the connection string the Azure portal shows (host:6380,password=…,ssl=True,abortConnect=False) or to localhost:6379, or set RedisCache__hostName for Entra ID",
+                ));
+            }
+        };
         let instance_name = lookup("RedisInstanceName").unwrap_or_default();
         if instance_name.chars().any(char::is_control) {
             return Err(SettingsError::new("RedisInstanceName", "must not contain control characters"));
@@ -668,6 +703,20 @@ mod tests {
         }
         let described = RedisTarget::parse("h:1,password=s3cret").unwrap().describe();
         assert!(!described.contains("s3cret"));
+    }
+
+    #[test]
+    fn entra_id_by_host_name() {
+        let s = settings(&[("RedisCache__hostName", "mycache.redis.cache.windows.net")]).unwrap();
+        assert_eq!((s.redis.host.as_str(), s.redis.port, s.redis.tls), ("mycache.redis.cache.windows.net", 6380, true));
+        assert_eq!(s.redis.entra_id, Some(None));
+        assert!(s.redis.describe().starts_with("rediss://entra-id@"));
+        let s = settings(&[("RedisCache__hostName", "c.example:10000"), ("RedisCache__clientId", "abc")]).unwrap();
+        assert_eq!((s.redis.port, s.redis.entra_id.clone()), (10000, Some(Some("abc".to_string()))));
+        let err = settings(&[("RedisCache__hostName", "rediss://c.example")]).unwrap_err();
+        assert_eq!(err.name, "RedisCache__hostName");
+        let err = settings(&[("RedisCache__hostName", "c"), ("RedisCache", "localhost")]).unwrap_err();
+        assert_eq!(err.name, "RedisCache");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! Redis key `RedisInstanceName + k`; internal keys (locks) contain the control character U+001F,
 //! which no valid cache key can, so they never collide with user data.
 
+pub mod entra;
 mod entry;
 mod hot_keys;
 mod scripts;
@@ -76,6 +77,25 @@ impl RedisCache {
     /// Redis that is down at start-up does not stop the service (StackExchange's
     /// `abortConnect=False`).
     pub fn new(target: &RedisTarget, instance_name: &str) -> Result<Self, CacheError> {
+        let credential = match &target.entra_id {
+            Some(client_id) => {
+                tracing::info!(identity = %crate::identity::describe(client_id.as_deref()), "Redis: Entra ID authentication");
+                Some(crate::identity::credential(client_id.as_deref()).map_err(|e| {
+                    CacheError::Command(format!("cannot prepare the Entra ID credential for Redis: {e}"))
+                })?)
+            }
+            None => None,
+        };
+        Self::with_token_credential(target, instance_name, credential)
+    }
+
+    /// Like [`RedisCache::new`], authenticating with tokens from `credential` when one is given
+    /// (the user name is the token's `oid` claim), which is how Entra ID works on Azure Cache for Redis.
+    pub fn with_token_credential(
+        target: &RedisTarget,
+        instance_name: &str,
+        credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
+    ) -> Result<Self, CacheError> {
         let scheme = if target.tls { "rediss" } else { "redis" };
         let host = if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
         let url = format!("{scheme}://{host}:{}/{}", target.port, target.database);
@@ -94,12 +114,15 @@ impl RedisCache {
         let client = redis::Client::open(info).map_err(|e| {
             CacheError::Command(format!("cannot prepare the Redis client for {}: {e}", target.describe()))
         })?;
-        let config = ConnectionManagerConfig::new()
+        let mut config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(target.connect_timeout))
             .set_response_timeout(Some(target.response_timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
+        if let Some(credential) = credential {
+            config = config.set_credentials_provider(entra::EntraIdCredentials::start(credential));
+        }
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| CacheError::Command(format!("cannot prepare the Redis connection: {e}")))?;
         Ok(Self {

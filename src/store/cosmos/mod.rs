@@ -51,7 +51,6 @@ use azure_data_cosmos::{
     CosmosRuntimeBuilder, RoutingStrategy,
 };
 use azure_data_cosmos_driver::error::status_codes;
-use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -116,12 +115,9 @@ impl CosmosStore {
                 Provisioning::CreateIfMissing,
             ),
             CosmosAuth::ManagedIdentity { client_id } => {
-                let options = ManagedIdentityCredentialOptions {
-                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                    ..Default::default()
-                };
+                tracing::info!(identity = %crate::identity::describe(client_id.as_deref()), "Cosmos DB: Entra ID authentication");
                 let credential: Arc<dyn TokenCredential> =
-                    ManagedIdentityCredential::new(Some(options)).map_err(|e| {
+                    crate::identity::credential(client_id.as_deref()).map_err(|e| {
                         StoreError::Rejected(format!("cannot prepare the managed identity credential: {e}"))
                     })?;
                 (AccountReference::with_credential(endpoint, credential), Provisioning::MustExist)

@@ -1,0 +1,108 @@
+//! Entra ID authentication to Redis (`RedisCache__hostName`): a real `redis-server` with an ACL user
+//! named like the identity's object id whose password is the access token, and a token credential
+//! that issues JWT-shaped tokens. Also token rotation: after the old token is revoked and the
+//! connection dropped, the service reconnects with the new token.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use base64::Engine;
+use cachepatterns::cache::RedisCache;
+use cachepatterns::cache::entra::REDIS_SCOPE;
+use cachepatterns::settings::RedisTarget;
+use common::RedisServer;
+use serde_json::json;
+
+const OID: &str = "6a1b2c3d-0000-4000-8000-00000000abcd";
+
+/// Issues `token-1`, `token-2`, … as JWTs whose `oid` is [`OID`], each valid for `lifetime`.
+#[derive(Debug)]
+struct FakeCredential {
+    issued: AtomicUsize,
+    lifetime: time::Duration,
+}
+
+fn jwt(n: usize) -> String {
+    let part = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.sig{n}",
+        part(br#"{"alg":"RS256"}"#),
+        part(json!({"oid": OID, "aud": "https://redis.azure.com", "n": n}).to_string().as_bytes())
+    )
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for FakeCredential {
+    async fn get_token(&self, scopes: &[&str], _: Option<TokenRequestOptions<'_>>) -> azure_core::Result<AccessToken> {
+        assert_eq!(scopes, [REDIS_SCOPE]);
+        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(AccessToken::new(jwt(n), time::OffsetDateTime::now_utc() + self.lifetime))
+    }
+}
+
+fn target(redis: &RedisServer) -> RedisTarget {
+    let mut target = RedisTarget::entra_id(&format!("127.0.0.1:{}", redis.port), None).unwrap();
+    target.tls = false; // the test server speaks plain TCP; TLS is covered by the binary tests
+    target
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticates_with_the_token_and_the_object_id() {
+    let redis = RedisServer::start();
+    redis.command(&format!("ACL SETUSER {OID} on >{} ~* &* +@all", jwt(1))).unwrap();
+    redis.command("ACL SETUSER default off").unwrap();
+    let credential = Arc::new(FakeCredential { issued: AtomicUsize::new(0), lifetime: time::Duration::hours(1) });
+    let cache = RedisCache::with_token_credential(&target(&redis), "", Some(credential.clone())).unwrap();
+    cache.ping().await.expect("authenticated with the Entra ID token");
+    let whoami = redis.command("ACL LOG").unwrap();
+    assert!(!whoami.contains("auth"), "no failed AUTH: {whoami}");
+    assert_eq!(credential.issued.load(Ordering::SeqCst), 1, "one token while it is valid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_used_after_the_old_one_is_revoked() {
+    let redis = RedisServer::start();
+    // Tokens that expire at once are refreshed every 10 s; accept the first two.
+    redis.command(&format!("ACL SETUSER {OID} on >{} >{} ~* &* +@all", jwt(1), jwt(2))).unwrap();
+    redis.command("ACL SETUSER default off").unwrap();
+    let credential = Arc::new(FakeCredential { issued: AtomicUsize::new(0), lifetime: time::Duration::seconds(1) });
+    let cache = RedisCache::with_token_credential(&target(&redis), "", Some(credential.clone())).unwrap();
+    cache.ping().await.expect("first token");
+    // Wait for the refresh (10 s minimum period), then revoke token 1 and drop every connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while credential.issued.load(Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the token was not refreshed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.command(&format!("ACL SETUSER {OID} <{}", jwt(1))).unwrap();
+    redis.command("CLIENT KILL TYPE normal").unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        if cache.ping().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "reconnected with the rotated token");
+}
+
+#[tokio::test]
+async fn a_failing_credential_makes_redis_unavailable_not_a_hang() {
+    #[derive(Debug)]
+    struct Broken;
+    #[async_trait::async_trait]
+    impl TokenCredential for Broken {
+        async fn get_token(&self, _: &[&str], _: Option<TokenRequestOptions<'_>>) -> azure_core::Result<AccessToken> {
+            Err(azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, "no managed identity here"))
+        }
+    }
+    let redis = RedisServer::start();
+    let cache = RedisCache::with_token_credential(&target(&redis), "", Some(Arc::new(Broken))).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(15), cache.ping()).await.expect("no hang");
+    assert!(result.is_err());
+}
