@@ -499,3 +499,18 @@ async fn event_hub_consumer_fails_the_invocation_only_when_it_cannot_dead_letter
         "what could be applied was applied (a retry is idempotent)"
     );
 }
+
+#[tokio::test]
+async fn a_write_after_a_far_ahead_writer_still_gets_a_newer_version() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    // Another instance, its clock an hour ahead, accepted a write of this key.
+    let ahead = cachepatterns::version::now_micros() + 3_600_000_000;
+    let policy = t.app.patterns.policy();
+    t.app.patterns.cache().put("skewed", &policy.value_entry(json!("from the future"), ahead)).await.unwrap();
+    let accepted = t.app.patterns.write_behind(&key("skewed"), Change::Upsert(json!("latest"))).await.unwrap();
+    assert!(accepted.version > ahead, "the later write must win");
+    assert!(accepted.cached);
+    consumer(&t, &redis, "c", |_| {}).run_once().await.unwrap();
+    assert_eq!(t.sqlite.get("skewed").await.unwrap().unwrap().value, Some(json!("latest")));
+}

@@ -1,7 +1,8 @@
 //! Write-Behind: accept the write into a durable queue, update the cache, apply to the store later.
 //!
 //! The write gets its version now, so the order of writes is fixed when they are accepted, not
-//! when they are applied. The event is published first and the cache updated only once the queue
+//! when they are applied. The clock first observes the version cached for the key, so a write
+//! accepted after another instance's (whose clock may run ahead) still gets a newer version. The event is published first and the cache updated only once the queue
 //! confirmed it: if the queue fails, the caller gets an error and no reader sees the write. The
 //! store is updated by a consumer ([`super::apply_writes`]).
 
@@ -22,6 +23,9 @@ pub struct Accepted {
 impl Patterns {
     /// Write-Behind of `change` to `key`.
     pub async fn write_behind(&self, key: &Key, change: Change) -> Result<Accepted, QueueError> {
+        if let Ok(Some(cached)) = self.cache.get(key.as_str()).await {
+            self.clock.observe(cached.version);
+        }
         let version = self.clock.next();
         let (event, entry) = match change {
             Change::Upsert(value) => {
