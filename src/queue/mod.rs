@@ -8,6 +8,7 @@
 //! the versions they carry make duplicates and reordering harmless anyway.
 
 pub mod event;
+pub mod eventhubs;
 
 pub use event::{EventError, Op, WriteEvent};
 
