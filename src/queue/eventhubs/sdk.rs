@@ -6,6 +6,13 @@
 //! one-event batch whose partition key is the event's: the SDK puts the key in the
 //! `x-opt-partition-key` annotation, and the batch API also checks the event against the link's
 //! maximum message size before anything is sent.
+//!
+//! All SDK work runs on a dedicated single-threaded Tokio runtime (thread `eventhubs-amqp`), not on
+//! the handler's multi-threaded one. fe2o3-amqp 0.14.1 records a sent delivery as unsettled only
+//! *after* handing its transfer to the session engine; on a multi-threaded runtime the engine can
+//! process the service's `accepted` disposition in between, drop it, and leave the send waiting
+//! forever (`tests/eventhubs_amqp.rs` reproduces this). On one thread the two steps cannot
+//! interleave. Sends on one link are serialized by the SDK anyway, so one thread costs nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,6 +94,7 @@ pub struct SdkSender {
     hub: String,
     credential: Arc<dyn TokenCredential>,
     custom_endpoint: Option<String>,
+    amqp: AmqpThread,
     current: Mutex<Option<Arc<ProducerClient>>>,
     connecting: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<(Instant, Failure)>>,
@@ -105,6 +113,7 @@ impl SdkSender {
             hub: settings.event_hub_name.clone(),
             credential,
             custom_endpoint,
+            amqp: AmqpThread::start()?,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
@@ -135,9 +144,12 @@ impl SdkSender {
         {
             return Err(failure);
         }
-        let opened = match tokio::time::timeout(CONNECT_TIMEOUT, self.open()).await {
-            Ok(Ok(client)) => Ok(Arc::new(client)),
-            Ok(Err(e)) => Err(failure_of(&e)),
+        let open =
+            open(self.namespace.clone(), self.hub.clone(), self.credential.clone(), self.custom_endpoint.clone());
+        let opened = match tokio::time::timeout(CONNECT_TIMEOUT, self.amqp.run(open)).await {
+            Ok(Ok(Ok(client))) => Ok(Arc::new(client)),
+            Ok(Ok(Err(e))) => Err(failure_of(&e)),
+            Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::TimedOut(CONNECT_TIMEOUT)),
         };
         match opened {
@@ -153,24 +165,68 @@ impl SdkSender {
             }
         }
     }
+}
 
-    async fn open(&self) -> Result<ProducerClient, EventHubsError> {
-        // Keep the SDK's own retries well inside the publish timeout: a caller waiting for a 202
-        // is better served by a quick 503 it can retry than by a minute of silence.
-        let retry = RetryOptions {
-            initial_delay: azure_core::time::Duration::milliseconds(200),
-            max_delay: azure_core::time::Duration::seconds(2),
-            max_retries: 3,
-            max_total_elapsed: azure_core::time::Duration::seconds(6),
-        };
-        let mut builder = ProducerClient::builder()
-            .with_application_id(format!("redis-cache-patterns/{}", env!("CARGO_PKG_VERSION")))
-            .with_retry_options(retry);
-        if let Some(endpoint) = &self.custom_endpoint {
-            builder = builder.with_custom_endpoint(endpoint.clone());
-        }
-        builder.open(&self.namespace, &self.hub, self.credential.clone()).await
+/// A thread running a current-thread Tokio runtime for the SDK (see the module docs). It stops when
+/// the sender is dropped.
+struct AmqpThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl AmqpThread {
+    fn start() -> Result<Self, QueueError> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, handle) = std::sync::mpsc::channel();
+        let cannot =
+            |e: &dyn std::fmt::Display| QueueError::Rejected(format!("cannot start the Event Hubs thread: {e}"));
+        std::thread::Builder::new()
+            .name("eventhubs-amqp".to_string())
+            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => {
+                    let _ = ready.send(Ok(runtime.handle().clone()));
+                    let _ = runtime.block_on(stopped);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            })
+            .map_err(|e| cannot(&e))?;
+        let handle = handle.recv().map_err(|e| cannot(&e))?.map_err(|e| cannot(&e))?;
+        Ok(Self { handle, _stop: stop })
     }
+
+    /// Runs `work` on the SDK's thread. If the caller stops waiting (a timeout), the work still runs
+    /// to its end there: the SDK is never cancelled halfway through a send.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        self.handle.spawn(work).await.map_err(|e| Failure::Other(format!("the Event Hubs task ended: {e}")))
+    }
+}
+
+async fn open(
+    namespace: String,
+    hub: String,
+    credential: Arc<dyn TokenCredential>,
+    custom_endpoint: Option<String>,
+) -> Result<ProducerClient, EventHubsError> {
+    // Keep the SDK's own retries well inside the publish timeout: a caller waiting for a 202
+    // is better served by a quick 503 it can retry than by a minute of silence.
+    let retry = RetryOptions {
+        initial_delay: azure_core::time::Duration::milliseconds(200),
+        max_delay: azure_core::time::Duration::seconds(2),
+        max_retries: 3,
+        max_total_elapsed: azure_core::time::Duration::seconds(6),
+    };
+    let mut builder = ProducerClient::builder()
+        .with_application_id(format!("redis-cache-patterns/{}", env!("CARGO_PKG_VERSION")))
+        .with_retry_options(retry);
+    if let Some(endpoint) = custom_endpoint {
+        builder = builder.with_custom_endpoint(endpoint);
+    }
+    builder.open(&namespace, &hub, credential).await
 }
 
 /// Sends one event as a one-event batch with its partition key. `Ok(false)`: it does not fit.
@@ -198,7 +254,8 @@ async fn send_one(client: &ProducerClient, event: &EncodedEvent) -> Result<bool,
 impl HubSender for SdkSender {
     async fn send(&self, event: &EncodedEvent) -> Result<(), Failure> {
         let client = self.client().await?;
-        match send_one(&client, event).await {
+        let owned = event.clone();
+        match self.amqp.run(async move { send_one(&client, &owned).await }).await? {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::TooLarge { bytes: event.body.len() }),
             Err(e) => Err(match failure_of(&e) {
@@ -210,15 +267,18 @@ impl HubSender for SdkSender {
 
     async fn probe(&self) -> Result<(), Failure> {
         let client = self.client().await?;
-        match client.get_eventhub_properties().await {
-            Ok(_) => Ok(()),
-            // Reading the hub's properties may need more than the Data Sender role; attaching the
-            // send link (what publishes need) proves the service answers and accepts the identity.
-            Err(e) => match failure_of(&e) {
-                Failure::Unauthorized(_) => client.create_batch(None).await.map(drop).map_err(|e| failure_of(&e)),
-                other => Err(other),
-            },
-        }
+        let probe = async move {
+            match client.get_eventhub_properties().await {
+                Ok(_) => Ok(()),
+                // Reading the hub's properties may need more than the Data Sender role; attaching the
+                // send link (what publishes need) proves the service answers and accepts the identity.
+                Err(e) => match failure_of(&e) {
+                    Failure::Unauthorized(_) => client.create_batch(None).await.map(drop).map_err(|e| failure_of(&e)),
+                    other => Err(other),
+                },
+            }
+        };
+        self.amqp.run(probe).await?
     }
 
     fn abandon(&self) {
