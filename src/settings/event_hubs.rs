@@ -187,6 +187,21 @@ mod tests {
     }
 
     #[test]
+    fn settings_carry_the_event_hub_settings() {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let s = super::super::Settings::from_map(&map(&[("RedisCache", "localhost")])).unwrap();
+        assert_eq!(s.event_hubs, None);
+        let s =
+            super::super::Settings::from_map(&map(&[("RedisCache", "localhost"), (NAMESPACE, "ns.example")])).unwrap();
+        assert_eq!(s.event_hubs.unwrap().event_hub_name, "cache-writes");
+        let err =
+            super::super::Settings::from_map(&map(&[("RedisCache", "localhost"), (NAMESPACE, "sb://x")])).unwrap_err();
+        assert_eq!(err.name, NAMESPACE);
+    }
+
+    #[test]
     fn bad_client_id_and_hub_name() {
         let err = parse(&[(NAMESPACE, "a.b"), (CLIENT_ID, "my-identity")]).unwrap_err();
         assert_eq!(err.name, CLIENT_ID);

@@ -220,9 +220,10 @@ async fn open(
         max_retries: 3,
         max_total_elapsed: azure_core::time::Duration::seconds(6),
     };
-    let mut builder = ProducerClient::builder()
-        .with_application_id(format!("redis-cache-patterns/{}", env!("CARGO_PKG_VERSION")))
-        .with_retry_options(retry);
+    // The SDK uses the application ID as the AMQP container ID (and in the user agent), so it must
+    // differ between processes: without it the SDK would pick a bare UUID.
+    let application_id = format!("redis-cache-patterns-{}", azure_core::Uuid::new_v4());
+    let mut builder = ProducerClient::builder().with_application_id(application_id).with_retry_options(retry);
     if let Some(endpoint) = custom_endpoint {
         builder = builder.with_custom_endpoint(endpoint);
     }
