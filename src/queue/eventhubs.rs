@@ -136,7 +136,7 @@ impl Failure {
         };
         match self {
             Failure::TimedOut(after) => unavailable(
-                format!("Event Hubs ({namespace}/{hub}) did not confirm the send within {} s", after.as_secs()),
+                format!("Event Hubs ({namespace}/{hub}) did not answer within {} s", after.as_secs()),
                 Duration::from_secs(1),
             ),
             // The Service Bus/Event Hubs clients back off about 10 s after server-busy.
