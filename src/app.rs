@@ -20,6 +20,9 @@ pub enum StartupError {
     /// The Redis client could not be prepared.
     #[error("cannot prepare the Redis cache: {0}")]
     Cache(#[from] CacheError),
+    /// The write-behind queue could not be prepared.
+    #[error("cannot prepare the write-behind queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
 }
 
 /// Shared state of the handler. Cheap to clone.
@@ -70,6 +73,15 @@ impl App {
         };
         let cache = RedisCache::new(&settings.redis, &settings.instance_name)?;
         tracing::info!(redis = cache.describe(), prefix = %settings.instance_name, "cache: Redis");
-        Ok(Self::new(settings, cache, store))
+        let event_hubs = match &settings.event_hubs {
+            Some(hub) => Some(crate::queue::eventhubs::connect(hub).await?),
+            None => None,
+        };
+        let mut app = Self::new(settings, cache, store);
+        match event_hubs {
+            Some(queue) => app.patterns = app.patterns.with_queue(queue),
+            None => tracing::info!("write-behind queue: Redis Stream, applied in-process"),
+        }
+        Ok(app)
     }
 }

@@ -1,10 +1,11 @@
-//! Entra ID credentials for the identity-based settings (`…__clientId`, `…__accountEndpoint`,
-//! `…__hostName`, `…__fullyQualifiedNamespace`).
+//! Entra ID credentials for the identity-based settings (`RedisCache__hostName`,
+//! `CosmosDBConnection__accountEndpoint`, `EventHubConnection__fullyQualifiedNamespace`, each with
+//! an optional `…__clientId`).
 //!
-//! In Azure (the platform sets `IDENTITY_ENDPOINT` or `MSI_ENDPOINT`) the app's managed identity is
-//! used: the user-assigned one named by the client id, else the system-assigned one. Elsewhere
-//! (a laptop running `func start`) the developer tools credential is used, i.e. whoever is signed in
-//! with `az login` or `azd auth login`, which is what the Functions host itself does locally.
+//! A client id selects that user-assigned managed identity. Otherwise, in Azure (the platform sets
+//! `IDENTITY_ENDPOINT` or `MSI_ENDPOINT`), the system-assigned managed identity; elsewhere (a laptop
+//! running `func start`) the developer tools credential: whoever is signed in with `az login` or
+//! `azd auth login`.
 
 use std::sync::Arc;
 
@@ -13,32 +14,86 @@ use azure_identity::{
     DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
 };
 
+/// Which identity authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A user-assigned managed identity, by client id.
+    UserAssigned(String),
+    /// The app's system-assigned managed identity.
+    SystemAssigned,
+    /// A developer tool's login (Azure CLI, then Azure Developer CLI): local development.
+    DeveloperTools,
+}
+
+impl Identity {
+    /// Picks the identity for `client_id`, given whether a managed identity endpoint exists.
+    pub fn choose(client_id: Option<&str>, managed_identity_endpoint: bool) -> Self {
+        match (client_id, managed_identity_endpoint) {
+            (Some(id), _) => Self::UserAssigned(id.to_string()),
+            (None, true) => Self::SystemAssigned,
+            (None, false) => Self::DeveloperTools,
+        }
+    }
+
+    /// Picks the identity for `client_id` in this process's environment.
+    pub fn for_client_id(client_id: Option<&str>) -> Self {
+        Self::choose(client_id, managed_identity_endpoint())
+    }
+
+    /// For logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::UserAssigned(id) => format!("user-assigned managed identity {id}"),
+            Self::SystemAssigned => "system-assigned managed identity".to_string(),
+            Self::DeveloperTools => "developer login (Azure CLI / Azure Developer CLI)".to_string(),
+        }
+    }
+
+    /// The token credential (creating it touches no network; tokens are fetched on first use).
+    pub fn credential(&self) -> azure_core::Result<Arc<dyn TokenCredential>> {
+        crate::tls::ensure_crypto_provider();
+        Ok(match self {
+            Self::UserAssigned(id) => ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                user_assigned_id: Some(UserAssignedId::ClientId(id.clone())),
+                ..Default::default()
+            }))?,
+            Self::SystemAssigned => ManagedIdentityCredential::new(None)?,
+            Self::DeveloperTools => DeveloperToolsCredential::new(None)?,
+        })
+    }
+}
+
 /// True when running on an Azure host that offers a managed identity endpoint.
-pub fn managed_identity_available() -> bool {
-    ["IDENTITY_ENDPOINT", "MSI_ENDPOINT"].iter().any(|name| std::env::var_os(name).is_some())
+pub fn managed_identity_endpoint() -> bool {
+    ["IDENTITY_ENDPOINT", "MSI_ENDPOINT"].iter().any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// The credential for an identity-based connection with optional user-assigned `client_id`.
 pub fn credential(client_id: Option<&str>) -> azure_core::Result<Arc<dyn TokenCredential>> {
-    if managed_identity_available() || client_id.is_some() {
-        let options = ManagedIdentityCredentialOptions {
-            user_assigned_id: client_id.map(|id| UserAssignedId::ClientId(id.to_string())),
-            ..Default::default()
-        };
-        Ok(ManagedIdentityCredential::new(Some(options))?)
-    } else {
-        tracing::info!(
-            "no managed identity endpoint here: using the developer tools credential (az login / azd auth login)"
-        );
-        Ok(DeveloperToolsCredential::new(None)?)
-    }
+    Identity::for_client_id(client_id).credential()
 }
 
 /// Describes which identity [`credential`] picks, for logs.
 pub fn describe(client_id: Option<&str>) -> String {
-    match (managed_identity_available() || client_id.is_some(), client_id) {
-        (true, Some(id)) => format!("user-assigned managed identity {id}"),
-        (true, None) => "system-assigned managed identity".to_string(),
-        (false, _) => "developer tools credential (az login)".to_string(),
+    Identity::for_client_id(client_id).describe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice() {
+        assert_eq!(Identity::choose(Some("id"), false), Identity::UserAssigned("id".into()));
+        assert_eq!(Identity::choose(Some("id"), true), Identity::UserAssigned("id".into()));
+        assert_eq!(Identity::choose(None, true), Identity::SystemAssigned);
+        assert_eq!(Identity::choose(None, false), Identity::DeveloperTools);
+        for identity in [
+            Identity::UserAssigned("0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9".into()),
+            Identity::SystemAssigned,
+            Identity::DeveloperTools,
+        ] {
+            identity.credential().expect("creating a credential touches no network");
+        }
     }
 }

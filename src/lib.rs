@@ -20,4 +20,5 @@ pub mod queue;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tls;
 pub mod version;

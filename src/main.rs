@@ -17,9 +17,7 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 fn main() -> ExitCode {
     init_logging();
-    if rustls::crypto::ring::default_provider().install_default().is_err() {
-        tracing::debug!("a rustls crypto provider was already installed");
-    }
+    cachepatterns::tls::ensure_crypto_provider();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(e) => {

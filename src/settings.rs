@@ -9,6 +9,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod event_hubs;
+
+pub use event_hubs::EventHubSettings;
+
 /// A setting that is missing or cannot be used. `Display` gives one line that names the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("setting `{name}`: {problem}")]
@@ -488,6 +492,8 @@ pub struct Settings {
     pub instance_name: String,
     /// The backing store.
     pub store: StoreSettings,
+    /// The write-behind queue on Event Hubs, when `EventHubConnection__fullyQualifiedNamespace` is set.
+    pub event_hubs: Option<EventHubSettings>,
     /// `CacheTtlSeconds`: logical lifetime of a cached value.
     pub cache_ttl: Duration,
     /// `CacheTtlJitterPercent`: each entry lives up to this much longer, so entries written
@@ -549,6 +555,7 @@ impl Settings {
                 path: PathBuf::from(get("LocalStorePath").unwrap_or_else(|| ".data/store.db".to_string())),
             },
         };
+        let event_hubs = EventHubSettings::from_lookup(get)?;
         let cache_ttl = Duration::from_secs(number(&get, "CacheTtlSeconds", 300, 1, 365 * 24 * 3600)?);
         let ttl_jitter_percent = number(&get, "CacheTtlJitterPercent", 10, 0, 100)? as u32;
         let negative_ttl = Duration::from_secs(number(&get, "NegativeCacheTtlSeconds", 30, 0, 24 * 3600)?);
@@ -571,6 +578,7 @@ impl Settings {
             redis,
             instance_name,
             store,
+            event_hubs,
             cache_ttl,
             ttl_jitter_percent,
             negative_ttl,

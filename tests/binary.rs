@@ -185,3 +185,29 @@ fn passwords_with_base64_characters_authenticate_and_never_leak() {
     let text = body.to_string();
     assert!(!text.contains("wrong+/=") && !text.contains(password), "no secret in answers: {text}");
 }
+
+#[test]
+fn event_hubs_settings_switch_write_behind_to_event_hubs() {
+    let redis = RedisServer::start();
+    // No Event Hubs namespace is reachable here: the queue is configured but down, which must
+    // surface as 503 (nothing accepted) and in the health report, never as a hang.
+    let handler = Handler::start(&[
+        ("RedisCache", &redis.connection_string()),
+        ("EventHubConnection__fullyQualifiedNamespace", "cachepatterns-test.invalid"),
+        ("EventHubName", "writes"),
+    ]);
+    let (status, body) = handler.request("PUT", "/api/write-behind/k", Some("1")).unwrap();
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("queue_unavailable")), "{body}");
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!(
+        (status, &body["queue"]["kind"], &body["queue"]["status"]),
+        (503, &json!("eventhubs"), &json!("down")),
+        "{body}"
+    );
+    let (code, stderr) = failed_start(&[
+        ("RedisCache", "localhost"),
+        ("EventHubConnection", "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=s3cr+t="),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("EventHubConnection") && !stderr.contains("s3cr+t"), "{stderr}");
+}

@@ -96,6 +96,7 @@ impl RedisCache {
         instance_name: &str,
         credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
     ) -> Result<Self, CacheError> {
+        crate::tls::ensure_crypto_provider();
         let scheme = if target.tls { "rediss" } else { "redis" };
         let host = if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
         let url = format!("{scheme}://{host}:{}/{}", target.port, target.database);

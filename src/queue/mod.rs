@@ -9,6 +9,7 @@
 
 pub mod dead_letter;
 pub mod event;
+pub mod eventhubs;
 pub mod redis_streams;
 
 pub use event::{EventError, Op, WriteEvent};

@@ -101,7 +101,7 @@ impl CosmosStore {
     /// database and container when authenticating with a key. Fails when the account cannot be
     /// reached within 30 s; no message contains the key.
     pub async fn connect(settings: &CosmosSettings) -> Result<Self, StoreError> {
-        install_crypto_provider();
+        crate::tls::ensure_crypto_provider();
         let endpoint: AccountEndpoint = settings.endpoint.parse().map_err(|e: CosmosError| {
             StoreError::Rejected(format!("the Cosmos DB account endpoint {} is not usable: {e}", settings.endpoint))
         })?;
@@ -307,15 +307,6 @@ impl CosmosStore {
             ),
             retry_after: Some(Duration::from_millis(100)),
         })
-    }
-}
-
-/// reqwest is built without a default rustls provider (no aws-lc-rs): make sure one is installed
-/// before the first client is built, whoever embeds the store (the binary installs `ring` too).
-fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: any installed provider will do.
-        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
