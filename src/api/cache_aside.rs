@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::input::read_key;
 use crate::app::App;
-use crate::patterns::Lookup;
+use crate::patterns::{Lookup, ReadError};
 use crate::protocol::{HttpCall, HttpReply, InvocationLog};
 
 pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
@@ -12,23 +12,33 @@ pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> Http
         Ok(key) => key,
         Err(reply) => return reply,
     };
-    match app.patterns.cache_aside_get(&key).await {
+    read_answer("cache-aside", &key, app.patterns.cache_aside_get(&key).await, log)
+}
+
+/// The answer for a read by `pattern`, logged.
+pub(crate) fn read_answer(
+    pattern: &str,
+    key: &crate::key::Key,
+    result: Result<Lookup, ReadError>,
+    log: &mut InvocationLog,
+) -> HttpReply {
+    match result {
         Ok(lookup) => {
             log.info(format!(
-                "cache-aside {:?}: {} (source {}, version {})",
+                "{pattern} {:?}: {} (source {}, version {})",
                 key.as_str(),
                 lookup.cache.as_str(),
                 lookup.source.as_str(),
                 lookup.version
             ));
-            lookup_reply(&key, &lookup)
+            lookup_reply(key, &lookup)
         }
         Err(e) => super::read_failure(&e, log),
     }
 }
 
 /// The answer for a read: `200 {"key","value","version","source"}` or `404`, with `x-cache`.
-pub(crate) fn lookup_reply(key: &crate::key::Key, lookup: &Lookup) -> HttpReply {
+fn lookup_reply(key: &crate::key::Key, lookup: &Lookup) -> HttpReply {
     let reply = match &lookup.value {
         Some(value) => HttpReply::json(
             200,

@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat};
 use serde_json::{Map, Value};
 
-use super::cache_aside::lookup_reply;
+use super::cache_aside::read_answer;
 use super::input::read_key;
 use super::triggers::{Outputs, TriggerFailure};
 use crate::app::App;
@@ -19,19 +19,7 @@ pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> Http
         Ok(key) => key,
         Err(reply) => return reply,
     };
-    match app.patterns.refresh_ahead_get(&key).await {
-        Ok(lookup) => {
-            log.info(format!(
-                "refresh-ahead {:?}: {} (source {}, version {})",
-                key.as_str(),
-                lookup.cache.as_str(),
-                lookup.source.as_str(),
-                lookup.version
-            ));
-            lookup_reply(&key, &lookup)
-        }
-        Err(e) => super::read_failure(&e, log),
-    }
+    read_answer("refresh-ahead", &key, app.patterns.refresh_ahead_get(&key).await, log)
 }
 
 /// What the host says about a timer run (HOST-PROTOCOL.md §2.4). Every part is optional: the
