@@ -71,22 +71,8 @@ impl CacheEntry {
     }
 }
 
-/// An entry to write, with its lifetimes already decided.
-#[derive(Debug, Clone)]
-pub struct EntryWrite {
-    /// The value, or `None` for a negative entry.
-    pub value: Option<Value>,
-    /// Version of the value.
-    pub version: u64,
-    /// Write time (ms).
-    pub written_at_ms: u64,
-    /// Logical expiry (ms).
-    pub fresh_until_ms: u64,
-    /// Physical expiry (ms), at least `fresh_until_ms`.
-    pub stale_until_ms: u64,
-    /// Mark the entry as served stale by the fail-safe.
-    pub fail_safe: bool,
-}
+/// An entry to write, with its lifetimes already decided: the same fields as an entry read.
+pub type EntryWrite = CacheEntry;
 
 #[cfg(test)]
 mod tests {
