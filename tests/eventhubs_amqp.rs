@@ -383,8 +383,8 @@ async fn an_event_over_the_link_limit_is_rejected_before_sending() {
     let queue = queue_for(&hub);
     let big = WriteEvent::upsert(&Key::new("big").unwrap(), json!("v".repeat(10_000)), 1);
     match queue.publish(&big).await.unwrap_err() {
-        QueueError::Rejected(message) => assert!(message.contains("MaxValueBytes"), "{message}"),
-        other => panic!("expected rejected, got {other:?}"),
+        QueueError::TooLarge(message) => assert!(message.contains("MaxValueBytes"), "{message}"),
+        other => panic!("expected too large, got {other:?}"),
     }
     queue.publish(&WriteEvent::upsert(&Key::new("small").unwrap(), json!(1), 2)).await.unwrap();
     assert_eq!(hub.received.lock().unwrap().len(), 1);

@@ -514,3 +514,32 @@ async fn a_write_after_a_far_ahead_writer_still_gets_a_newer_version() {
     consumer(&t, &redis, "c", |_| {}).run_once().await.unwrap();
     assert_eq!(t.sqlite.get("skewed").await.unwrap().unwrap().value, Some(json!("latest")));
 }
+
+/// A queue whose messages are small (like an Event Hubs Basic tier).
+struct SmallQueue;
+
+#[async_trait]
+impl WriteQueue for SmallQueue {
+    async fn publish(&self, event: &WriteEvent) -> Result<(), QueueError> {
+        Err(QueueError::TooLarge(format!("the write event is {} bytes; lower MaxValueBytes", event.to_json().len())))
+    }
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "small"
+    }
+}
+
+#[tokio::test]
+async fn an_event_too_large_for_the_queue_is_413() {
+    let redis = RedisServer::start();
+    let mut t = TestApp::new(&redis, &[]);
+    t.app.patterns = t.app.patterns.clone().with_queue(Arc::new(SmallQueue));
+    let router = cachepatterns::server::router(t.app.clone());
+    let wb = FunctionDef::load("WriteBehind");
+    for mode in MODES {
+        let put = send(&router, mode, &wb, &Call::new("PUT", Some("k")).json(&json!("x".repeat(1000)))).await;
+        assert_eq!((put.status, &put.body["error"]["code"]), (413, &json!("value_too_large")), "{mode:?}");
+    }
+}

@@ -37,13 +37,15 @@ pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> Http
     }
 }
 
-/// `503` + `Retry-After` when the queue is down; `500` when it refused the event for good.
+/// `503` + `Retry-After` when the queue is down; `413` when the event is too large for it; `500`
+/// when it refused the event for good.
 pub(crate) fn queue_failure(error: &QueueError, log: &mut InvocationLog) -> HttpReply {
     log.warn(format!("queue failure: {error}"));
     match error {
         QueueError::Unavailable { retry_after, .. } => {
             super::unavailable("queue_unavailable", error.to_string(), *retry_after)
         }
+        QueueError::TooLarge(_) => HttpReply::error(413, "value_too_large", error.to_string()),
         QueueError::Rejected(_) => HttpReply::error(500, "queue_rejected", error.to_string()),
     }
 }

@@ -169,7 +169,7 @@ impl Failure {
                 "event hub {hub} was not found in namespace {namespace} ({detail}); create it or set EventHubName \
                  and EventHubConnection__fullyQualifiedNamespace to an existing one"
             )),
-            Failure::TooLarge { bytes } => QueueError::Rejected(format!(
+            Failure::TooLarge { bytes } => QueueError::TooLarge(format!(
                 "the write event is {bytes} bytes, more than event hub {hub} accepts in one event (256 KB on the \
                  Basic tier, 1 MB on Standard and above); lower MaxValueBytes or use a higher tier"
             )),
@@ -425,6 +425,7 @@ mod tests {
             match (&err, retryable) {
                 (QueueError::Unavailable { retry_after, .. }, true) => assert!(retry_after.is_some()),
                 (QueueError::Rejected(_), false) => {}
+                (QueueError::TooLarge(_), false) => assert!(matches!(failure, Failure::TooLarge { .. })),
                 _ => panic!("{failure:?} gave {err:?}"),
             }
             assert_eq!(sender.abandoned.load(Ordering::SeqCst) == 1, reconnects, "{failure:?}");

@@ -29,7 +29,10 @@ pub enum QueueError {
         /// How long to wait before trying again, if known.
         retry_after: Option<Duration>,
     },
-    /// The event can never be accepted (too large, misconfiguration).
+    /// The event is larger than the queue takes in one message.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The event can never be accepted (misconfiguration, missing permissions).
     #[error("the write-behind queue rejected the event: {0}")]
     Rejected(String),
 }
