@@ -30,7 +30,19 @@ if ! redis_up; then
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
 fi
 
-cargo build --release --locked
+# The Event Hubs client (default feature) links OpenSSL. Locally write-behind uses the Redis Stream,
+# so without the OpenSSL headers the handler is built without it.
+features=()
+if ! (command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl 2>/dev/null); then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    echo "run-local: installing pkg-config and libssl-dev (for the Event Hubs client)"
+    apt-get update -qq && apt-get install -y -qq pkg-config libssl-dev >/dev/null
+  else
+    echo "run-local: OpenSSL headers not found; building without the Event Hubs client (--no-default-features)"
+    features=(--no-default-features)
+  fi
+fi
+cargo build --release --locked "${features[@]}"
 cp target/release/handler ./handler
 
 # The Values of local.settings.json, unless already set in the environment.
