@@ -42,7 +42,7 @@ if ! (command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl 2>/de
     features=(--no-default-features)
   fi
 fi
-cargo build --release --locked "${features[@]}"
+cargo build --release --locked ${features[@]+"${features[@]}"}
 cp target/release/handler ./handler
 
 # The Values of local.settings.json, unless already set in the environment.
