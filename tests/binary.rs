@@ -186,6 +186,7 @@ fn passwords_with_base64_characters_authenticate_and_never_leak() {
     assert!(!text.contains("wrong+/=") && !text.contains(password), "no secret in answers: {text}");
 }
 
+#[cfg(feature = "eventhubs")]
 #[test]
 fn event_hubs_settings_switch_write_behind_to_event_hubs() {
     let redis = RedisServer::start();
@@ -210,4 +211,15 @@ fn event_hubs_settings_switch_write_behind_to_event_hubs() {
     ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("EventHubConnection") && !stderr.contains("s3cr+t"), "{stderr}");
+}
+
+#[cfg(not(feature = "eventhubs"))]
+#[test]
+fn without_the_eventhubs_feature_an_event_hubs_setting_stops_start_up() {
+    let (code, stderr) = failed_start(&[
+        ("RedisCache", "localhost"),
+        ("EventHubConnection__fullyQualifiedNamespace", "ns.servicebus.windows.net"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("without the `eventhubs` cargo feature"), "{stderr}");
 }
