@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use cachepatterns::app::App;
 use cachepatterns::cache::RedisCache;
 use cachepatterns::key::Key;
@@ -110,7 +108,7 @@ async fn eager_refresh_fires_once_per_key_per_window_across_processes() {
                     let process = if i % 2 == 0 { &a } else { &b };
                     process.read(mode, "RefreshAheadRead", &key)
                 });
-                for reply in futures_join_all(reads).await {
+                for reply in futures_util::future::join_all(reads).await {
                     assert_served(&reply, &json!({"v": 1}), "cache", "hit");
                 }
                 a.settle().await;
@@ -129,28 +127,6 @@ async fn eager_refresh_fires_once_per_key_per_window_across_processes() {
             }
         }
     }
-}
-
-/// Runs futures concurrently (no `futures` crate in this project).
-async fn futures_join_all<F: std::future::Future<Output = T>, T>(futures: impl IntoIterator<Item = F>) -> Vec<T> {
-    let futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    let mut pending: Vec<_> = futures.into_iter().enumerate().collect();
-    std::future::poll_fn(move |cx| {
-        pending.retain_mut(|(i, fut)| match fut.as_mut().poll(cx) {
-            std::task::Poll::Ready(value) => {
-                results[*i] = Some(value);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(results.drain(..).map(|r| r.expect("every future finished")).collect())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -348,17 +324,8 @@ async fn run_timer(router: &Router, timer: Option<Value>) -> Vec<String> {
         data.insert(def.trigger.clone(), timer);
     }
     let envelope = json!({"Data": data, "Metadata": {"sys": {"MethodName": def.name, "UtcNow": iso(now_ms(), true), "RandGuid": "7c1f0e55-7a8e-4f4e-9d25-5b1d2c3a4b5c"}}});
-    let request = Request::builder()
-        .method("POST")
-        .uri(format!("/{}", def.name))
-        .header("Content-Type", "application/json; charset=utf-8")
-        .header("X-Azure-Functions-InvocationId", "00000000-0000-0000-0000-0000000000aa")
-        .body(Body::from(envelope.to_string()))
-        .unwrap();
-    let (status, headers, body) = host::raw(router, request).await;
-    assert_eq!(status, 200, "a timer run answers 200: {}", String::from_utf8_lossy(&body));
-    assert!(headers.get("content-type").is_some_and(|ct| ct.starts_with("application/json")));
-    let reply: Value = serde_json::from_slice(&body).unwrap();
+    let (status, reply) = host::invoke(router, &def.name, &envelope).await;
+    assert_eq!(status, 200, "a timer run answers 200: {reply}");
     assert_eq!(reply["ReturnValue"], Value::Null);
     assert!(reply["Outputs"].is_object(), "{reply}");
     reply["Logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect()
@@ -397,8 +364,11 @@ async fn the_timer_refreshes_hot_keys_that_expire_before_the_next_run_and_skips_
         for _ in 0..5 {
             a.read(Mode::Forwarded, "CacheAside", &cold_aside).await; // Cache-Aside reads are not tracked
         }
-        let written_at: Vec<u64> =
-            futures_join_all(hot.iter().map(|k| a.entry(k))).await.iter().map(|e| e.written_at_ms).collect();
+        let written_at: Vec<u64> = futures_util::future::join_all(hot.iter().map(|k| a.entry(k)))
+            .await
+            .iter()
+            .map(|e| e.written_at_ms)
+            .collect();
         assert_eq!(a.store.gets(), 0);
 
         // Next run in 10 s: the 3 s entries expire before it.

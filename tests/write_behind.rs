@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::Body;
-use axum::http::Request;
 use cachepatterns::cache::RedisCache;
 use cachepatterns::key::Key;
 use cachepatterns::patterns::apply_writes::{ApplyOptions, Delivery, Outcome};
 use cachepatterns::queue::redis_streams::{ConsumerConfig, StreamConsumer};
 use cachepatterns::queue::{QueueError, WriteEvent, WriteQueue};
 use cachepatterns::store::{Change, Store};
-use common::host::{Call, FunctionDef, MODES, Mode, raw, send};
+use common::host::{Call, FunctionDef, MODES, Mode, send};
 use common::{RedisServer, TestApp};
 use serde_json::{Value, json};
 
@@ -414,15 +412,8 @@ fn ehc_envelope(data: Value, metadata: Value) -> String {
 }
 
 async fn invoke(router: &axum::Router, body: String) -> (u16, Value) {
-    let request = Request::builder()
-        .method("POST")
-        .uri("/EventHubConsumer")
-        .header("Content-Type", "application/json")
-        .body(Body::from(body))
-        .unwrap();
-    let (status, headers, bytes) = raw(router, request).await;
-    assert!(headers["content-type"].starts_with("application/json"));
-    (status, serde_json::from_slice(&bytes).unwrap())
+    let envelope: Value = serde_json::from_str(&body).unwrap();
+    common::host::invoke(router, "EventHubConsumer", &envelope).await
 }
 
 #[tokio::test]

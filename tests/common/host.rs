@@ -240,21 +240,7 @@ pub async fn send(router: &Router, mode: Mode, def: &FunctionDef, call: &Call) -
             Reply { status, headers, body: parse_json(&body), logs: Vec::new() }
         }
         Mode::Payload => {
-            let envelope = envelope(def, call);
-            let request = Request::builder()
-                .method("POST")
-                .uri(format!("/{}", def.name))
-                .header("Content-Type", "application/json; charset=utf-8")
-                .header("X-Azure-Functions-InvocationId", "00000000-0000-0000-0000-000000000002")
-                .body(Body::from(envelope.to_string()))
-                .unwrap();
-            let (status, headers, body) = raw(router, request).await;
-            assert_eq!(
-                headers.get("content-type").map(|s| s.split(';').next().unwrap()),
-                Some("application/json"),
-                "the host requires application/json"
-            );
-            let envelope = parse_json(&body);
+            let (status, envelope) = invoke(router, &def.name, &envelope(def, call)).await;
             assert_eq!(status, 200, "a payload-mode envelope must be 200 whenever the function ran: {envelope}");
             unwrap_http_output(&envelope, &def.output)
         }
@@ -279,6 +265,25 @@ pub fn unwrap_http_output(envelope: &Value, output: &str) -> Reply {
     let logs =
         envelope["Logs"].as_array().expect("Logs array").iter().map(|l| l.as_str().unwrap().to_string()).collect();
     Reply { status, headers, body: parse_json(body_text.as_bytes()), logs }
+}
+
+/// Posts an invocation envelope to `/{function}` as the host does; returns the status and the
+/// response envelope, checking the `application/json` the host requires.
+pub async fn invoke(router: &Router, function: &str, envelope: &Value) -> (u16, Value) {
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("/{function}"))
+        .header("Content-Type", "application/json; charset=utf-8")
+        .header("X-Azure-Functions-InvocationId", "00000000-0000-0000-0000-000000000002")
+        .body(Body::from(envelope.to_string()))
+        .unwrap();
+    let (status, headers, body) = raw(router, request).await;
+    assert_eq!(
+        headers.get("content-type").map(|s| s.split(';').next().unwrap()),
+        Some("application/json"),
+        "the host requires application/json"
+    );
+    (status, parse_json(&body))
 }
 
 /// Sends a raw request and returns status, lower-cased headers and body bytes.
