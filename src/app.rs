@@ -1,8 +1,11 @@
 //! The application: settings plus the wired-up patterns, shared by every request.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::cache::node_ids::NodeLease;
 use crate::cache::{CacheError, RedisCache};
+use crate::clock::Clock;
 use crate::patterns::refresh_ahead::RefreshAheadPolicy;
 use crate::patterns::{CachePolicy, Patterns};
 use crate::queue::redis_streams::{ConsumerConfig, StreamConsumer};
@@ -10,6 +13,9 @@ use crate::settings::{Settings, StoreSettings};
 use crate::store::cosmos::CosmosStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
+
+/// How often tombstones older than the retention window are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,24 +41,39 @@ pub struct App {
 }
 
 impl App {
-    /// Wires an app from parts (tests use this to put a store of their choice behind the patterns).
+    /// Wires an app from parts on the system clock (tests use this to put a store of their choice
+    /// behind the patterns).
     pub fn new(settings: Settings, cache: RedisCache, store: Arc<dyn Store>) -> Self {
+        Self::with_clock(settings, cache, store, crate::clock::system())
+    }
+
+    /// Wires an app from parts on the given time source.
+    pub fn with_clock(settings: Settings, cache: RedisCache, store: Arc<dyn Store>, time: Arc<dyn Clock>) -> Self {
         let policy = CachePolicy::from_settings(&settings);
         let patterns =
-            Patterns::new(cache, store, policy).with_refresh_ahead(RefreshAheadPolicy::from_settings(&settings));
+            Patterns::new(cache, store, policy, time).with_refresh_ahead(RefreshAheadPolicy::from_settings(&settings));
         Self { patterns, settings: Arc::new(settings) }
     }
 
-    /// Starts the work that runs beside the requests: the in-process consumer of the Redis
-    /// Stream write-behind queue (with Event Hubs, the `EventHubConsumer` function does that job).
+    /// Starts the work that runs beside the requests: the version node-id lease, the in-process
+    /// consumer of the Redis Stream write-behind queue (it also drains what an older release
+    /// queued; with Event Hubs the `EventHubConsumer` function applies new writes), and the
+    /// tombstone purge.
     pub fn start_background_work(&self) -> Result<Vec<tokio::task::JoinHandle<()>>, StartupError> {
         let mut tasks = Vec::new();
-        if self.patterns.queue().kind() == "redis-streams" {
-            // Blocking stream reads get a connection of their own.
-            let conn = RedisCache::new(&self.settings.redis, &self.settings.instance_name)?;
-            let consumer = StreamConsumer::new(self.patterns.clone(), conn, ConsumerConfig::new());
-            tasks.push(tokio::spawn(consumer.run()));
-        }
+        let lease = NodeLease::new(self.patterns.cache().clone(), self.patterns.clock().clone());
+        tasks.push(tokio::spawn(lease.keep()));
+        // Blocking stream reads get a connection of their own, with a deadline past the block time.
+        let mut config = ConsumerConfig::new();
+        config.retry_window = self.settings.write_behind_retry_window;
+        let conn = RedisCache::with_deadline(
+            &self.settings.redis,
+            &self.settings.instance_name,
+            config.block + self.settings.redis.response_timeout,
+        )?;
+        let consumer = StreamConsumer::new(self.patterns.clone(), conn, config);
+        tasks.push(tokio::spawn(consumer.run()));
+        tasks.push(tokio::spawn(purge_tombstones(self.patterns.clone(), self.settings.tombstone_retention)));
         Ok(tasks)
     }
 
@@ -72,7 +93,7 @@ impl App {
             }
         };
         let cache = RedisCache::new(&settings.redis, &settings.instance_name)?;
-        tracing::info!(redis = cache.describe(), prefix = %settings.instance_name, "cache: Redis");
+        tracing::info!(redis = cache.describe(), prefix = ?settings.instance_name, "cache: Redis");
         let event_hubs = match &settings.event_hubs {
             Some(hub) => Some(crate::queue::eventhubs::connect(hub).await?),
             None => None,
@@ -83,5 +104,18 @@ impl App {
             None => tracing::info!("write-behind queue: Redis Stream, applied in-process"),
         }
         Ok(app)
+    }
+}
+
+/// Purges tombstones older than `retention`, once an hour (every instance does it; it is idempotent).
+async fn purge_tombstones(patterns: Patterns, retention: Duration) {
+    loop {
+        let older_than = patterns.now().minus(retention);
+        match patterns.store().purge_tombstones(older_than).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, older_than = %older_than, "purged old tombstones"),
+            Err(e) => tracing::warn!(error = %e, "could not purge old tombstones; trying again later"),
+        }
+        tokio::time::sleep(PURGE_EVERY).await;
     }
 }

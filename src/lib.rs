@@ -12,6 +12,8 @@
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod clock;
+pub mod fatal_signals;
 pub mod identity;
 pub mod key;
 pub mod patterns;

@@ -16,6 +16,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 fn main() -> ExitCode {
+    cachepatterns::fatal_signals::install();
     init_logging();
     cachepatterns::tls::ensure_crypto_provider();
     let settings = match Settings::from_env() {
@@ -48,7 +49,6 @@ async fn run(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr} (FUNCTIONS_CUSTOMHANDLER_PORT): {e}"))?;
     tracing::info!(%addr, "handler listening");
-    app.start_background_work().map_err(|e| e.to_string())?;
     let cache = app.patterns.cache().clone();
     tokio::spawn(async move {
         match cache.ping().await {
@@ -56,10 +56,12 @@ async fn run(settings: Settings) -> Result<(), String> {
             Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; reads go to the store until it is"),
         }
     });
-    axum::serve(listener, server::router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("the server failed: {e}"))
+    let background = app.start_background_work().map_err(|e| e.to_string())?;
+    let served = server::serve(listener, server::router(app), shutdown_signal()).await;
+    for task in background {
+        task.abort();
+    }
+    served.map_err(|e| format!("the server failed: {e}"))
 }
 
 async fn shutdown_signal() {

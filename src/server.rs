@@ -4,7 +4,13 @@
 //! * `/api/...`: forwarded HTTP requests (`enableForwardingHttpRequest: true`).
 //! * `POST /{FunctionName}`: payload-mode invocations. Kept apart from `/api/` so that no public
 //!   route can reach them (azure-functions-host#6251).
+//!
+//! Slow or greedy clients cannot hold the server: request headers must arrive within
+//! [`HEADER_READ_TIMEOUT`], a body within [`BODY_READ_TIMEOUT`], and request bodies in memory at
+//! once are bounded by [`IN_FLIGHT_BODY_BUDGET`] (a request waits for room, at most
+//! [`BUDGET_WAIT`], then gets `503`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,50 +28,155 @@ use crate::protocol::{self, HttpReply, InvocationLog, forwarded, payload};
 
 /// Longest a request may run before the handler answers `503` itself.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send its request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request bodies held in memory at once, all requests together (bytes).
+pub const IN_FLIGHT_BODY_BUDGET: usize = 256 * 1024 * 1024;
+/// How long a request waits for room in that budget.
+const BUDGET_WAIT: Duration = Duration::from_secs(10);
+/// Event Hubs delivers up to this many events per invocation by default (`maxEventBatchSize`).
+const EVENT_BATCH_SIZE: usize = 100;
+/// The largest event Event Hubs carries (Standard and Premium tiers); larger writes got `413`.
+const EVENT_HUBS_MAX_EVENT: usize = 1024 * 1024;
+
+/// Shared server state: the app and the in-flight body budget.
+#[derive(Clone)]
+struct Server {
+    app: App,
+    budget: Arc<tokio::sync::Semaphore>,
+}
 
 /// The router: one fallback that routes by path, so that any key (slashes, percent escapes)
 /// reaches the function intact.
 pub fn router(app: App) -> Router {
-    Router::new().fallback(route).with_state(app)
+    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BODY_BUDGET));
+    Router::new().fallback(route).with_state(Server { app, budget })
 }
 
-async fn route(State(app): State<App>, request: Request) -> Response {
+/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(REQUEST_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still running at shutdown were cut off");
+    }
+    Ok(())
+}
+
+/// The invocation id for logs: the host sends a GUID; anything else is shown quoted, so a caller
+/// cannot forge log fields through it.
+fn invocation_id(headers: &axum::http::HeaderMap) -> String {
+    let raw = headers.get("x-azure-functions-invocationid").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match raw {
+        None => String::new(),
+        Some(id) if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            id
+        }
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+/// The largest request body a path may have.
+fn body_limit(max_value_bytes: usize, forwarded: bool, path: &str) -> usize {
+    if forwarded {
+        max_value_bytes + 64 * 1024
+    } else if triggers::by_name(path.trim_matches('/')).is_some() {
+        // What the host can send for one Event Hubs batch: every event at most the size Event Hubs
+        // carries, each escaped twice (the array of strings, then the envelope's string), so at
+        // most four bytes per byte, plus the metadata.
+        EVENT_BATCH_SIZE * 4 * EVENT_HUBS_MAX_EVENT.max(max_value_bytes) + 4 * 1024 * 1024
+    } else {
+        // Payload envelopes carry the value JSON-escaped (and base64 for binary bodies).
+        max_value_bytes * 4 + 1024 * 1024
+    }
+}
+
+async fn route(State(server): State<Server>, request: Request) -> Response {
+    let app = server.app;
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
-    let invocation_id =
-        parts.headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let invocation_id = invocation_id(&parts.headers);
     if path == "/" {
         return json_response(200, &[], &json!({"status": "ready"}));
     }
-    // Payload envelopes carry the value JSON-escaped (and base64 for binary bodies).
     let forwarded_path = strip_prefix_ignore_case(&path, "/api/");
-    let limit = if forwarded_path.is_some() {
-        app.settings.max_value_bytes + 64 * 1024
-    } else {
-        app.settings.max_value_bytes * 4 + 1024 * 1024
+    let limit = body_limit(app.settings.max_value_bytes, forwarded_path.is_some(), &path);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large(limit, app.settings.max_value_bytes);
+    }
+    // Room in the in-flight budget for what this body may hold (a request larger than the whole
+    // budget waits for all of it).
+    let want = declared.unwrap_or(limit).clamp(1, IN_FLIGHT_BODY_BUDGET);
+    let mut room = match tokio::time::timeout(BUDGET_WAIT, server.budget.acquire_many(want as u32)).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return json_response(
+                503,
+                &[("Retry-After".into(), "2".into())],
+                &error_body("busy", "too many large requests are being read at once; try again shortly"),
+            );
+        }
     };
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let too_large = is_length_limit(&e);
-            return if too_large {
-                json_response(
-                    413,
-                    &[],
-                    &error_body(
-                        "value_too_large",
-                        &format!(
-                            "the request body is larger than {limit} bytes (MaxValueBytes is {})",
-                            app.settings.max_value_bytes
-                        ),
-                    ),
-                )
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await;
+    let body = match read {
+        Err(_) => {
+            return json_response(
+                408,
+                &[],
+                &error_body(
+                    "request_timeout",
+                    &format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                ),
+            );
+        }
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            return if is_length_limit(&e) {
+                too_large(limit, app.settings.max_value_bytes)
             } else {
                 json_response(400, &[], &error_body("bad_body", &format!("could not read the request body: {e}")))
             };
         }
     };
-    let span = tracing::info_span!("request", invocation = %invocation_id, path = %path);
+    // Keep room for what the body holds; give the rest back at once.
+    drop(room.split(want.saturating_sub(body.len().max(1))));
+    let span = tracing::info_span!("request", invocation = %invocation_id, path = ?path);
     route_body(app, parts, path.clone(), forwarded_path.map(str::to_string), body).instrument(span).await
 }
 
@@ -165,6 +276,17 @@ async fn run_with_timeout(work: impl std::future::Future<Output = HttpReply>) ->
         Err(_) => HttpReply::error(503, "timeout", format!("the request did not complete within {REQUEST_TIMEOUT:?}"))
             .with_header("Retry-After", "5"),
     }
+}
+
+fn too_large(limit: usize, max_value_bytes: usize) -> Response {
+    json_response(
+        413,
+        &[],
+        &error_body(
+            "value_too_large",
+            &format!("the request body is larger than {limit} bytes (MaxValueBytes is {max_value_bytes})"),
+        ),
+    )
 }
 
 fn error_body(code: &str, message: &str) -> Value {

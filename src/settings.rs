@@ -44,9 +44,11 @@ pub struct RedisTarget {
     pub password: Option<String>,
     /// Logical database number (`defaultDatabase=`), 0 by default.
     pub database: i64,
-    /// Connect timeout (`connectTimeout=` in ms), 5 s by default.
+    /// Connect timeout (`connectTimeout=` in ms), 1 s by default.
     pub connect_timeout: Duration,
-    /// Per-command timeout (`syncTimeout=`/`asyncTimeout=` in ms), 2 s by default.
+    /// The longest a Redis call may take, connecting or reconnecting included (`syncTimeout=` /
+    /// `asyncTimeout=` in ms), 1 s by default: with Redis hung or unreachable, no request waits
+    /// on it much longer than this.
     pub response_timeout: Duration,
     /// Entra ID instead of a password (`RedisCache__hostName`): `Some(client id)` of a user-assigned
     /// identity, or `Some(None)` for the system-assigned one (or `az login` locally).
@@ -116,8 +118,8 @@ impl RedisTarget {
             user: None,
             password: None,
             database: 0,
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
             entra_id: None,
         }
     }
@@ -512,6 +514,11 @@ pub struct Settings {
     pub refresh_ahead: RefreshAheadSettings,
     /// `MaxValueBytes`: largest accepted value, as serialized JSON.
     pub max_value_bytes: usize,
+    /// `WriteBehindRetryWindowSeconds`: how long a queued write that keeps failing transiently (a
+    /// full disk, throttling) is retried before it is dead-lettered.
+    pub write_behind_retry_window: Duration,
+    /// `TombstoneRetentionSeconds`: how long the store keeps the tombstone of a deleted key.
+    pub tombstone_retention: Duration,
     /// `FUNCTIONS_CUSTOMHANDLER_PORT`: where the handler listens (127.0.0.1 only).
     pub port: u16,
 }
@@ -573,6 +580,10 @@ impl Settings {
         };
         let fail_safe_soft_timeout = Duration::from_millis(number(&get, "FailSafeSoftTimeoutMs", 1000, 0, 60_000)?);
         let refresh_ahead = RefreshAheadSettings::from_lookup(&get)?;
+        let write_behind_retry_window =
+            Duration::from_secs(number(&get, "WriteBehindRetryWindowSeconds", 3600, 0, 7 * 24 * 3600)?);
+        let tombstone_retention =
+            Duration::from_secs(number(&get, "TombstoneRetentionSeconds", 30 * 24 * 3600, 3600, 3650 * 24 * 3600)?);
         let port = number(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", 7071, 1, 65535)? as u16;
         Ok(Self {
             redis,
@@ -587,6 +598,8 @@ impl Settings {
             fail_safe_soft_timeout,
             refresh_ahead,
             max_value_bytes,
+            write_behind_retry_window,
+            tombstone_retention,
             port,
         })
     }

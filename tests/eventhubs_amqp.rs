@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use cachepatterns::clock::Timestamp as WallTime;
 use cachepatterns::key::Key;
 use cachepatterns::queue::eventhubs::EventHubsQueue;
 use cachepatterns::queue::eventhubs::sdk::SdkSender;
@@ -294,9 +295,9 @@ async fn publish_sends_one_event_per_write_with_the_key_as_partition_key() {
     let k1 = Key::new("user:1").unwrap();
     let k2 = Key::new("ключ/2 with spaces").unwrap();
     let events = [
-        WriteEvent::upsert(&k1, json!({"name": "Ada"}), 10),
-        WriteEvent::upsert(&k2, json!([1, 2, 3]), 11),
-        WriteEvent::delete(&k1, 12),
+        WriteEvent::upsert(&k1, json!({"name": "Ada"}), 10, WallTime::EPOCH),
+        WriteEvent::upsert(&k2, json!([1, 2, 3]), 11, WallTime::EPOCH),
+        WriteEvent::delete(&k1, 12, WallTime::EPOCH),
     ];
     for event in &events {
         queue.publish(event).await.unwrap();
@@ -336,7 +337,7 @@ async fn long_keys_use_the_short_partition_key() {
     let hub = FakeHub::start(1024 * 1024).await;
     let queue = queue_for(&hub);
     let key = Key::new("x".repeat(400)).unwrap();
-    queue.publish(&WriteEvent::delete(&key, 1)).await.unwrap();
+    queue.publish(&WriteEvent::delete(&key, 1, WallTime::EPOCH)).await.unwrap();
     let pk = hub.received.lock().unwrap()[0].partition_key.clone().unwrap();
     assert_eq!(pk, cachepatterns::queue::eventhubs::partition_key(key.as_str()));
     assert_eq!(pk.len(), 128);
@@ -348,7 +349,7 @@ async fn refused_token_is_rejected_with_the_role_to_assign() {
     let hub = FakeHub::start(1024 * 1024).await;
     *hub.cbs_status.lock().unwrap() = 401;
     let queue = queue_for(&hub);
-    let err = queue.publish(&WriteEvent::delete(&Key::new("k").unwrap(), 1)).await.unwrap_err();
+    let err = queue.publish(&WriteEvent::delete(&Key::new("k").unwrap(), 1, WallTime::EPOCH)).await.unwrap_err();
     match err {
         QueueError::Rejected(message) => assert!(message.contains("Azure Event Hubs Data Sender"), "{message}"),
         other => panic!("expected rejected, got {other:?}"),
@@ -363,7 +364,7 @@ async fn server_busy_is_unavailable_with_retry_after() {
     *hub.reject_with.lock().unwrap() =
         Some(definitions::ErrorCondition::Custom(Symbol::from("com.microsoft:server-busy")));
     let queue = queue_for(&hub);
-    let err = queue.publish(&WriteEvent::delete(&Key::new("k").unwrap(), 1)).await.unwrap_err();
+    let err = queue.publish(&WriteEvent::delete(&Key::new("k").unwrap(), 1, WallTime::EPOCH)).await.unwrap_err();
     match err {
         QueueError::Unavailable { message, retry_after } => {
             assert!(message.contains("busy"), "{message}");
@@ -373,7 +374,7 @@ async fn server_busy_is_unavailable_with_retry_after() {
     }
     // Once the hub accepts again, so does publish.
     *hub.reject_with.lock().unwrap() = None;
-    queue.publish(&WriteEvent::delete(&Key::new("k").unwrap(), 2)).await.unwrap();
+    queue.publish(&WriteEvent::delete(&Key::new("k").unwrap(), 2, WallTime::EPOCH)).await.unwrap();
     hub.kill();
 }
 
@@ -381,12 +382,12 @@ async fn server_busy_is_unavailable_with_retry_after() {
 async fn an_event_over_the_link_limit_is_rejected_before_sending() {
     let hub = FakeHub::start(4096).await;
     let queue = queue_for(&hub);
-    let big = WriteEvent::upsert(&Key::new("big").unwrap(), json!("v".repeat(10_000)), 1);
+    let big = WriteEvent::upsert(&Key::new("big").unwrap(), json!("v".repeat(10_000)), 1, WallTime::EPOCH);
     match queue.publish(&big).await.unwrap_err() {
         QueueError::TooLarge(message) => assert!(message.contains("MaxValueBytes"), "{message}"),
         other => panic!("expected too large, got {other:?}"),
     }
-    queue.publish(&WriteEvent::upsert(&Key::new("small").unwrap(), json!(1), 2)).await.unwrap();
+    queue.publish(&WriteEvent::upsert(&Key::new("small").unwrap(), json!(1), 2, WallTime::EPOCH)).await.unwrap();
     assert_eq!(hub.received.lock().unwrap().len(), 1);
     hub.kill();
 }
@@ -396,19 +397,19 @@ async fn publishes_recover_after_the_connection_is_lost() {
     let hub = FakeHub::start(1024 * 1024).await;
     let queue = queue_for(&hub);
     let key = Key::new("k").unwrap();
-    queue.publish(&WriteEvent::delete(&key, 1)).await.unwrap();
+    queue.publish(&WriteEvent::delete(&key, 1, WallTime::EPOCH)).await.unwrap();
     // The endpoint goes away: publishes fail as unavailable, quickly.
     hub.kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let err = queue.publish(&WriteEvent::delete(&key, 2)).await.unwrap_err();
+    let err = queue.publish(&WriteEvent::delete(&key, 2, WallTime::EPOCH)).await.unwrap_err();
     assert!(matches!(err, QueueError::Unavailable { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(11), "{:?}", started.elapsed());
     // A new endpoint on the same port: the producer reconnects by itself.
     let revived = FakeHub::start_on(hub.port, 1024 * 1024).await;
     let mut last = None;
     for _ in 0..20 {
-        match queue.publish(&WriteEvent::delete(&key, 3)).await {
+        match queue.publish(&WriteEvent::delete(&key, 3, WallTime::EPOCH)).await {
             Ok(()) => {
                 last = None;
                 break;
@@ -428,11 +429,13 @@ async fn publishes_recover_after_the_connection_is_lost() {
 async fn throughput_figures() {
     let hub = FakeHub::start(1024 * 1024).await;
     let queue = Arc::new(queue_for(&hub));
-    queue.publish(&WriteEvent::delete(&Key::new("warm").unwrap(), 1)).await.unwrap();
+    queue.publish(&WriteEvent::delete(&Key::new("warm").unwrap(), 1, WallTime::EPOCH)).await.unwrap();
     let n = 300;
     let started = Instant::now();
     for i in 0..n {
-        if let Err(e) = queue.publish(&WriteEvent::delete(&Key::new(format!("seq{i}")).unwrap(), 1)).await {
+        if let Err(e) =
+            queue.publish(&WriteEvent::delete(&Key::new(format!("seq{i}")).unwrap(), 1, WallTime::EPOCH)).await
+        {
             panic!("publish {i} failed: {e}; the hub received {}", hub.received.lock().unwrap().len());
         }
     }
@@ -443,7 +446,10 @@ async fn throughput_figures() {
         let queue = queue.clone();
         callers.push(tokio::spawn(async move {
             for i in 0..n / 32 {
-                queue.publish(&WriteEvent::delete(&Key::new(format!("c{c}-{i}")).unwrap(), 1)).await.unwrap();
+                queue
+                    .publish(&WriteEvent::delete(&Key::new(format!("c{c}-{i}")).unwrap(), 1, WallTime::EPOCH))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -476,7 +482,9 @@ async fn sends_on_a_multi_thread_runtime_are_confirmed() {
     let queue = queue_for(&hub).with_timeouts(Duration::from_secs(2), Duration::from_secs(2));
     let mut lost = Vec::new();
     for i in 0..300 {
-        if let Err(e) = queue.publish(&WriteEvent::delete(&Key::new(format!("k{i}")).unwrap(), 1)).await {
+        if let Err(e) =
+            queue.publish(&WriteEvent::delete(&Key::new(format!("k{i}")).unwrap(), 1, WallTime::EPOCH)).await
+        {
             lost.push((i, e.to_string()));
         }
     }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cachepatterns::cache::EntryWrite;
+use cachepatterns::cache::{EntryWrite, Put};
 use cachepatterns::key::Key;
 use cachepatterns::patterns::{CacheStatus, Source};
 use cachepatterns::store::{Change, Store};
@@ -114,21 +114,38 @@ async fn the_cache_never_goes_backwards() {
     let t = TestApp::new(&redis, &[]);
     let cache = t.app.patterns.cache();
     let policy = t.app.patterns.policy();
-    assert!(cache.put("k", &policy.value_entry(json!("new"), 10)).await.unwrap());
-    assert!(!cache.put("k", &policy.value_entry(json!("old"), 9)).await.unwrap(), "an older version is refused");
-    assert!(!cache.put("k", &policy.negative_entry(3)).await.unwrap(), "so is an older delete");
-    assert!(cache.put("k", &policy.value_entry(json!("same"), 10)).await.unwrap(), "the same version may be refreshed");
+    let now = common::now();
+    assert_eq!(cache.put("k", &policy.value_entry(json!("new"), 10, now), now).await.unwrap(), Put::Written);
+    assert_eq!(
+        cache.put("k", &policy.value_entry(json!("old"), 9, now), now).await.unwrap(),
+        Put::KeptNewer,
+        "an older version is refused"
+    );
+    assert_eq!(
+        cache.put("k", &policy.negative_entry(3, now), now).await.unwrap(),
+        Put::KeptNewer,
+        "so is an older delete"
+    );
+    assert_eq!(
+        cache.put("k", &policy.value_entry(json!("same"), 10, now), now).await.unwrap(),
+        Put::Written,
+        "the same version may be refreshed"
+    );
     let entry = cache.get("k").await.unwrap().unwrap();
     assert_eq!((entry.value, entry.version), (Some(json!("same")), 10));
     // Versions are compared exactly, not as floating point (2^53 + 1 vs 2^53).
     let big = 9_007_199_254_740_993u64;
-    assert!(cache.put("big", &policy.value_entry(json!("a"), big)).await.unwrap());
-    assert!(!cache.put("big", &policy.value_entry(json!("b"), big - 1)).await.unwrap());
-    // A key that holds something that is not ours is replaced, not an error.
+    assert_eq!(cache.put("big", &policy.value_entry(json!("a"), big, now), now).await.unwrap(), Put::Written);
+    assert_eq!(cache.put("big", &policy.value_entry(json!("b"), big - 1, now), now).await.unwrap(), Put::KeptNewer);
+    // A Redis key that holds something that is not a cache entry is neither an error nor destroyed:
+    // it reads as a miss and the cache leaves it alone.
     let mut conn = redis.connection().await;
     let _: () = redis::cmd("SET").arg("foreign").arg("x").query_async(&mut conn).await.unwrap();
     assert_eq!(cache.get("foreign").await.unwrap(), None);
-    assert!(cache.put("foreign", &EntryWrite { fail_safe: false, ..policy.value_entry(json!(1), 1) }).await.unwrap());
+    let entry = EntryWrite { fail_safe: false, ..policy.value_entry(json!(1), 1, now) };
+    assert_eq!(cache.put("foreign", &entry, now).await.unwrap(), Put::NotOurs);
+    let kept: String = redis::cmd("GET").arg("foreign").query_async(&mut conn).await.unwrap();
+    assert_eq!(kept, "x");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,7 +179,7 @@ async fn the_store_never_goes_backwards_even_with_a_far_ahead_writer() {
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[]);
     // Another process with a clock an hour ahead wrote this key.
-    let ahead = cachepatterns::version::now_micros() + 3_600_000_000;
+    let ahead = cachepatterns::version::at(common::now().plus(Duration::from_secs(3600)));
     t.sqlite.apply("skew", ahead, Change::Upsert(json!("from the future"))).await.unwrap();
     let written = t.app.patterns.write_through(&key("skew"), Change::Upsert(json!("latest"))).await.unwrap();
     assert!(written.version > ahead, "the clock moved past the newer version instead of losing the write");

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use axum::Router;
 use cachepatterns::app::App;
 use cachepatterns::cache::RedisCache;
+use cachepatterns::clock::{Clock, ManualClock};
 use cachepatterns::key::Key;
 use cachepatterns::store::sqlite::SqliteStore;
 use cachepatterns::store::{Applied, Change, Record, Store, StoreError};
@@ -39,17 +40,27 @@ struct Process {
 }
 
 impl Process {
-    fn new(redis: &RedisServer, store: Arc<FaultyStore>, extra: &[(&str, &str)]) -> Self {
+    fn new(redis: &RedisServer, store: Arc<FaultyStore>, extra: &[(&str, &str)], time: Arc<dyn Clock>) -> Self {
         let settings = common::settings(&redis.connection_string(), extra);
         let cache = RedisCache::new(&settings.redis, &settings.instance_name).expect("cache");
-        let app = App::new(settings, cache, store.clone());
+        let app = App::with_clock(settings, cache, store.clone(), time);
         Self { router: cachepatterns::server::router(app.clone()), app, store }
     }
 
     /// A process on its own over `backing` (counted), and a sibling sharing its Redis and store.
     fn pair(redis: &RedisServer, backing: Arc<dyn Store>, extra: &[(&str, &str)]) -> (Self, Self) {
+        Self::pair_on(redis, backing, extra, cachepatterns::clock::system())
+    }
+
+    /// Like [`Process::pair`], both on the time source `time`.
+    fn pair_on(
+        redis: &RedisServer,
+        backing: Arc<dyn Store>,
+        extra: &[(&str, &str)],
+        time: Arc<dyn Clock>,
+    ) -> (Self, Self) {
         let store = FaultyStore::new(backing);
-        (Self::new(redis, store.clone(), extra), Self::new(redis, store, extra))
+        (Self::new(redis, store.clone(), extra, time.clone()), Self::new(redis, store, extra, time))
     }
 
     async fn write(&self, key: &str, value: Value) -> u64 {
@@ -141,7 +152,7 @@ async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
         a.write(&key, json!("warm")).await;
         a.read(Mode::Forwarded, "RefreshAheadRead", &key).await; // loads the script
         let policy = a.app.patterns.refresh_ahead_policy().hot_keys;
-        let before = a.app.patterns.cache().hotness(&key, &policy).await.unwrap();
+        let before = a.app.patterns.cache().hotness(&key, &policy, common::now()).await.unwrap();
         redis.reset_stats();
         let gets = a.store.gets();
         assert_served(&a.read(Mode::Payload, "RefreshAheadRead", &key).await, &json!("warm"), "cache", "hit");
@@ -160,7 +171,7 @@ async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
             "a hit sends one EVALSHA (whose script runs the rest) and nothing else: {calls:?}"
         );
         assert_eq!(a.store.gets(), gets, "a hit never reads the store");
-        let after = a.app.patterns.cache().hotness(&key, &policy).await.unwrap();
+        let after = a.app.patterns.cache().hotness(&key, &policy, common::now()).await.unwrap();
         assert!((after - before - 1.0).abs() < 0.01, "the read counted once: {before} → {after}");
     }
 }
@@ -254,41 +265,45 @@ async fn hot_key_set_decays_and_stays_bounded() {
         // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
         redis.command("FLUSHALL").expect("FLUSHALL");
         let extra = [("RefreshAheadHotKeysMax", "10"), ("RefreshAheadHotKeysHalfLifeSeconds", "1")];
-        let (a, _) = Process::pair(&redis, backing, &extra);
+        let time = ManualClock::starting_now();
+        let (a, _) = Process::pair_on(&redis, backing, &extra, time.clone());
         let policy = a.app.patterns.refresh_ahead_policy().hot_keys;
         let cache = a.app.patterns.cache();
         let old = format!("{store_name}-old");
         for _ in 0..4 {
             a.read(Mode::Forwarded, "RefreshAheadRead", &old).await;
         }
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        time.advance(Duration::from_secs(2));
         let new = format!("{store_name}-new");
         for _ in 0..2 {
             // Absent keys answer 404 and still count.
             assert_eq!(a.read(Mode::Payload, "RefreshAheadRead", &new).await.status, 404);
         }
-        let (old_reads, new_reads) =
-            (cache.hotness(&old, &policy).await.unwrap(), cache.hotness(&new, &policy).await.unwrap());
-        assert!((0.85..1.05).contains(&old_reads), "4 reads two half-lives ago count about 1: {old_reads}");
-        assert!((1.9..2.05).contains(&new_reads), "2 reads now count about 2: {new_reads}");
+        let (old_reads, new_reads) = (
+            cache.hotness(&old, &policy, time.now()).await.unwrap(),
+            cache.hotness(&new, &policy, time.now()).await.unwrap(),
+        );
+        assert!((0.999..1.001).contains(&old_reads), "4 reads two half-lives ago count 1: {old_reads}");
+        assert!((1.999..2.001).contains(&new_reads), "2 reads now count 2: {new_reads}");
         for i in 0..30 {
             a.read(Mode::Forwarded, "RefreshAheadRead", &format!("{store_name}-many-{i}")).await;
         }
-        let all = cache.hottest(&policy, 0.0, 1000).await.unwrap();
+        let all = cache.hottest(&policy, 0.0, 1000, time.now()).await.unwrap();
         assert_eq!(all.len(), 10, "bounded by RefreshAheadHotKeysMax: {all:?}");
 
         // Weights grow as 2^(half-lives since the landmark); far past it the set is rescaled
-        // instead of overflowing. Move the landmark 100 half-lives back to get there now.
-        let landmark = "hot\u{1f}landmark";
-        redis.command(&format!("SET {landmark} {}", now_ms() - 100_000)).unwrap();
+        // instead of overflowing. 100 half-lives later, reads must still count exactly.
+        time.advance(Duration::from_secs(100));
         let fresh = format!("{store_name}-after-rescale");
         for _ in 0..3 {
             a.read(Mode::Forwarded, "RefreshAheadRead", &fresh).await;
         }
-        let reads = cache.hotness(&fresh, &policy).await.unwrap();
-        assert!((2.9..3.05).contains(&reads), "3 reads count 3 after the rescale: {reads}");
-        let moved: i64 = redis.command(&format!("GET {landmark}")).unwrap().lines().nth(1).unwrap().parse().unwrap();
-        assert!(now_ms() - moved < 5_000, "the landmark moved to now");
+        let reads = cache.hotness(&fresh, &policy, time.now()).await.unwrap();
+        assert!((2.999..3.001).contains(&reads), "3 reads count 3 after the rescale: {reads}");
+        let landmark = "\u{1f}{hot}landmark";
+        let moved: String =
+            redis::cmd("GET").arg(landmark).query_async(&mut redis.connection().await).await.expect("landmark");
+        assert_eq!(moved.parse::<u64>().unwrap(), time.now().as_millis(), "the landmark moved to now");
     }
 }
 
@@ -301,7 +316,7 @@ fn iso(ms: i64, fraction: bool) -> String {
 }
 
 fn now_ms() -> i64 {
-    cachepatterns::version::now_millis() as i64
+    common::now().as_millis() as i64
 }
 
 /// The `TimerInfo` the host sends, as §2.4 of HOST-PROTOCOL.md shows it.

@@ -19,6 +19,9 @@ use common::host::{Call, FunctionDef, MODES, Mode, send};
 use common::{RedisServer, TestApp};
 use serde_json::{Value, json};
 
+/// The internal write-behind stream (no key can reach it) for an empty `RedisInstanceName`.
+const WRITE_BEHIND_STREAM: &str = "\u{1f}writebehind";
+
 fn key(k: &str) -> Key {
     Key::new(k).unwrap()
 }
@@ -100,7 +103,7 @@ async fn accepted_writes_are_cached_queued_then_applied_in_both_modes() {
         let deleted = send(&router, mode, &wb, &Call::new("DELETE", Some(&format!("{k}-gone")))).await;
         assert_eq!(deleted.status, 202);
     }
-    assert_eq!(xlen(&redis, "writebehind").await, 6);
+    assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, 6);
     let report = consumer(&t, &redis, "c1", |_| {}).run_once().await.unwrap();
     assert_eq!((report.events, report.applied), (6, 6));
     for mode in MODES {
@@ -108,7 +111,7 @@ async fn accepted_writes_are_cached_queued_then_applied_in_both_modes() {
         assert_eq!(record.value, Some(json!({"n": 1})));
         assert!(t.sqlite.get(&format!("wb-{mode:?}-gone")).await.unwrap().unwrap().is_deleted());
     }
-    assert_eq!(xlen(&redis, "writebehind").await, 0, "applied entries are acknowledged and deleted");
+    assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, 0, "applied entries are acknowledged and deleted");
 }
 
 /// A queue that is down, to check that nothing becomes visible when publishing fails.
@@ -158,7 +161,7 @@ async fn poison_events_are_dead_lettered_and_do_not_block_later_events() {
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[]);
     let mut conn = redis.connection().await;
-    let good = WriteEvent::upsert(&key("after-poison"), json!("ok"), 10);
+    let good = WriteEvent::upsert(&key("after-poison"), json!("ok"), 10, common::now());
     for event in [
         "not json",
         r#"{"key":"","op":"upsert","value":1,"version":1,"ts":""}"#,
@@ -166,7 +169,7 @@ async fn poison_events_are_dead_lettered_and_do_not_block_later_events() {
         &good.to_json(),
     ] {
         let _: String = redis::cmd("XADD")
-            .arg("writebehind")
+            .arg(WRITE_BEHIND_STREAM)
             .arg("*")
             .arg("event")
             .arg(event)
@@ -175,8 +178,14 @@ async fn poison_events_are_dead_lettered_and_do_not_block_later_events() {
             .unwrap();
     }
     // An entry without an `event` field at all.
-    let _: String =
-        redis::cmd("XADD").arg("writebehind").arg("*").arg("other").arg("x").query_async(&mut conn).await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(WRITE_BEHIND_STREAM)
+        .arg("*")
+        .arg("other")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let report = consumer(&t, &redis, "c", |_| {}).run_once().await.unwrap();
     assert_eq!((report.poison, report.applied), (4, 1));
     assert_eq!(t.sqlite.get("after-poison").await.unwrap().unwrap().value, Some(json!("ok")));
@@ -184,7 +193,7 @@ async fn poison_events_are_dead_lettered_and_do_not_block_later_events() {
     assert_eq!(letters.len(), 4);
     assert!(letters.iter().all(|l| !l.reason.is_empty() && l.source.contains("writebehind")));
     assert_eq!(letters[0].event, "not json", "the original text is kept");
-    assert_eq!(xlen(&redis, "writebehind").await, 0);
+    assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -198,13 +207,14 @@ async fn failing_entries_are_retried_then_dead_lettered_and_can_be_replayed() {
     let c = consumer(&t, &redis, "c", |c| {
         c.claim_idle = Duration::from_millis(50);
         c.max_deliveries = 3;
+        c.retry_window = Duration::ZERO;
         c.apply = ApplyOptions { concurrency: 4, budget: Duration::from_millis(100) };
     });
     for _ in 0..10 {
         c.run_once().await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    assert_eq!(xlen(&redis, "writebehind").await, 0, "after max deliveries the entry left the stream");
+    assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, 0, "after max deliveries the entry left the stream");
     let list = send(&router, Mode::Forwarded, &dl, &Call::new("GET", None)).await;
     assert_eq!((list.status, list.body["total"].as_u64()), (200, Some(1)));
     let item = &list.body["items"][0];
@@ -245,11 +255,11 @@ async fn a_batch_is_coalesced_and_old_or_duplicate_events_are_harmless() {
     let d = |e: &WriteEvent| Delivery { raw: e.to_json(), source: "test".into(), deliveries: 1 };
     let k = key("k");
     let events = [
-        WriteEvent::upsert(&k, json!(1), 100),
-        WriteEvent::upsert(&k, json!(3), 300),
-        WriteEvent::upsert(&k, json!(2), 200),
-        WriteEvent::upsert(&k, json!(3), 300),
-        WriteEvent::delete(&key("other"), 50),
+        WriteEvent::upsert(&k, json!(1), 100, common::now()),
+        WriteEvent::upsert(&k, json!(3), 300, common::now()),
+        WriteEvent::upsert(&k, json!(2), 200, common::now()),
+        WriteEvent::upsert(&k, json!(3), 300, common::now()),
+        WriteEvent::delete(&key("other"), 50, common::now()),
     ];
     let deliveries: Vec<Delivery> = events.iter().map(d).collect();
     let (outcomes, report) = patterns.apply_deliveries(&deliveries, ApplyOptions::default()).await;
@@ -262,15 +272,16 @@ async fn a_batch_is_coalesced_and_old_or_duplicate_events_are_harmless() {
     assert_eq!((again.applied, again.stale_skipped), (0, 5));
     // The cache is refreshed after applying, but never to an older version.
     patterns.write_through(&k, Change::Upsert(json!("newest"))).await.unwrap();
-    let (_, old) =
-        patterns.apply_deliveries(&[d(&WriteEvent::upsert(&k, json!("older"), 400))], ApplyOptions::default()).await;
+    let (_, old) = patterns
+        .apply_deliveries(&[d(&WriteEvent::upsert(&k, json!("older"), 400, common::now()))], ApplyOptions::default())
+        .await;
     assert_eq!(old.stale_skipped, 1);
     assert_eq!(patterns.cache().get("k").await.unwrap().unwrap().value, Some(json!("newest")));
     // A transient failure is retried within the budget and then reported, not dropped.
     t.store.set_failing(true);
     let (outcomes, report) = patterns
         .apply_deliveries(
-            &[d(&WriteEvent::upsert(&key("x"), json!(1), u64::MAX / 4))],
+            &[d(&WriteEvent::upsert(&key("x"), json!(1), cachepatterns::version::at(common::now()), common::now()))],
             ApplyOptions { concurrency: 1, budget: Duration::from_millis(300) },
         )
         .await;
@@ -326,8 +337,8 @@ async fn chaos(store_under_test: Arc<dyn Store>, label: &str) {
                 };
                 last_acked.insert(k.as_str().to_string(), (accepted.version, value.clone()));
                 let event = match value {
-                    Some(v) => WriteEvent::upsert(k, v, accepted.version),
-                    None => WriteEvent::delete(k, accepted.version),
+                    Some(v) => WriteEvent::upsert(k, v, accepted.version, common::now()),
+                    None => WriteEvent::delete(k, accepted.version, common::now()),
                 };
                 published.push(event.to_json());
             }
@@ -337,7 +348,7 @@ async fn chaos(store_under_test: Arc<dyn Store>, label: &str) {
         if rng.below(8) == 0 && !published.is_empty() {
             let old = &published[rng.below(published.len() as u64) as usize];
             let _: String = redis::cmd("XADD")
-                .arg("writebehind")
+                .arg(WRITE_BEHIND_STREAM)
                 .arg("*")
                 .arg("event")
                 .arg(old)
@@ -369,7 +380,7 @@ async fn chaos(store_under_test: Arc<dyn Store>, label: &str) {
     // Let the last consumer drain everything, including what crashed consumers left pending.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let len = xlen(&redis, "writebehind").await;
+        let len = xlen(&redis, WRITE_BEHIND_STREAM).await;
         if len == 0 {
             break;
         }
@@ -423,10 +434,10 @@ async fn event_hub_consumer_applies_host_shaped_batches() {
     let router = cachepatterns::server::router(t.app.clone());
     let a = key("eh-a");
     let events = [
-        WriteEvent::upsert(&a, json!("v2"), 2000),
-        WriteEvent::upsert(&a, json!("v1"), 1000),
-        WriteEvent::upsert(&key("eh-b"), json!({"x": 1}), 1500),
-        WriteEvent::upsert(&a, json!("v2"), 2000),
+        WriteEvent::upsert(&a, json!("v2"), 2000, common::now()),
+        WriteEvent::upsert(&a, json!("v1"), 1000, common::now()),
+        WriteEvent::upsert(&key("eh-b"), json!({"x": 1}), 1500, common::now()),
+        WriteEvent::upsert(&a, json!("v2"), 2000, common::now()),
     ];
     let bodies: Vec<String> =
         events.iter().map(WriteEvent::to_json).chain(["plain text, not an event".to_string()]).collect();
@@ -454,7 +465,7 @@ async fn event_hub_consumer_applies_host_shaped_batches() {
     assert_eq!(letters[0].event, "plain text, not an event");
 
     // The portal's Test/Run: one event, double-encoded, single-form metadata, no PartitionContext.
-    let portal = WriteEvent::delete(&key("eh-b"), 1600).to_json();
+    let portal = WriteEvent::delete(&key("eh-b"), 1600, common::now()).to_json();
     let (status, envelope) = invoke(
         &router,
         ehc_envelope(
@@ -467,7 +478,7 @@ async fn event_hub_consumer_applies_host_shaped_batches() {
     assert!(envelope["Logs"].to_string().contains("1 events, 1 keys, 1 applied"));
     assert!(t.sqlite.get("eh-b").await.unwrap().unwrap().is_deleted());
     // And a batch of one with no metadata at all.
-    let one = WriteEvent::upsert(&key("eh-c"), json!(3), 1700).to_json();
+    let one = WriteEvent::upsert(&key("eh-c"), json!(3), 1700, common::now()).to_json();
     let (status, _) = invoke(&router, ehc_envelope(json!(serde_json::to_string(&[one]).unwrap()), json!({}))).await;
     assert_eq!(status, 200);
     assert_eq!(t.sqlite.get("eh-c").await.unwrap().unwrap().value, Some(json!(3)));
@@ -479,7 +490,7 @@ async fn event_hub_consumer_fails_the_invocation_only_when_it_cannot_dead_letter
     let t = TestApp::new(&redis, &[]);
     let router = cachepatterns::server::router(t.app.clone());
     redis.stop();
-    let good = WriteEvent::upsert(&key("k"), json!(1), 10).to_json();
+    let good = WriteEvent::upsert(&key("k"), json!(1), 10, common::now()).to_json();
     let (status, body) =
         invoke(&router, ehc_envelope(json!(serde_json::to_string(&[good.as_str(), "poison"]).unwrap()), json!({})))
             .await;
@@ -496,9 +507,10 @@ async fn a_write_after_a_far_ahead_writer_still_gets_a_newer_version() {
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[]);
     // Another instance, its clock an hour ahead, accepted a write of this key.
-    let ahead = cachepatterns::version::now_micros() + 3_600_000_000;
+    let now = common::now();
+    let ahead = cachepatterns::version::at(now.plus(Duration::from_secs(3600)));
     let policy = t.app.patterns.policy();
-    t.app.patterns.cache().put("skewed", &policy.value_entry(json!("from the future"), ahead)).await.unwrap();
+    t.app.patterns.cache().put("skewed", &policy.value_entry(json!("from the future"), ahead, now), now).await.unwrap();
     let accepted = t.app.patterns.write_behind(&key("skewed"), Change::Upsert(json!("latest"))).await.unwrap();
     assert!(accepted.version > ahead, "the later write must win");
     assert!(accepted.cached);

@@ -11,18 +11,49 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::protocol::{HttpCall, HttpReply, InvocationLog};
 use crate::queue::WriteEvent;
-use crate::queue::dead_letter::DeadLetter;
+use crate::queue::dead_letter::{DeadLetter, parse_id};
 
 pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
     let dead_letters = app.patterns.dead_letters();
-    let count = call.query("count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(50).clamp(1, 1000);
-    let unavailable = |e: crate::cache::CacheError| {
-        HttpReply::error(503, "redis_unavailable", format!("the dead-letter stream cannot be read: {e}"))
-            .with_header("Retry-After", "5")
+    let count = match call.query("count") {
+        None => 50,
+        Some(raw) => match raw.trim().parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return HttpReply::error(
+                    400,
+                    "bad_count",
+                    format!("`count` must be a whole number from 1 to 1000, got {raw:?}"),
+                );
+            }
+        },
     };
-    match (call.method.as_str(), call.route_key.as_deref()) {
+    let after = match call.query("after") {
+        None => None,
+        Some(raw) => match parse_id(raw) {
+            Some(id) => Some(id),
+            None => return bad_id("after", raw),
+        },
+    };
+    let id = match call.route_key.as_deref() {
+        None => None,
+        Some(raw) => match parse_id(raw) {
+            Some(id) => Some(id),
+            None => return bad_id("the path", raw),
+        },
+    };
+    let unavailable = |e: crate::cache::CacheError| match e {
+        crate::cache::CacheError::Unavailable(_) => {
+            HttpReply::error(503, "redis_unavailable", format!("the dead-letter stream cannot be read: {e}"))
+                .with_header("Retry-After", "5")
+        }
+        crate::cache::CacheError::Command(_) => {
+            HttpReply::error(500, "redis_error", format!("Redis refused the dead-letter command: {e}"))
+        }
+    };
+    match (call.method.as_str(), id.as_deref()) {
         ("GET", None) => {
-            let items = match dead_letters.list(count, call.query("after")).await {
+            let items = match dead_letters.list(count, after.as_deref()).await {
                 Ok(items) => items,
                 Err(e) => return unavailable(e),
             };
@@ -91,6 +122,16 @@ async fn replay(app: &App, items: Vec<DeadLetter>) -> (Vec<String>, Vec<Value>) 
         }
     }
     (replayed, failed)
+}
+
+fn bad_id(place: &str, raw: &str) -> HttpReply {
+    HttpReply::error(
+        400,
+        "bad_id",
+        format!(
+            "{place} holds {raw:?}, which is not a dead-letter id; ids look like 1730000000000-0 (see GET api/dead-letters)"
+        ),
+    )
 }
 
 fn not_found(id: &str) -> HttpReply {

@@ -1,4 +1,14 @@
-//! `Health`: `GET api/health`, the status of Redis and the store for probes.
+//! `Health`: `GET api/health`, what users depend on, checked for real, within about two seconds.
+//!
+//! * Redis: a `PING` under the cache's deadline.
+//! * The store: a real write (the store's own probe record, never a user key), so a full disk, a
+//!   removed database file or a throttled account shows as down even while reads still work; and
+//!   down too while user writes have been failing in the last 30 s (a small probe may still fit on
+//!   a full disk).
+//! * The write-behind queue: that it can take writes (e.g. the stream key is a stream), its backlog
+//!   and the number of dead letters.
+//!
+//! `200` when all three are up, else `503` with `Retry-After`; the body says which is down and why.
 
 use std::time::{Duration, Instant};
 
@@ -7,44 +17,61 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::protocol::{HttpReply, InvocationLog};
 
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest any one probe may take; they run at once, so Health answers within about this.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A store write that failed this recently, with none succeeding since, makes the store "down".
+const RECENT_WRITE_FAILURE: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(probe: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(PROBE_TIMEOUT, probe).await.map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))
+}
 
 pub async fn handle(app: &App, log: &mut InvocationLog) -> HttpReply {
     let cache = app.patterns.cache();
     let store = app.patterns.store();
     let redis_probe = async {
-        match tokio::time::timeout(PROBE_TIMEOUT, cache.ping()).await {
+        match bounded(cache.ping()).await {
             Ok(Ok(latency)) => {
                 (true, json!({"status": "up", "target": cache.describe(), "latencyMs": millis(latency)}))
             }
             Ok(Err(e)) => (false, json!({"status": "down", "target": cache.describe(), "error": e.to_string()})),
-            Err(_) => (
-                false,
-                json!({"status": "down", "target": cache.describe(), "error": format!("no answer within {PROBE_TIMEOUT:?}")}),
-            ),
+            Err(e) => (false, json!({"status": "down", "target": cache.describe(), "error": e})),
         }
     };
     let store_probe = async {
         let started = Instant::now();
-        match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
+        let probed = bounded(store.probe_write()).await;
+        if let (Ok(Ok(())), Some(why)) = (&probed, app.patterns.store_write_failure(RECENT_WRITE_FAILURE)) {
+            return (
+                false,
+                json!({"status": "down", "kind": store.kind(), "error": format!("writes are failing: {why}")}),
+            );
+        }
+        match probed {
             Ok(Ok(())) => (true, json!({"status": "up", "kind": store.kind(), "latencyMs": millis(started.elapsed())})),
             Ok(Err(e)) => (false, json!({"status": "down", "kind": store.kind(), "error": e.to_string()})),
-            Err(_) => (
-                false,
-                json!({"status": "down", "kind": store.kind(), "error": format!("no answer within {PROBE_TIMEOUT:?}")}),
-            ),
+            Err(e) => (false, json!({"status": "down", "kind": store.kind(), "error": e})),
         }
     };
     let queue = app.patterns.queue();
     let queue_probe = async {
-        let dead_letters = app.patterns.dead_letters().count().await.ok();
-        match tokio::time::timeout(PROBE_TIMEOUT, queue.ping()).await {
-            Ok(Ok(())) => (true, json!({"status": "up", "kind": queue.kind(), "deadLetters": dead_letters})),
-            Ok(Err(e)) => (false, json!({"status": "down", "kind": queue.kind(), "error": e.to_string()})),
-            Err(_) => (
+        let (ping, backlog, dead_letters) =
+            tokio::join!(bounded(queue.ping()), bounded(queue.backlog()), bounded(app.patterns.dead_letters().count()));
+        let backlog = match backlog {
+            Ok(Ok(Some(backlog))) => json!(backlog),
+            _ => Value::Null,
+        };
+        let dead_letters = dead_letters.ok().and_then(Result::ok);
+        match ping {
+            Ok(Ok(())) => {
+                (true, json!({"status": "up", "kind": queue.kind(), "backlog": backlog, "deadLetters": dead_letters}))
+            }
+            Ok(Err(e)) => (
                 false,
-                json!({"status": "down", "kind": queue.kind(), "error": format!("no answer within {PROBE_TIMEOUT:?}")}),
+                json!({"status": "down", "kind": queue.kind(), "error": e.to_string(), "backlog": backlog, "deadLetters": dead_letters}),
             ),
+            Err(e) => (false, json!({"status": "down", "kind": queue.kind(), "error": e})),
         }
     };
     let ((redis_up, redis), (store_up, store_report), (queue_up, queue_report)) =

@@ -168,6 +168,10 @@ pub(crate) fn write_failure(error: &WriteError, log: &mut InvocationLog) -> Http
     match error {
         WriteError::Store(e) => store_failure(e, log),
         WriteError::Contended => HttpReply::error(503, "contended", error.to_string()).with_header("Retry-After", "1"),
+        WriteError::StoredVersionImplausible { .. } => {
+            log.warn(format!("write refused: {error}"));
+            HttpReply::error(409, "stored_version_implausible", error.to_string())
+        }
     }
 }
 

@@ -12,7 +12,6 @@ use crate::patterns::refresh_ahead::TimerPlan;
 use crate::protocol::lenient::{self, field};
 use crate::protocol::payload::Invocation;
 use crate::protocol::{HttpCall, HttpReply, InvocationLog};
-use crate::version::now_millis;
 
 pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
     let key = match read_key(call) {
@@ -59,7 +58,7 @@ pub async fn timer(
 ) -> Result<Outputs, TriggerFailure> {
     let info = TimerInfo::read(invocation, binding);
     let policy = app.patterns.refresh_ahead_policy();
-    let plan = TimerPlan::new(&policy.schedule, now_millis() as i64, info.next_ms);
+    let plan = TimerPlan::new(&policy.schedule, app.patterns.now().as_millis() as i64, info.next_ms);
     let late = if info.past_due { " (past due)" } else { "" };
     match app.patterns.refresh_hot_keys(&plan).await {
         Ok(report) if report.other_instance => log.info(format!(

@@ -6,39 +6,40 @@
 //! * [`RedisCache::load_gate`] / [`RedisCache::unlock`]: the short cross-process load lock.
 //!
 //! The connection is created lazily and re-created on failure, so the service starts and keeps
-//! serving (from the store) while Redis is down. After a connection failure a short circuit breaker
-//! makes calls fail at once instead of each waiting for a timeout. Keys: the cache key `k` is the
-//! Redis key `RedisInstanceName + k`; internal keys (locks) contain the control character U+001F,
-//! which no valid cache key can, so they never collide with user data.
+//! serving (from the store) while Redis is down. Every call has a deadline (`syncTimeout`, 1 s by
+//! default) that covers connecting and reconnecting too, and after a failure or a missed deadline a
+//! short circuit breaker makes calls fail at once instead of each waiting again: no request waits
+//! on Redis much longer than one deadline. Key layout: [`keys`].
 
 pub mod entra;
 mod entry;
 mod hot_keys;
+pub mod keys;
+pub mod node_ids;
 mod scripts;
 
 pub use entry::{CacheEntry, EntryWrite};
 pub use hot_keys::{EntryMeta, HotKeyPolicy, RefreshGate};
+pub use keys::Keys;
 
-use std::sync::Arc;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, RedisError};
+use redis::{FromRedisValue, IntoConnectionInfo, RedisError, RedisResult};
 
+use crate::clock::Timestamp;
 use crate::settings::RedisTarget;
-use crate::version::now_millis;
 
-/// How long the cache answers "unavailable" at once after a connection failure.
+/// How long the cache answers "unavailable" at once after a connection failure or a missed deadline.
 const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
-
-/// Separator inside internal key names; a control character, so never part of a valid cache key.
-const INTERNAL: char = '\u{1f}';
 
 /// Why a cache call failed. Callers fail open: a cache error never fails a read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
-    /// Redis cannot be reached (or the breaker is open after a recent failure).
+    /// Redis cannot be reached, did not answer in time, or the breaker is open after a recent failure.
     #[error("Redis is unavailable: {0}")]
     Unavailable(String),
     /// Redis answered with an error.
@@ -55,20 +56,61 @@ pub enum Gate {
     Acquired,
     /// Another caller holds the load lock.
     Busy,
+    /// The Redis key holds something that is not a cache entry: read the store, do not cache.
+    NotOurs,
 }
 
-/// Handle to the Redis cache. Cheap to clone; clones share the connection.
+/// What a cache write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// The entry was written.
+    Written,
+    /// The cache holds a newer version; it was kept.
+    KeptNewer,
+    /// The Redis key holds something that is not a cache entry; it was left alone.
+    NotOurs,
+}
+
+/// Handle to the Redis cache. Cheap to clone; clones share the connection and the breaker.
 #[derive(Clone)]
 pub struct RedisCache {
     conn: ConnectionManager,
-    prefix: Arc<str>,
+    keys: Arc<Keys>,
     target: Arc<str>,
-    breaker_open_until_ms: Arc<AtomicU64>,
+    deadline: Duration,
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCache").field("target", &self.target).field("prefix", &self.prefix).finish()
+        f.debug_struct("RedisCache").field("target", &self.target).field("prefix", &self.keys.prefix()).finish()
+    }
+}
+
+/// The circuit breaker: after a failure, calls fail at once until the window has passed. Measured
+/// on the monotonic clock: it is about how long Redis has been failing, not about wall time.
+#[derive(Debug, Default)]
+struct Breaker {
+    open_until_ms: AtomicU64,
+    round_trips: AtomicU64,
+}
+
+fn monotonic_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        monotonic_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn trip(&self) {
+        self.open_until_ms.store(monotonic_ms() + BREAKER_OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn close(&self) {
+        self.open_until_ms.store(0, Ordering::Relaxed);
     }
 }
 
@@ -77,6 +119,12 @@ impl RedisCache {
     /// Redis that is down at start-up does not stop the service (StackExchange's
     /// `abortConnect=False`).
     pub fn new(target: &RedisTarget, instance_name: &str) -> Result<Self, CacheError> {
+        Self::with_deadline(target, instance_name, target.response_timeout)
+    }
+
+    /// Like [`RedisCache::new`] with another per-call deadline (the write-behind consumer's blocking
+    /// reads wait longer than a request may).
+    pub fn with_deadline(target: &RedisTarget, instance_name: &str, deadline: Duration) -> Result<Self, CacheError> {
         let credential = match &target.entra_id {
             Some(client_id) => {
                 tracing::info!(identity = %crate::identity::describe(client_id.as_deref()), "Redis: Entra ID authentication");
@@ -86,7 +134,9 @@ impl RedisCache {
             }
             None => None,
         };
-        Self::with_token_credential(target, instance_name, credential)
+        let mut cache = Self::with_token_credential(target, instance_name, credential)?;
+        cache.deadline = deadline;
+        Ok(cache)
     }
 
     /// Like [`RedisCache::new`], authenticating with tokens from `credential` when one is given
@@ -128,25 +178,26 @@ impl RedisCache {
             .map_err(|e| CacheError::Command(format!("cannot prepare the Redis connection: {e}")))?;
         Ok(Self {
             conn,
-            prefix: Arc::from(instance_name),
+            keys: Arc::new(Keys::new(instance_name)),
             target: Arc::from(target.describe()),
-            breaker_open_until_ms: Arc::new(AtomicU64::new(0)),
+            deadline: target.response_timeout.max(Duration::from_millis(1)),
+            breaker: Arc::default(),
         })
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// `RedisInstanceName`, the prefix of every key.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.keys.prefix()
     }
 
     /// The Redis key that holds cache key `key`: exactly `RedisInstanceName + key`.
     pub fn redis_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    /// The Redis key of the load lock of `key`.
-    pub fn lock_key(&self, key: &str) -> String {
-        format!("{}lock{INTERNAL}{key}", self.prefix)
+        self.keys.entry(key)
     }
 
     /// Where the cache points, without secrets (for logs and health).
@@ -154,12 +205,14 @@ impl RedisCache {
         &self.target
     }
 
-    /// A connection handle, or `Unavailable` at once while the breaker is open.
-    fn connection(&self) -> Result<ConnectionManager, CacheError> {
-        if now_millis() < self.breaker_open_until_ms.load(Ordering::Relaxed) {
-            return Err(CacheError::Unavailable(format!("{} failed moments ago; retrying shortly", self.target)));
-        }
-        Ok(self.conn.clone())
+    /// The longest one call waits.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// How many requests this handle (and its clones) sent to Redis: a pipeline counts once.
+    pub fn round_trips(&self) -> u64 {
+        self.breaker.round_trips.load(Ordering::Relaxed)
     }
 
     fn classify(&self, e: RedisError) -> CacheError {
@@ -169,33 +222,85 @@ impl RedisCache {
             || e.is_connection_refusal()
             || e.is_unrecoverable_error()
         {
-            self.breaker_open_until_ms.store(now_millis() + BREAKER_OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
+            self.breaker.trip();
             CacheError::Unavailable(format!("{}: {e}", self.target))
         } else {
             CacheError::Command(e.to_string())
         }
     }
 
-    /// Reads the entry of `key` in one round trip. `Ok(None)` when nothing (usable) is cached.
-    pub async fn get(&self, key: &str) -> Result<Option<CacheEntry>, CacheError> {
-        let mut conn = self.connection()?;
-        let fields: Result<Vec<Option<String>>, _> =
-            redis::cmd("HMGET").arg(self.redis_key(key)).arg(&entry::FIELDS[..]).query_async(&mut conn).await;
-        match fields {
-            Ok(fields) => Ok(CacheEntry::from_fields(&fields)),
-            // Some other program stored a non-hash under our key: treat it as a miss, the next
-            // write replaces it.
-            Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
-            Err(e) => Err(self.classify(e)),
+    /// Runs one round trip on the shared connection under the deadline, unless the breaker is open.
+    /// A missed deadline or a connection failure opens the breaker.
+    pub(crate) async fn run<T, Fut>(&self, call: impl FnOnce(ConnectionManager) -> Fut) -> Result<T, CacheError>
+    where
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if self.breaker.is_open() {
+            return Err(CacheError::Unavailable(format!("{} failed moments ago; retrying shortly", self.target)));
+        }
+        self.attempt(call).await
+    }
+
+    async fn attempt<T, Fut>(&self, call: impl FnOnce(ConnectionManager) -> Fut) -> Result<T, CacheError>
+    where
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.breaker.round_trips.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.deadline, call(self.conn.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.classify(e)),
+            Err(_) => {
+                self.breaker.trip();
+                Err(CacheError::Unavailable(format!("{} did not answer within {:?}", self.target, self.deadline)))
+            }
         }
     }
 
-    /// Writes `entry` unless Redis holds a newer version. `Ok(true)` when written.
-    pub async fn put(&self, key: &str, entry: &EntryWrite) -> Result<bool, CacheError> {
-        let mut conn = self.connection()?;
+    /// One command under the deadline and the breaker.
+    pub(crate) async fn query<T: FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T, CacheError> {
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await }).await
+    }
+
+    /// One pipeline (one round trip) under the deadline and the breaker.
+    pub(crate) async fn query_pipeline<T: FromRedisValue + Send + 'static>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, CacheError> {
+        self.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await
+    }
+
+    /// One script invocation under the deadline and the breaker.
+    pub(crate) async fn invoke<T: FromRedisValue + Send + 'static>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, CacheError> {
+        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await
+    }
+
+    /// Reads the entry of `key` in one round trip. `Ok(None)` when nothing (usable) is cached.
+    pub async fn get(&self, key: &str) -> Result<Option<CacheEntry>, CacheError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.redis_key(key)).arg(&entry::FIELDS[..]);
+        let fields = self
+            .run(|mut conn| async move {
+                match cmd.query_async::<Vec<Option<String>>>(&mut conn).await {
+                    Ok(fields) => Ok(Some(fields)),
+                    // Not a cache entry under this key (see `keys`): a miss that is never cached over.
+                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(fields.and_then(|fields| CacheEntry::from_fields(&fields)))
+    }
+
+    /// Writes `entry` unless Redis holds a newer version, or the key is not a cache entry.
+    pub async fn put(&self, key: &str, entry: &EntryWrite, now: Timestamp) -> Result<Put, CacheError> {
         let data = entry.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
-        let stale_until = entry.stale_until_ms.max(entry.fresh_until_ms).max(now_millis() + 1);
-        let written: Result<i64, _> = scripts::PUT_IF_NOT_OLDER
+        let now_ms = now.as_millis();
+        let stale_until = entry.stale_until_ms.max(entry.fresh_until_ms).max(now_ms + 1);
+        let mut invocation = scripts::PUT_IF_NOT_OLDER.prepare_invoke();
+        invocation
             .key(self.redis_key(key))
             .arg(entry.version)
             .arg(data)
@@ -204,24 +309,26 @@ impl RedisCache {
             .arg(stale_until)
             .arg(if entry.value.is_none() { "1" } else { "0" })
             .arg(if entry.fail_safe { "1" } else { "0" })
-            .invoke_async(&mut conn)
-            .await;
-        written.map(|n| n == 1).map_err(|e| self.classify(e))
+            .arg(now_ms);
+        Ok(match self.invoke::<i64>(&invocation).await? {
+            1 => Put::Written,
+            0 => Put::KeptNewer,
+            _ => Put::NotOurs,
+        })
     }
 
     /// The cross-process stampede gate: returns a fresh entry if one appeared, or takes the
     /// load lock of `key` for `lock_ttl` if it is free.
-    pub async fn load_gate(&self, key: &str, token: &str, lock_ttl: Duration) -> Result<Gate, CacheError> {
-        let mut conn = self.connection()?;
-        let reply: Result<Vec<redis::Value>, _> = scripts::LOAD_GATE
-            .key(self.redis_key(key))
-            .key(self.lock_key(key))
-            .arg(now_millis())
-            .arg(token)
-            .arg(lock_ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await;
-        let reply = reply.map_err(|e| self.classify(e))?;
+    pub async fn load_gate(
+        &self,
+        key: &str,
+        token: &str,
+        lock_ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Gate, CacheError> {
+        let mut invocation = scripts::LOAD_GATE.prepare_invoke();
+        invocation.key(self.redis_key(key)).arg(now.as_millis()).arg(token).arg(lock_ttl.as_millis() as u64);
+        let reply: Vec<redis::Value> = self.invoke(&invocation).await?;
         let as_text = |v: &redis::Value| -> Option<String> {
             match v {
                 redis::Value::BulkString(b) if !b.is_empty() => String::from_utf8(b.clone()).ok(),
@@ -232,42 +339,63 @@ impl RedisCache {
         match reply.first() {
             Some(redis::Value::Int(1)) => {
                 let fields: Vec<Option<String>> = reply[1..].iter().map(as_text).collect();
-                Ok(CacheEntry::from_fields(&fields).map(Gate::Fresh).unwrap_or(Gate::Acquired))
+                // An unreadable entry is not a lock: treat it as held by nobody we can see.
+                Ok(CacheEntry::from_fields(&fields).map(Gate::Fresh).unwrap_or(Gate::Busy))
             }
             Some(redis::Value::Int(2)) => Ok(Gate::Acquired),
+            Some(redis::Value::Int(4)) => Ok(Gate::NotOurs),
             _ => Ok(Gate::Busy),
         }
     }
 
     /// Releases the load lock of `key` if `token` still owns it.
     pub async fn unlock(&self, key: &str, token: &str) -> Result<(), CacheError> {
-        let mut conn = self.connection()?;
-        let released: Result<i64, _> = scripts::UNLOCK.key(self.lock_key(key)).arg(token).invoke_async(&mut conn).await;
-        released.map(|_| ()).map_err(|e| self.classify(e))
+        let mut invocation = scripts::UNLOCK.prepare_invoke();
+        invocation.key(self.redis_key(key)).arg(token).arg("lk").arg("lkx");
+        self.invoke::<i64>(&invocation).await.map(|_| ())
     }
 
-    /// Round trip to Redis, ignoring the breaker (health checks must see recovery).
+    /// Round trip to Redis, ignoring the breaker (health checks must see recovery), under the
+    /// deadline.
     pub async fn ping(&self) -> Result<Duration, CacheError> {
-        let mut conn = self.conn.clone();
         let started = Instant::now();
-        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-        match pong {
-            Ok(_) => {
-                self.breaker_open_until_ms.store(0, Ordering::Relaxed);
-                Ok(started.elapsed())
-            }
-            Err(e) => Err(self.classify(e)),
-        }
+        let pong: String =
+            self.attempt(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
+        let _ = pong;
+        self.breaker.close();
+        Ok(started.elapsed())
     }
 
-    /// The shared connection, for modules that run their own commands (streams, sorted sets).
-    pub fn raw_connection(&self) -> Result<ConnectionManager, CacheError> {
-        self.connection()
+    /// The Redis type of an internal or cache key (`none` when absent).
+    pub async fn key_type(&self, redis_key: &str) -> Result<String, CacheError> {
+        let mut cmd = redis::cmd("TYPE");
+        cmd.arg(redis_key);
+        self.query(cmd).await
     }
 
-    /// Maps a Redis error from [`RedisCache::raw_connection`] use, tripping the breaker when the
-    /// connection failed.
-    pub fn map_error(&self, e: RedisError) -> CacheError {
-        self.classify(e)
+    /// Takes (or renews) a standalone lock key for `ttl` unless someone else holds it.
+    pub async fn lease(&self, lock_key: &str, token: &str, ttl: Duration) -> Result<bool, CacheError> {
+        let mut invocation = scripts::LEASE.prepare_invoke();
+        invocation.key(lock_key).arg(token).arg(ttl.as_millis().max(1) as u64);
+        self.invoke::<i64>(&invocation).await.map(|n| n == 1)
     }
+
+    /// `SET lock token NX PX ttl` on a standalone lock key; true when taken.
+    pub async fn try_lock(&self, lock_key: &str, token: &str, ttl: Duration) -> Result<bool, CacheError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(lock_key).arg(token).arg("NX").arg("PX").arg(ttl.as_millis().max(1) as u64);
+        self.query::<Option<String>>(cmd).await.map(|reply| reply.is_some())
+    }
+
+    /// Releases a standalone lock key if `token` still owns it.
+    pub async fn release(&self, lock_key: &str, token: &str) -> Result<(), CacheError> {
+        let mut invocation = scripts::RELEASE.prepare_invoke();
+        invocation.key(lock_key).arg(token);
+        self.invoke::<i64>(&invocation).await.map(|_| ())
+    }
+}
+
+/// A random token for a lock: 128 bits, as hex.
+pub(crate) fn lock_token() -> String {
+    format!("{:032x}", fastrand::u128(..))
 }

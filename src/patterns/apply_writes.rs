@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::Patterns;
 use crate::key::Key;
-use crate::queue::{Op, WriteEvent};
+use crate::queue::{EventError, Op, WriteEvent};
 use crate::store::{Applied, Change};
 
 /// A message as a queue delivered it.
@@ -107,8 +107,15 @@ impl Patterns {
         // Newest delivery index per key.
         let mut newest: HashMap<String, (usize, WriteEvent, Key)> = HashMap::new();
         let mut parsed_keys: Vec<Option<String>> = vec![None; deliveries.len()];
+        let now = self.now();
         for (i, delivery) in deliveries.iter().enumerate() {
             let parsed = WriteEvent::parse(&delivery.raw).and_then(|event| event.key().map(|key| (event, key)));
+            // A version no sane clock issued would block every later write of the key (and,
+            // followed, every write of the instance): it is never applied.
+            let parsed = parsed.and_then(|(event, key)| match crate::version::is_plausible(event.version, now) {
+                Ok(()) => Ok((event, key)),
+                Err(why) => Err(EventError::ImplausibleVersion(why)),
+            });
             match parsed {
                 Err(e) => outcomes[i] = Some(Outcome::Poison { reason: e.to_string() }),
                 Ok((event, key)) => {
@@ -185,28 +192,23 @@ impl Patterns {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self
-                .with_store_timeout(
-                    "applying a queued write",
-                    self.store.apply(key.as_str(), event.version, change.clone()),
-                )
-                .await
-            {
+            match self.store_apply(key, event.version, change.clone(), "applying a queued write").await {
                 Ok(Applied::Yes) => {
-                    self.clock.observe(event.version);
+                    // Plausible by now (checked when the batch was read).
+                    let _ = self.clock.observe(event.version);
                     let entry = match &change {
-                        Change::Upsert(value) => self.policy.value_entry(value.clone(), event.version),
-                        Change::Delete => self.policy.negative_entry(event.version),
+                        Change::Upsert(value) => self.policy.value_entry(value.clone(), event.version, self.now()),
+                        Change::Delete => self.policy.negative_entry(event.version, self.now()),
                     };
                     self.cache_quietly(key, &entry).await;
                     return Outcome::Applied;
                 }
                 Ok(Applied::Stale { current }) => {
-                    tracing::debug!(key = %key, version = event.version, current, "queued write is older than the store; skipped");
+                    tracing::debug!(key = ?key.as_str(), version = event.version, current, "queued write is older than the store; skipped");
                     return Outcome::Stale;
                 }
                 Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
-                    tracing::debug!(key = %key, attempts, error = %e, "store failed; retrying the queued write");
+                    tracing::debug!(key = ?key.as_str(), attempts, error = %e, "store failed; retrying the queued write");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }

@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Patterns, random_u64};
-use crate::cache::{CacheEntry, EntryWrite, Gate};
+use super::Patterns;
+use crate::cache::{CacheEntry, EntryWrite, Gate, Put, lock_token};
 use crate::key::Key;
 use crate::store::StoreError;
-use crate::version::now_millis;
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,10 +117,10 @@ impl Patterns {
     /// Cache-Aside read of `key`.
     pub async fn cache_aside_get(&self, key: &Key) -> Result<Lookup, ReadError> {
         match self.cache.get(key.as_str()).await {
-            Ok(Some(entry)) if entry.is_fresh(now_millis()) => Ok(Lookup::from_entry(&entry)),
+            Ok(Some(entry)) if entry.is_fresh(self.now().as_millis()) => Ok(Lookup::from_entry(&entry)),
             Ok(stale) => self.load(key, stale).await,
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "cache unavailable; reading the store directly");
+                tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable; reading the store directly");
                 self.load_bypassing_cache(key).await
             }
         }
@@ -134,27 +133,31 @@ impl Patterns {
     }
 
     async fn gated_load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
-        let token = format!("{:016x}{:08x}", random_u64(), std::process::id());
+        let token = lock_token();
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.cache.load_gate(key.as_str(), &token, self.policy.lock_ttl).await {
+            match self.cache.load_gate(key.as_str(), &token, self.policy.lock_ttl, self.now()).await {
                 Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(&entry)),
                 Ok(Gate::Acquired) => return self.load_holding_lock(key, stale, token).await,
+                Ok(Gate::NotOurs) => {
+                    tracing::warn!(key = ?key.as_str(), "the Redis key of this cache key holds data that is not a cache entry; reading the store without caching");
+                    return self.load_from_store(key, None, false).await.map(bypassed);
+                }
                 Ok(Gate::Busy) => {
                     if let Some(stale) = self.soft_timed_out(&stale, started.elapsed()) {
-                        tracing::debug!(key = %key, "another caller's load is slow; serving the stale value (fail-safe)");
+                        tracing::debug!(key = ?key.as_str(), "another caller's load is slow; serving the stale value (fail-safe)");
                         return Ok(Lookup::stale(stale));
                     }
                     if started.elapsed() >= self.policy.lock_wait {
-                        tracing::debug!(key = %key, "another process is still loading; reading the store too");
+                        tracing::debug!(key = ?key.as_str(), "another process is still loading; reading the store too");
                         return self.load_from_store(key, stale, true).await;
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
                 Err(e) => {
-                    tracing::warn!(key = %key, error = %e, "cache unavailable during a load; reading the store directly");
+                    tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable during a load; reading the store directly");
                     return self.load_from_store(key, stale, false).await.map(bypassed);
                 }
             }
@@ -164,7 +167,7 @@ impl Patterns {
     /// The stale value to serve because waiting for the store took `waited` already, if any.
     fn soft_timed_out<'a>(&self, stale: &'a Option<CacheEntry>, waited: Duration) -> Option<&'a CacheEntry> {
         let soft = self.policy.soft_timeout;
-        stale.as_ref().filter(|s| !soft.is_zero() && waited >= soft && now_millis() < s.stale_until_ms)
+        stale.as_ref().filter(|s| !soft.is_zero() && waited >= soft && self.now().as_millis() < s.stale_until_ms)
     }
 
     /// Reads the store while holding the load lock of `key`, and releases it when the store answered.
@@ -178,7 +181,8 @@ impl Patterns {
         token: String,
     ) -> Result<Lookup, ReadError> {
         let soft = self.policy.soft_timeout;
-        let fallback = stale.clone().filter(|s| !soft.is_zero() && now_millis() < s.stale_until_ms);
+        let now = self.now().as_millis();
+        let fallback = stale.clone().filter(|s| !soft.is_zero() && now < s.stale_until_ms);
         let Some(fallback) = fallback else {
             let result = self.load_from_store(key, stale, true).await;
             self.unlock_quietly(key, &token).await;
@@ -196,7 +200,7 @@ impl Patterns {
                 Err(ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}"))))
             }
             Err(_) => {
-                tracing::warn!(key = %key, soft_timeout = ?soft, "store slower than the soft timeout; serving the stale value while the load goes on (fail-safe)");
+                tracing::warn!(key = ?key.as_str(), soft_timeout = ?soft, "store slower than the soft timeout; serving the stale value while the load goes on (fail-safe)");
                 Ok(Lookup::stale(&fallback))
             }
         }
@@ -204,7 +208,7 @@ impl Patterns {
 
     async fn unlock_quietly(&self, key: &Key, token: &str) {
         if let Err(e) = self.cache.unlock(key.as_str(), token).await {
-            tracing::debug!(key = %key, error = %e, "could not release the load lock; it expires by itself");
+            tracing::debug!(key = ?key.as_str(), error = %e, "could not release the load lock; it expires by itself");
         }
     }
 
@@ -227,8 +231,8 @@ impl Patterns {
                     None => (None, 0),
                 };
                 let entry = match &value {
-                    Some(v) => self.policy.value_entry(v.clone(), version),
-                    None => self.policy.negative_entry(version),
+                    Some(v) => self.policy.value_entry(v.clone(), version, self.now()),
+                    None => self.policy.negative_entry(version, self.now()),
                 };
                 if cache_it {
                     self.cache_quietly(key, &entry).await;
@@ -242,10 +246,10 @@ impl Patterns {
                     fresh_until_ms: cache_it.then_some(entry.fresh_until_ms),
                 })
             }
-            Err(e) => match stale.filter(|s| now_millis() < s.stale_until_ms) {
+            Err(e) => match stale.filter(|s| self.now().as_millis() < s.stale_until_ms) {
                 Some(stale) if cache_it => {
-                    tracing::warn!(key = %key, error = %e, version = stale.version, "store failed; serving the stale cached value (fail-safe)");
-                    let now = now_millis();
+                    tracing::warn!(key = ?key.as_str(), error = %e, version = stale.version, "store failed; serving the stale cached value (fail-safe)");
+                    let now = self.now().as_millis();
                     let throttled = EntryWrite {
                         value: stale.value.clone(),
                         version: stale.version,
@@ -265,14 +269,18 @@ impl Patterns {
 
     /// Writes a cache entry; a failure is logged, never returned (the store already answered).
     pub(crate) async fn cache_quietly(&self, key: &Key, entry: &EntryWrite) -> bool {
-        match self.cache.put(key.as_str(), entry).await {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::debug!(key = %key, version = entry.version, "cache holds a newer version; kept it");
+        match self.cache.put(key.as_str(), entry, self.now()).await {
+            Ok(Put::Written) => true,
+            Ok(Put::KeptNewer) => {
+                tracing::debug!(key = ?key.as_str(), version = entry.version, "cache holds a newer version; kept it");
+                false
+            }
+            Ok(Put::NotOurs) => {
+                tracing::warn!(key = ?key.as_str(), "the Redis key of this cache key holds data that is not a cache entry; not cached");
                 false
             }
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "could not update the cache");
+                tracing::warn!(key = ?key.as_str(), error = %e, "could not update the cache");
                 false
             }
         }

@@ -13,19 +13,19 @@ pub mod single_flight;
 pub mod write_behind;
 pub mod write_through;
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::cache::{EntryWrite, RedisCache};
+use crate::clock::{Clock, Timestamp};
 use crate::queue::WriteQueue;
 use crate::queue::dead_letter::DeadLetters;
 use crate::queue::redis_streams::RedisStreamQueue;
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
-use crate::version::{HybridClock, now_millis};
+use crate::version::HybridClock;
 
 pub use cache_aside::{CacheStatus, Lookup, ReadError, Source};
 pub use write_through::{WriteError, Written};
@@ -70,12 +70,13 @@ impl CachePolicy {
         }
     }
 
-    /// A cache write of `value` at `version`, with a jittered TTL and the fail-safe window.
-    pub fn value_entry(&self, value: Value, version: u64) -> EntryWrite {
-        let now = now_millis();
+    /// A cache write of `value` at `version` made at `now`, with a jittered TTL and the fail-safe
+    /// window.
+    pub fn value_entry(&self, value: Value, version: u64, now: Timestamp) -> EntryWrite {
+        let now = now.as_millis();
         let ttl_ms = self.ttl.as_millis() as u64;
         let jitter_ms = ttl_ms * u64::from(self.jitter_percent) / 100;
-        let fresh_until_ms = now + ttl_ms + if jitter_ms > 0 { random_u64() % (jitter_ms + 1) } else { 0 };
+        let fresh_until_ms = now + ttl_ms + fastrand::u64(..=jitter_ms);
         EntryWrite {
             value: Some(value),
             version,
@@ -89,8 +90,8 @@ impl CachePolicy {
     /// A cache write recording that the key does not exist (as of `version`, 0 if never written).
     /// It is kept a few seconds past its TTL so that a slow reader holding an older value cannot
     /// re-cache it right after a delete.
-    pub fn negative_entry(&self, version: u64) -> EntryWrite {
-        let now = now_millis();
+    pub fn negative_entry(&self, version: u64, now: Timestamp) -> EntryWrite {
+        let now = now.as_millis();
         let fresh_until_ms = now + self.negative_ttl.as_millis() as u64;
         EntryWrite {
             value: None,
@@ -114,23 +115,48 @@ pub struct Patterns {
     pub(crate) queue: Arc<dyn WriteQueue>,
     pub(crate) dead_letters: DeadLetters,
     pub(crate) refresh: Arc<refresh_ahead::RefreshAhead>,
+    pub(crate) write_health: Arc<WriteHealth>,
+}
+
+/// The last store write failure, until a write succeeds again: `Health` reports the store down
+/// while writes fail, even if a small probe write still gets through (a full disk).
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth {
+    last_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl WriteHealth {
+    fn record(&self, result: &Result<crate::store::Applied, StoreError>) {
+        let mut last = self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match result {
+            Ok(_) => *last = None,
+            Err(e) => *last = Some((std::time::Instant::now(), e.to_string())),
+        }
+    }
+
+    /// The failure of the last write, if it failed within `window`.
+    pub(crate) fn failing_within(&self, window: Duration) -> Option<String> {
+        let last = self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.as_ref().filter(|(at, _)| at.elapsed() <= window).map(|(_, why)| why.clone())
+    }
 }
 
 impl Patterns {
     /// Wires the patterns to a cache and a store, with the default write-behind queue (a Redis
-    /// Stream next to the cache).
-    pub fn new(cache: RedisCache, store: Arc<dyn Store>, policy: CachePolicy) -> Self {
+    /// Stream next to the cache), on `time`.
+    pub fn new(cache: RedisCache, store: Arc<dyn Store>, policy: CachePolicy, time: Arc<dyn Clock>) -> Self {
         let queue = Arc::new(RedisStreamQueue::new(cache.clone()));
-        let dead_letters = DeadLetters::new(cache.clone(), cache.prefix());
+        let dead_letters = DeadLetters::new(cache.clone(), time.clone());
         Self {
             cache,
             store,
-            clock: Arc::new(HybridClock::new()),
+            clock: Arc::new(HybridClock::new(time)),
             policy: Arc::new(policy),
             loads: Arc::default(),
             queue,
             dead_letters,
             refresh: Arc::default(),
+            write_health: Arc::default(),
         }
     }
 
@@ -166,8 +192,31 @@ impl Patterns {
     }
 
     /// The version clock.
-    pub fn clock(&self) -> &HybridClock {
+    pub fn clock(&self) -> &Arc<HybridClock> {
         &self.clock
+    }
+
+    /// Now, from the injected time source.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Why store writes are failing, if the last one failed within `window` (for `Health`).
+    pub fn store_write_failure(&self, window: Duration) -> Option<String> {
+        self.write_health.failing_within(window)
+    }
+
+    /// A versioned store write under the policy's timeout, recorded for `Health`.
+    pub(crate) async fn store_apply(
+        &self,
+        key: &crate::key::Key,
+        version: u64,
+        change: crate::store::Change,
+        what: &str,
+    ) -> Result<crate::store::Applied, StoreError> {
+        let result = self.with_store_timeout(what, self.store.apply(key.as_str(), version, change)).await;
+        self.write_health.record(&result);
+        result
     }
 
     /// Runs a store call under the policy's timeout; a timeout is an `Unavailable` error.
@@ -181,12 +230,4 @@ impl Patterns {
             Err(_) => Err(StoreError::unavailable(format!("{what} took longer than {:?}", self.policy.store_timeout))),
         }
     }
-}
-
-/// A random number from the standard library's per-process random hashing keys (no extra crate;
-/// good enough for TTL jitter and lock tokens, not for cryptography).
-pub(crate) fn random_u64() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(crate::version::now_micros());
-    hasher.finish()
 }

@@ -23,15 +23,20 @@ pub struct Accepted {
 impl Patterns {
     /// Write-Behind of `change` to `key`.
     pub async fn write_behind(&self, key: &Key, change: Change) -> Result<Accepted, QueueError> {
-        if let Ok(Some(cached)) = self.cache.get(key.as_str()).await {
-            self.clock.observe(cached.version);
+        if let Ok(Some(cached)) = self.cache.get(key.as_str()).await
+            && let Err(reason) = self.clock.observe(cached.version)
+        {
+            tracing::warn!(key = ?key.as_str(), version = cached.version, %reason, "the cached version of this key is implausible; not following it");
         }
         let version = self.clock.next();
         let (event, entry) = match change {
-            Change::Upsert(value) => {
-                (WriteEvent::upsert(key, value.clone(), version), self.policy.value_entry(value, version))
+            Change::Upsert(value) => (
+                WriteEvent::upsert(key, value.clone(), version, self.now()),
+                self.policy.value_entry(value, version, self.now()),
+            ),
+            Change::Delete => {
+                (WriteEvent::delete(key, version, self.now()), self.policy.negative_entry(version, self.now()))
             }
-            Change::Delete => (WriteEvent::delete(key, version), self.policy.negative_entry(version)),
         };
         self.queue.publish(&event).await?;
         let cached = self.cache_quietly(key, &entry).await;

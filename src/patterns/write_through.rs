@@ -33,6 +33,17 @@ pub enum WriteError {
     /// The store kept finding newer versions (writers with far-ahead clocks).
     #[error("the store kept holding newer versions of this key; try again")]
     Contended,
+    /// The store holds a version of this key that no sane clock issued (far in the future, or past
+    /// what stores hold); no write can be newer, and the clock must not follow it.
+    #[error(
+        "the store holds version {current} of this key, which is not plausible ({reason}); the key cannot be written until the stored item is repaired"
+    )]
+    StoredVersionImplausible {
+        /// The stored version.
+        current: u64,
+        /// Why it is not plausible.
+        reason: crate::version::Implausible,
+    },
 }
 
 impl Patterns {
@@ -40,8 +51,8 @@ impl Patterns {
     pub async fn write_through(&self, key: &Key, change: Change) -> Result<Written, WriteError> {
         let version = self.apply_versioned(key, &change).await?;
         let entry = match change {
-            Change::Upsert(value) => self.policy.value_entry(value, version),
-            Change::Delete => self.policy.negative_entry(version),
+            Change::Upsert(value) => self.policy.value_entry(value, version, self.now()),
+            Change::Delete => self.policy.negative_entry(version, self.now()),
         };
         let cached = self.cache_quietly(key, &entry).await;
         Ok(Written { version, cached })
@@ -51,14 +62,14 @@ impl Patterns {
     pub(crate) async fn apply_versioned(&self, key: &Key, change: &Change) -> Result<u64, WriteError> {
         for _ in 0..MAX_VERSION_RETRIES {
             let version = self.clock.next();
-            match self
-                .with_store_timeout("writing to the store", self.store.apply(key.as_str(), version, change.clone()))
-                .await?
-            {
+            match self.store_apply(key, version, change.clone(), "writing to the store").await? {
                 Applied::Yes => return Ok(version),
                 Applied::Stale { current } => {
-                    tracing::debug!(key = %key, version, current, "store holds a newer version; moving the clock past it");
-                    self.clock.observe(current);
+                    tracing::debug!(key = ?key.as_str(), version, current, "store holds a newer version; moving the clock past it");
+                    if let Err(reason) = self.clock.observe(current) {
+                        tracing::error!(key = ?key.as_str(), current, %reason, "the store holds an implausible version of this key; refusing to follow it");
+                        return Err(WriteError::StoredVersionImplausible { current, reason });
+                    }
                 }
             }
         }

@@ -1,14 +1,17 @@
 //! The dead-letter stream: writes that could not be applied, kept with the reason, never dropped.
 //!
-//! Stream key `RedisInstanceName + "deadletter"`; each entry has the fields `event` (the original
+//! Stream key `RedisInstanceName + "\x1fdeadletter"` (internal: no key can reach it); each entry has the fields `event` (the original
 //! message text, exactly as received), `reason`, `source` (where it came from: stream entry id, or
 //! Event Hubs partition and sequence number), `attempts` and `failedAt` (RFC 3339). Entries stay
 //! until someone replays or discards them (the `DeadLetters` function).
 
+use std::sync::Arc;
+
+use redis::Value;
 use redis::streams::{StreamId, StreamRangeReply};
-use redis::{RedisError, Value};
 
 use crate::cache::{CacheError, RedisCache};
+use crate::clock::Clock;
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,12 +36,23 @@ pub struct DeadLetter {
 pub struct DeadLetters {
     cache: RedisCache,
     key: String,
+    time: Arc<dyn Clock>,
+}
+
+/// A stream entry id as Redis writes them: `<ms>-<seq>`. Anything else is refused before it reaches
+/// Redis, so a mistyped id is a clear `400`, not a Redis error that looks like an outage.
+pub fn parse_id(raw: &str) -> Option<String> {
+    let (ms, seq) = raw.trim().split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(ms) && digits(seq) && ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+        .then(|| format!("{ms}-{seq}"))
 }
 
 impl DeadLetters {
     /// The dead-letter stream next to `cache`'s keys.
-    pub fn new(cache: RedisCache, instance_name: &str) -> Self {
-        Self { cache, key: format!("{instance_name}deadletter") }
+    pub fn new(cache: RedisCache, time: Arc<dyn Clock>) -> Self {
+        let key = cache.keys().dead_letter_stream();
+        Self { cache, key, time }
     }
 
     /// The stream's Redis key.
@@ -49,10 +63,9 @@ impl DeadLetters {
     /// Records a message that could not be applied. An error means it was NOT recorded: the caller
     /// must then keep the message (not acknowledge it) or fail the invocation.
     pub async fn record(&self, event: &str, reason: &str, source: &str, attempts: u64) -> Result<String, CacheError> {
-        let mut conn = self.cache.raw_connection()?;
-        let failed_at = crate::version::rfc3339_now();
-        let id: Result<String, RedisError> = redis::cmd("XADD")
-            .arg(&self.key)
+        let failed_at = self.time.now().rfc3339();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.key)
             .arg("*")
             .arg("event")
             .arg(event)
@@ -63,50 +76,70 @@ impl DeadLetters {
             .arg("attempts")
             .arg(attempts)
             .arg("failedAt")
-            .arg(&failed_at)
-            .query_async(&mut conn)
-            .await;
-        let id = id.map_err(|e| self.cache.map_error(e))?;
-        tracing::warn!(id = %id, source, reason, "write dead-lettered");
+            .arg(&failed_at);
+        let id: String = self.cache.query(cmd).await?;
+        tracing::warn!(id = %id, source = ?source, reason = ?reason, "write dead-lettered");
         Ok(id)
+    }
+
+    /// Copies a dead letter as it is (from an older release's stream); returns its new id.
+    pub(crate) async fn record_as_is(&self, letter: &DeadLetter) -> Result<String, CacheError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.key)
+            .arg("*")
+            .arg("event")
+            .arg(&letter.event)
+            .arg("reason")
+            .arg(&letter.reason)
+            .arg("source")
+            .arg(&letter.source)
+            .arg("attempts")
+            .arg(letter.attempts)
+            .arg("failedAt")
+            .arg(&letter.failed_at);
+        self.cache.query(cmd).await
     }
 
     /// Up to `count` dead letters, oldest first, starting after `after` (an id) if given.
     pub async fn list(&self, count: usize, after: Option<&str>) -> Result<Vec<DeadLetter>, CacheError> {
-        let mut conn = self.cache.raw_connection()?;
-        let start = after.map(|id| format!("({id}")).unwrap_or_else(|| "-".to_string());
-        let reply: Result<StreamRangeReply, RedisError> = redis::cmd("XRANGE")
-            .arg(&self.key)
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await;
-        Ok(reply.map_err(|e| self.cache.map_error(e))?.ids.iter().map(to_dead_letter).collect())
+        list_stream(&self.cache, &self.key, count, after).await
     }
 
     /// The dead letter with `id`, if it exists.
     pub async fn get(&self, id: &str) -> Result<Option<DeadLetter>, CacheError> {
-        let mut conn = self.cache.raw_connection()?;
-        let reply: Result<StreamRangeReply, RedisError> =
-            redis::cmd("XRANGE").arg(&self.key).arg(id).arg(id).query_async(&mut conn).await;
-        Ok(reply.map_err(|e| self.cache.map_error(e))?.ids.first().map(to_dead_letter))
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&self.key).arg(id).arg(id);
+        let reply: StreamRangeReply = self.cache.query(cmd).await?;
+        Ok(reply.ids.first().map(to_dead_letter))
     }
 
     /// Removes a dead letter (after a replay, or to discard it). `Ok(false)` if it was not there.
     pub async fn remove(&self, id: &str) -> Result<bool, CacheError> {
-        let mut conn = self.cache.raw_connection()?;
-        let removed: Result<i64, RedisError> = redis::cmd("XDEL").arg(&self.key).arg(id).query_async(&mut conn).await;
-        Ok(removed.map_err(|e| self.cache.map_error(e))? > 0)
+        let mut cmd = redis::cmd("XDEL");
+        cmd.arg(&self.key).arg(id);
+        Ok(self.cache.query::<i64>(cmd).await? > 0)
     }
 
     /// How many dead letters there are.
     pub async fn count(&self) -> Result<u64, CacheError> {
-        let mut conn = self.cache.raw_connection()?;
-        let n: Result<u64, RedisError> = redis::cmd("XLEN").arg(&self.key).query_async(&mut conn).await;
-        n.map_err(|e| self.cache.map_error(e))
+        let mut cmd = redis::cmd("XLEN");
+        cmd.arg(&self.key);
+        self.cache.query(cmd).await
     }
+}
+
+/// Up to `count` entries of the dead-letter-shaped stream `key`, after `after` if given.
+pub(crate) async fn list_stream(
+    cache: &RedisCache,
+    key: &str,
+    count: usize,
+    after: Option<&str>,
+) -> Result<Vec<DeadLetter>, CacheError> {
+    let start = after.map(|id| format!("({id}")).unwrap_or_else(|| "-".to_string());
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+    let reply: StreamRangeReply = cache.query(cmd).await?;
+    Ok(reply.ids.iter().map(to_dead_letter).collect())
 }
 
 fn field(entry: &StreamId, name: &str) -> String {
@@ -126,5 +159,19 @@ fn to_dead_letter(entry: &StreamId) -> DeadLetter {
         source: field(entry, "source"),
         attempts: field(entry, "attempts").parse().unwrap_or(0),
         failed_at: field(entry, "failedAt"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn only_stream_ids_are_ids() {
+        assert_eq!(parse_id("1700000000000-0").as_deref(), Some("1700000000000-0"));
+        assert_eq!(parse_id(" 1-2 ").as_deref(), Some("1-2"));
+        for bad in ["abc", "1", "1-", "-1", "1-2-3", "1-x", "\u{ff}", "99999999999999999999999-0", "+1-0", "1 -0"] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
     }
 }

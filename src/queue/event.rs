@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::clock::Timestamp;
 use crate::key::Key;
 
 /// What the write does.
@@ -48,23 +49,20 @@ pub enum EventError {
     /// An upsert without a value.
     #[error("an upsert event has no value")]
     MissingValue,
+    /// A version no sane clock issued (see `crate::version::is_plausible`).
+    #[error("the event's version is implausible: {0}")]
+    ImplausibleVersion(#[source] crate::version::Implausible),
 }
 
 impl WriteEvent {
-    /// An upsert of `value` at `version`, accepted now.
-    pub fn upsert(key: &Key, value: Value, version: u64) -> Self {
-        Self {
-            key: key.as_str().to_string(),
-            op: Op::Upsert,
-            value: Some(value),
-            version,
-            ts: crate::version::rfc3339_now(),
-        }
+    /// An upsert of `value` at `version`, accepted at `now`.
+    pub fn upsert(key: &Key, value: Value, version: u64, now: Timestamp) -> Self {
+        Self { key: key.as_str().to_string(), op: Op::Upsert, value: Some(value), version, ts: now.rfc3339() }
     }
 
-    /// A delete at `version`, accepted now.
-    pub fn delete(key: &Key, version: u64) -> Self {
-        Self { key: key.as_str().to_string(), op: Op::Delete, value: None, version, ts: crate::version::rfc3339_now() }
+    /// A delete at `version`, accepted at `now`.
+    pub fn delete(key: &Key, version: u64, now: Timestamp) -> Self {
+        Self { key: key.as_str().to_string(), op: Op::Delete, value: None, version, ts: now.rfc3339() }
     }
 
     /// The JSON text of the event.
@@ -97,16 +95,16 @@ mod tests {
     #[test]
     fn round_trips_and_has_the_documented_shape() {
         let key = Key::new("a/b").unwrap();
-        let event = WriteEvent::upsert(&key, json!({"x": [1, 2]}), 42);
+        let event = WriteEvent::upsert(&key, json!({"x": [1, 2]}), 42, Timestamp::from_millis(1_729_851_600_123));
         let text = event.to_json();
         let raw: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(raw["key"], "a/b");
         assert_eq!(raw["op"], "upsert");
         assert_eq!(raw["value"], json!({"x": [1, 2]}));
         assert_eq!(raw["version"], 42);
-        assert!(raw["ts"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(raw["ts"], "2024-10-25T10:20:00.123Z");
         assert_eq!(WriteEvent::parse(&text).unwrap(), event);
-        let delete = WriteEvent::delete(&key, 43);
+        let delete = WriteEvent::delete(&key, 43, Timestamp::EPOCH);
         assert!(!delete.to_json().contains("value"));
         assert_eq!(WriteEvent::parse(&delete.to_json()).unwrap(), delete);
     }

@@ -344,13 +344,14 @@ mod tests {
     #[test]
     fn encodes_body_partition_key_and_properties() {
         let key = Key::new("user:42/profile").unwrap();
-        let event = WriteEvent::upsert(&key, json!({"name": "Ada"}), 1_730_000_000_000_001);
+        let event =
+            WriteEvent::upsert(&key, json!({"name": "Ada"}), 1_730_000_000_000_001, crate::clock::Timestamp::EPOCH);
         let encoded = encode(&event);
         assert_eq!(encoded.partition_key, "user:42/profile");
         assert_eq!(encoded.content_type, "application/json");
         assert_eq!((encoded.op, encoded.version), ("upsert", 1_730_000_000_000_001));
         assert_eq!(WriteEvent::parse(&encoded.body).unwrap(), event);
-        let delete = encode(&WriteEvent::delete(&key, 7));
+        let delete = encode(&WriteEvent::delete(&key, 7, crate::clock::Timestamp::EPOCH));
         assert_eq!((delete.op, delete.version), ("delete", 7));
     }
 
@@ -381,11 +382,11 @@ mod tests {
         let sender = Arc::new(FakeSender::default());
         let q = queue(&sender);
         let key = Key::new("a b").unwrap();
-        let event = WriteEvent::upsert(&key, json!([1, 2]), 5);
+        let event = WriteEvent::upsert(&key, json!([1, 2]), 5, crate::clock::Timestamp::EPOCH);
         q.publish(&event).await.unwrap();
-        q.publish(&WriteEvent::delete(&key, 6)).await.unwrap();
+        q.publish(&WriteEvent::delete(&key, 6, crate::clock::Timestamp::EPOCH)).await.unwrap();
         let sent = sender.sent.lock().unwrap().clone();
-        assert_eq!(sent, vec![encode(&event), encode(&WriteEvent::delete(&key, 6))]);
+        assert_eq!(sent, vec![encode(&event), encode(&WriteEvent::delete(&key, 6, crate::clock::Timestamp::EPOCH))]);
         assert!(sent.iter().all(|e| e.partition_key == "a b"));
         assert_eq!(q.kind(), "eventhubs");
         q.ping().await.unwrap();
@@ -395,7 +396,7 @@ mod tests {
     async fn a_hung_send_is_unavailable_and_drops_the_connection() {
         let sender = Arc::new(FakeSender { hang: true, ..Default::default() });
         let q = queue(&sender);
-        let event = WriteEvent::delete(&Key::new("k").unwrap(), 1);
+        let event = WriteEvent::delete(&Key::new("k").unwrap(), 1, crate::clock::Timestamp::EPOCH);
         let started = std::time::Instant::now();
         let err = q.publish(&event).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -406,7 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_map_to_unavailable_or_rejected() {
-        let event = WriteEvent::delete(&Key::new("k").unwrap(), 1);
+        let event = WriteEvent::delete(&Key::new("k").unwrap(), 1, crate::clock::Timestamp::EPOCH);
         let cases = [
             (Failure::Busy("server-busy".into()), true, false),
             (Failure::Connection("connection refused".into()), true, true),

@@ -10,6 +10,7 @@
 pub mod dead_letter;
 pub mod event;
 pub mod eventhubs;
+pub mod migrate;
 pub mod redis_streams;
 
 pub use event::{EventError, Op, WriteEvent};
@@ -50,9 +51,26 @@ pub trait WriteQueue: Send + Sync + 'static {
     /// Publishes one event; `Ok` means durably accepted.
     async fn publish(&self, event: &WriteEvent) -> Result<(), QueueError>;
 
-    /// A cheap check that the queue answers (for `Health`).
+    /// A cheap check that the queue answers and can take writes (for `Health`).
     async fn ping(&self) -> Result<(), QueueError>;
+
+    /// What is waiting to be applied, when the queue can tell (for `Health`).
+    async fn backlog(&self) -> Result<Option<Backlog>, QueueError> {
+        Ok(None)
+    }
 
     /// A short name for logs and the health report (`redis-streams`, `eventhubs`).
     fn kind(&self) -> &'static str;
+}
+
+/// What is waiting in the write-behind stream (for `Health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backlog {
+    /// Entries in the stream (not yet applied, or being applied).
+    pub length: u64,
+    /// Entries delivered to a consumer and not yet settled.
+    pub pending: u64,
+    /// When the oldest entry was accepted (ms since the epoch), if any.
+    pub oldest_ms: Option<u64>,
 }

@@ -1,23 +1,28 @@
 //! The default write-behind queue: a Redis Stream, drained in-process by a consumer group.
 //!
-//! * Producer: `XADD RedisInstanceName+"writebehind" * event <json>`; the reply is the durable
-//!   acceptance (as durable as the Redis server's persistence and replication make it).
+//! * Producer: `XADD RedisInstanceName+"\x1fwritebehind" * event <json>` (an internal key: no cache
+//!   key can reach it); the reply is the durable acceptance (as durable as the Redis server's
+//!   persistence and replication make it).
 //! * Consumer ([`StreamConsumer`]): reads batches with `XREADGROUP` in group `appliers`, applies
 //!   them with the same code as `EventHubConsumer`, and `XACK`s + `XDEL`s an entry only once its
 //!   write is in the store (or superseded, or recorded as a dead letter). Entries left pending by a
 //!   consumer that crashed, or that failed transiently, are taken over with `XAUTOCLAIM` once idle
-//!   for `claim_idle`; an entry delivered `max_deliveries` times without success goes to the
-//!   dead-letter stream. So nothing acknowledged to a caller is lost, and nothing blocks the stream.
+//!   for `claim_idle`, so a failing store is retried every `claim_idle`; an entry still failing once
+//!   it has been delivered `max_deliveries` times and is older than `retry_window`
+//!   (`WriteBehindRetryWindowSeconds`) goes to the dead-letter stream, as does at once anything that
+//!   can never be applied. So nothing acknowledged to a caller is lost, a store that is down for a
+//!   while (a full disk, throttling) only delays writes, and nothing blocks the stream.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{RedisError, Value};
+use redis::Value;
 
 use super::dead_letter::DeadLetters;
-use super::{QueueError, WriteEvent, WriteQueue};
+use super::{Backlog, QueueError, WriteEvent, WriteQueue};
 use crate::cache::{CacheError, RedisCache};
+use crate::clock::Timestamp;
 use crate::patterns::Patterns;
 use crate::patterns::apply_writes::{ApplyOptions, ApplyReport, Delivery, Outcome};
 
@@ -32,9 +37,9 @@ pub struct RedisStreamQueue {
 }
 
 impl RedisStreamQueue {
-    /// The stream `RedisInstanceName + "writebehind"` on `cache`'s connection.
+    /// The stream `RedisInstanceName + "\x1fwritebehind"` on `cache`'s connection.
     pub fn new(cache: RedisCache) -> Self {
-        let key = format!("{}writebehind", cache.prefix());
+        let key = cache.keys().write_behind_stream();
         Self { cache, key }
     }
 
@@ -56,14 +61,24 @@ fn queue_error(e: CacheError) -> QueueError {
 #[async_trait]
 impl WriteQueue for RedisStreamQueue {
     async fn publish(&self, event: &WriteEvent) -> Result<(), QueueError> {
-        let mut conn = self.cache.raw_connection().map_err(queue_error)?;
-        let id: Result<String, RedisError> =
-            redis::cmd("XADD").arg(&self.key).arg("*").arg("event").arg(event.to_json()).query_async(&mut conn).await;
-        id.map(|_| ()).map_err(|e| queue_error(self.cache.map_error(e)))
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.key).arg("*").arg("event").arg(event.to_json());
+        self.cache.query::<String>(cmd).await.map(|_| ()).map_err(queue_error)
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        self.cache.ping().await.map(|_| ()).map_err(queue_error)
+        let kind = self.cache.key_type(&self.key).await.map_err(queue_error)?;
+        match kind.as_str() {
+            "stream" | "none" => Ok(()),
+            other => Err(QueueError::Rejected(format!(
+                "the write-behind stream {:?} holds a Redis {other}, not a stream: writes cannot be queued until it is removed",
+                self.key
+            ))),
+        }
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>, QueueError> {
+        backlog(&self.cache, &self.key).await.map(Some).map_err(queue_error)
     }
 
     fn kind(&self) -> &'static str {
@@ -82,8 +97,10 @@ pub struct ConsumerConfig {
     pub block: Duration,
     /// An entry pending this long is taken over (its consumer crashed, or it failed transiently).
     pub claim_idle: Duration,
-    /// After this many deliveries without success an entry is dead-lettered.
+    /// An entry still failing is dead-lettered once it has been delivered this many times...
     pub max_deliveries: u64,
+    /// ...and was accepted at least this long ago (`WriteBehindRetryWindowSeconds`).
+    pub retry_window: Duration,
     /// How keys are applied.
     pub apply: ApplyOptions,
 }
@@ -94,13 +111,14 @@ impl ConsumerConfig {
         let host = std::env::var("WEBSITE_INSTANCE_ID")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "local".into());
-        let short_host: String = host.chars().take(16).collect();
+        let short_host: String = host.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
         Self {
-            name: format!("{short_host}-{}-{:x}", std::process::id(), crate::version::now_micros() & 0xffff_ffff),
+            name: format!("{short_host}-{}-{:08x}", std::process::id(), fastrand::u32(..)),
             batch_size: 100,
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
+            retry_window: Duration::from_secs(3600),
             apply: ApplyOptions { concurrency: 16, budget: Duration::from_secs(5) },
         }
     }
@@ -120,6 +138,33 @@ struct Entry {
     deliveries: u64,
 }
 
+impl Entry {
+    /// When the entry was added: the time part of its id.
+    fn added_at(&self) -> Option<Timestamp> {
+        self.id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).map(Timestamp::from_millis)
+    }
+}
+
+/// The backlog of the stream `key`: its length, pending count and oldest entry, in one pipeline.
+pub(crate) async fn backlog(cache: &RedisCache, key: &str) -> Result<Backlog, CacheError> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.cmd("XLEN").arg(key);
+    pipe.cmd("XPENDING").arg(key).arg(GROUP);
+    pipe.cmd("XRANGE").arg(key).arg("-").arg("+").arg("COUNT").arg(1);
+    let (length, pending, first): (redis::RedisResult<u64>, redis::RedisResult<Value>, redis::RedisResult<Value>) =
+        cache.query_pipeline(pipe).await?;
+    let pending = match pending {
+        Ok(Value::Array(summary)) => summary.first().and_then(as_u64).unwrap_or(0),
+        _ => 0,
+    };
+    let oldest_ms = match &first {
+        Ok(list) => parse_entries(list).first().and_then(|e| e.added_at()).map(Timestamp::as_millis),
+        Err(_) => None,
+    };
+    Ok(Backlog { length: length.unwrap_or(0), pending, oldest_ms })
+}
+
 /// The in-process consumer of the Redis Stream queue.
 pub struct StreamConsumer {
     patterns: Patterns,
@@ -131,18 +176,28 @@ pub struct StreamConsumer {
 }
 
 impl StreamConsumer {
-    /// A consumer applying with `patterns`, reading over `conn` (a dedicated connection).
+    /// A consumer applying with `patterns`, reading over `conn` (a dedicated connection whose
+    /// deadline is longer than `config.block`).
     pub fn new(patterns: Patterns, conn: RedisCache, config: ConsumerConfig) -> Self {
-        let key = format!("{}writebehind", conn.prefix());
-        let dead_letters = DeadLetters::new(conn.clone(), conn.prefix());
+        let key = conn.keys().write_behind_stream();
+        let dead_letters = DeadLetters::new(conn.clone(), patterns.clock().clock().clone());
         Self { patterns, conn, key, dead_letters, config }
     }
 
     /// Runs until the task is dropped or aborted; errors are logged and retried with back-off.
+    /// Streams an older release left behind are moved into this one's first, and again now and
+    /// then (instances of the old release may still be writing during a rolling upgrade).
     pub async fn run(self) {
-        tracing::info!(stream = %self.key, group = GROUP, consumer = %self.config.name, "write-behind consumer started");
+        tracing::info!(stream = ?self.key, group = GROUP, consumer = %self.config.name, "write-behind consumer started");
         let mut pause = Duration::from_millis(200);
+        let mut next_migration = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_migration {
+                match super::migrate::move_legacy(&self.conn, &self.dead_letters).await {
+                    Ok(_) => next_migration = tokio::time::Instant::now() + super::migrate::EVERY,
+                    Err(e) => tracing::debug!(error = %e, "could not check for an older release's streams yet"),
+                }
+            }
             match self.run_once().await {
                 Ok(_) => pause = Duration::from_millis(200),
                 Err(e) => {
@@ -168,35 +223,35 @@ impl StreamConsumer {
     }
 
     async fn ensure_group(&self) -> Result<(), CacheError> {
-        let mut conn = self.conn.raw_connection()?;
-        let created: Result<String, RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.key)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(self.conn.map_error(e)),
-        }
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE").arg(&self.key).arg(GROUP).arg("0").arg("MKSTREAM");
+        let key = self.key.clone();
+        self.conn
+            .run(|mut conn| async move {
+                match cmd.query_async::<String>(&mut conn).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                    Err(e) if e.code() == Some("WRONGTYPE") => Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the write-behind stream key holds another Redis type",
+                        key,
+                    ))),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
     }
 
     async fn claim_idle(&self) -> Result<Vec<Entry>, CacheError> {
-        let mut conn = self.conn.raw_connection()?;
-        let reply: Result<Value, RedisError> = redis::cmd("XAUTOCLAIM")
-            .arg(&self.key)
+        let mut cmd = redis::cmd("XAUTOCLAIM");
+        cmd.arg(&self.key)
             .arg(GROUP)
             .arg(&self.config.name)
             .arg(self.config.claim_idle.as_millis() as u64)
             .arg("0-0")
             .arg("COUNT")
-            .arg(self.config.batch_size)
-            .query_async(&mut conn)
-            .await;
-        let reply = reply.map_err(|e| self.conn.map_error(e))?;
+            .arg(self.config.batch_size);
+        let reply: Value = self.conn.query(cmd).await?;
         let Value::Array(parts) = reply else { return Ok(Vec::new()) };
         let mut entries = parts.get(1).map(parse_entries).unwrap_or_default();
         // Entries deleted from the stream while pending: nothing to apply, just acknowledge them.
@@ -218,17 +273,9 @@ impl StreamConsumer {
     }
 
     async fn delivery_counts(&self) -> Result<HashMap<String, u64>, CacheError> {
-        let mut conn = self.conn.raw_connection()?;
-        let reply: Result<Value, RedisError> = redis::cmd("XPENDING")
-            .arg(&self.key)
-            .arg(GROUP)
-            .arg("-")
-            .arg("+")
-            .arg(self.config.batch_size * 10)
-            .arg(&self.config.name)
-            .query_async(&mut conn)
-            .await;
-        let Value::Array(rows) = reply.map_err(|e| self.conn.map_error(e))? else { return Ok(HashMap::new()) };
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&self.key).arg(GROUP).arg("-").arg("+").arg(self.config.batch_size * 10).arg(&self.config.name);
+        let Value::Array(rows) = self.conn.query::<Value>(cmd).await? else { return Ok(HashMap::new()) };
         Ok(rows
             .iter()
             .filter_map(|row| match row {
@@ -239,9 +286,8 @@ impl StreamConsumer {
     }
 
     async fn read_new(&self) -> Result<Vec<Entry>, CacheError> {
-        let mut conn = self.conn.raw_connection()?;
-        let reply: Result<Value, RedisError> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&self.config.name)
             .arg("COUNT")
@@ -250,12 +296,9 @@ impl StreamConsumer {
             .arg(self.config.block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.key)
-            .arg(">")
-            .query_async(&mut conn)
-            .await;
-        let reply = reply.map_err(|e| self.conn.map_error(e))?;
+            .arg(">");
         // RESP2: [[stream, [[id, [field, value, …]], …]]]; nil when nothing arrived.
-        let Value::Array(streams) = reply else { return Ok(Vec::new()) };
+        let Value::Array(streams) = self.conn.query::<Value>(cmd).await? else { return Ok(Vec::new()) };
         let mut entries = Vec::new();
         for stream in &streams {
             if let Value::Array(pair) = stream
@@ -267,11 +310,21 @@ impl StreamConsumer {
         Ok(entries)
     }
 
+    /// True when a still-failing entry has had its chances: enough deliveries, and older than the
+    /// retry window.
+    fn out_of_retries(&self, entry: &Entry) -> bool {
+        let old_enough = match entry.added_at() {
+            Some(added) => self.patterns.now().since(added) >= self.config.retry_window,
+            None => true,
+        };
+        entry.deliveries >= self.config.max_deliveries && old_enough
+    }
+
     async fn process(&self, entries: Vec<Entry>) -> Result<ApplyReport, CacheError> {
         let mut done: Vec<String> = Vec::new();
         let mut to_apply: Vec<&Entry> = Vec::new();
         for entry in &entries {
-            if entry.deliveries > self.config.max_deliveries {
+            if entry.deliveries > self.config.max_deliveries && self.out_of_retries(entry) {
                 let reason = format!("not applied after {} deliveries", entry.deliveries - 1);
                 if self.dead_letter(entry, &reason).await {
                     done.push(entry.id.clone());
@@ -284,7 +337,7 @@ impl StreamConsumer {
             .iter()
             .map(|e| Delivery {
                 raw: e.event.clone(),
-                source: format!("stream {} entry {}", self.key, e.id),
+                source: format!("stream {:?} entry {}", self.key, e.id),
                 deliveries: e.deliveries,
             })
             .collect();
@@ -296,13 +349,9 @@ impl StreamConsumer {
                     continue;
                 }
                 Outcome::Poison { reason } => reason,
-                Outcome::Failed { reason, transient, .. }
-                    if !*transient || entry.deliveries >= self.config.max_deliveries =>
-                {
-                    reason
-                }
+                Outcome::Failed { reason, transient, .. } if !*transient || self.out_of_retries(entry) => reason,
                 Outcome::Failed { reason, .. } => {
-                    tracing::warn!(id = %entry.id, deliveries = entry.deliveries, reason, "write-behind entry not applied yet; it will be retried");
+                    tracing::warn!(id = %entry.id, deliveries = entry.deliveries, reason = ?reason, "write-behind entry not applied yet; it will be retried");
                     continue;
                 }
                 _ => continue,
@@ -327,7 +376,7 @@ impl StreamConsumer {
     }
 
     async fn dead_letter(&self, entry: &Entry, reason: &str) -> bool {
-        let source = format!("stream {} entry {}", self.key, entry.id);
+        let source = format!("stream {:?} entry {}", self.key, entry.id);
         match self.dead_letters.record(&entry.event, reason, &source, entry.deliveries).await {
             Ok(_) => true,
             Err(e) => {
@@ -338,16 +387,14 @@ impl StreamConsumer {
     }
 
     async fn acknowledge(&self, ids: &[String]) -> Result<(), CacheError> {
-        let mut conn = self.conn.raw_connection()?;
         let mut pipe = redis::pipe();
         pipe.cmd("XACK").arg(&self.key).arg(GROUP).arg(ids).ignore();
         pipe.cmd("XDEL").arg(&self.key).arg(ids).ignore();
-        let done: Result<(), RedisError> = pipe.query_async(&mut conn).await;
-        done.map_err(|e| self.conn.map_error(e))
+        self.conn.query_pipeline::<()>(pipe).await
     }
 }
 
-fn as_string(value: &Value) -> Option<String> {
+pub(crate) fn as_string(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

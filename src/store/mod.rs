@@ -102,6 +102,20 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip that proves the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Proves the store takes writes, with a write of the store's own probe record (never a user
+    /// key). For `Health`; by default, a [`Store::ping`].
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
+
+    /// Removes tombstones written before `older_than`; returns how many. A key whose tombstone is
+    /// purged keeps refusing writes older than it (see the implementations), so purging never lets
+    /// a late, older write bring a deleted key back.
+    async fn purge_tombstones(&self, older_than: crate::clock::Timestamp) -> Result<u64, StoreError> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// A short name for logs and the health report (`sqlite`, `cosmos`).
     fn kind(&self) -> &'static str;
 }

@@ -1,9 +1,23 @@
-//! The embedded store: one SQLite file at `LocalStorePath`.
+//! The embedded store: one SQLite file at `LocalStorePath` (local runs; on Azure use Cosmos DB).
 //!
 //! Versioned writes are a single `INSERT … ON CONFLICT DO UPDATE … WHERE excluded.version >
 //! items.version`, so "apply only if newer" is one atomic statement. SQLite calls block, so they run
-//! on Tokio's blocking pool behind one connection (SQLite serialises writers anyway).
+//! on Tokio's blocking pool behind one connection (SQLite serialises writers anyway). Several
+//! handler processes on one machine may share the file (WAL mode, a busy timeout).
+//!
+//! **The file must stay the file.** If `store.db` is deleted or replaced while the handler runs,
+//! SQLite keeps writing to the unlinked inode and everything is gone at the next start. Every write
+//! therefore first checks that the path still names the file that was opened, and refuses
+//! (`Unavailable`, so `503`) when it does not.
+//!
+//! **Tombstones** (deleted keys) are purged once older than the retention window. A purged key must
+//! still refuse writes older than its tombstone (or a late write could bring it back), so the store
+//! keeps a watermark, the highest version of any purged tombstone, and a key without a row only
+//! accepts versions above it. Versions are issued from the clock, so a new write is always far
+//! above the watermark; only writes older than the retention window (a dead letter replayed weeks
+//! later) are refused as stale, for keys that have no row.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,12 +26,29 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Applied, Change, Record, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::version::{OLD_LAYOUT_LIMIT, at};
 
 /// The SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    identity: FileIdentity,
+}
+
+/// Which file is open: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self { dev: meta.dev(), ino: meta.ino() })
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -46,15 +77,39 @@ impl SqliteStore {
                  version    INTEGER NOT NULL,
                  deleted    INTEGER NOT NULL DEFAULT 0,
                  updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS meta (
+                 name  TEXT PRIMARY KEY NOT NULL,
+                 value INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             INSERT OR IGNORE INTO meta (name, value) VALUES ('tombstone_watermark', 0);
+             CREATE INDEX IF NOT EXISTS items_tombstones ON items (version) WHERE deleted = 1;",
         )
         .map_err(|e| StoreError::Rejected(format!("cannot prepare the SQLite store at {}: {e}", path.display())))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+        let identity = FileIdentity::of(path).map_err(|e| {
+            StoreError::Rejected(format!("cannot read the SQLite store file at {}: {e}", path.display()))
+        })?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf(), identity })
     }
 
     /// Where the database file is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `Unavailable` when the path no longer names the file that was opened (deleted, replaced).
+    fn check_file(&self) -> Result<(), StoreError> {
+        match FileIdentity::of(&self.path) {
+            Ok(now) if now == self.identity => Ok(()),
+            Ok(_) => Err(StoreError::unavailable(format!(
+                "the SQLite file {} was replaced while the handler runs; writes are refused so that none is lost (restart the handler)",
+                self.path.display()
+            ))),
+            Err(e) => Err(StoreError::unavailable(format!(
+                "the SQLite file {} is gone ({e}); writes are refused so that none is lost (restore it, or restart the handler to start empty)",
+                self.path.display()
+            ))),
+        }
     }
 
     async fn with_conn<T: Send + 'static>(
@@ -74,9 +129,9 @@ impl SqliteStore {
 }
 
 fn sqlite_error(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+    use rusqlite::ErrorCode::{CannotOpen, DatabaseBusy, DatabaseLocked, DiskFull, ReadOnly, SystemIoFailure};
     match e.sqlite_error_code() {
-        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull) => {
+        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | ReadOnly | CannotOpen) => {
             StoreError::unavailable(format!("SQLite: {e}"))
         }
         _ => StoreError::Rejected(format!("SQLite: {e}")),
@@ -113,6 +168,7 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
+        self.check_file()?;
         let key = key.to_string();
         let sql_version = to_sql_version(version)?;
         let (text, deleted) = match change {
@@ -120,10 +176,13 @@ impl Store for SqliteStore {
             Change::Delete => (None, true),
         };
         self.with_conn(move |conn| {
+            // A new row only above the watermark of purged tombstones; an existing one only if newer.
             let changed = conn
                 .execute(
                     "INSERT INTO items (key, value, version, deleted, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                     SELECT ?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     WHERE ?3 > (SELECT value FROM meta WHERE name = 'tombstone_watermark')
+                        OR EXISTS (SELECT 1 FROM items WHERE key = ?1)
                      ON CONFLICT (key) DO UPDATE SET
                          value = excluded.value, version = excluded.version,
                          deleted = excluded.deleted, updated_at = excluded.updated_at
@@ -134,9 +193,16 @@ impl Store for SqliteStore {
             if changed == 1 {
                 return Ok(Applied::Yes);
             }
-            let current: i64 = conn
+            let current: Option<i64> = conn
                 .query_row("SELECT version FROM items WHERE key = ?1", params![key], |row| row.get(0))
+                .optional()
                 .map_err(sqlite_error)?;
+            let current = match current {
+                Some(current) => current,
+                None => conn
+                    .query_row("SELECT value FROM meta WHERE name = 'tombstone_watermark'", [], |row| row.get(0))
+                    .map_err(sqlite_error)?,
+            };
             Ok(Applied::Stale { current: current as u64 })
         })
         .await
@@ -145,6 +211,50 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_conn(|conn| {
             conn.query_row("SELECT count(*) FROM items LIMIT 1", [], |_| Ok(())).map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        self.check_file()?;
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('health_probe', 1)
+                 ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                [],
+            )
+            .map(|_| ())
+            .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn purge_tombstones(&self, older_than: Timestamp) -> Result<u64, StoreError> {
+        self.check_file()?;
+        // Versions of the older layout are microseconds; this layout's are `at(t)`.
+        let (old_layout_before, new_layout_before) =
+            (older_than.as_micros().min(OLD_LAYOUT_LIMIT) as i64, to_sql_version(at(older_than))?);
+        self.with_conn(move |conn| {
+            let tx = conn.unchecked_transaction().map_err(sqlite_error)?;
+            let which = "deleted = 1 AND ((version < ?1 AND version < ?3) OR (version >= ?1 AND version < ?2))";
+            let highest: Option<i64> = tx
+                .query_row(
+                    &format!("SELECT max(version) FROM items WHERE {which}"),
+                    params![OLD_LAYOUT_LIMIT as i64, new_layout_before, old_layout_before],
+                    |row| row.get(0),
+                )
+                .map_err(sqlite_error)?;
+            let Some(highest) = highest else { return Ok(0) };
+            tx.execute("UPDATE meta SET value = max(value, ?1) WHERE name = 'tombstone_watermark'", params![highest])
+                .map_err(sqlite_error)?;
+            let purged = tx
+                .execute(
+                    &format!("DELETE FROM items WHERE {which}"),
+                    params![OLD_LAYOUT_LIMIT as i64, new_layout_before, old_layout_before],
+                )
+                .map_err(sqlite_error)?;
+            tx.commit().map_err(sqlite_error)?;
+            Ok(purged as u64)
         })
         .await
     }

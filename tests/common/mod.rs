@@ -23,6 +23,12 @@ use cachepatterns::settings::Settings;
 use cachepatterns::store::sqlite::SqliteStore;
 use cachepatterns::store::{Applied, Change, Record, Store, StoreError};
 
+/// The system's time now.
+pub fn now() -> cachepatterns::clock::Timestamp {
+    use cachepatterns::clock::Clock;
+    cachepatterns::clock::SystemClock.now()
+}
+
 /// A folder under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -33,7 +39,7 @@ impl TempDir {
         let path = std::env::temp_dir().join(format!(
             "cachepatterns-{label}-{}-{n}-{}",
             std::process::id(),
-            cachepatterns::version::now_micros()
+            now().as_micros()
         ));
         std::fs::create_dir_all(&path).expect("create temp dir");
         Self(path)

@@ -28,11 +28,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Lookup, Patterns, ReadError, random_u64};
-use crate::cache::{CacheEntry, CacheError, EntryMeta, HotKeyPolicy, RefreshGate};
+use super::{Lookup, Patterns, ReadError};
+use crate::cache::{CacheEntry, CacheError, EntryMeta, HotKeyPolicy, RefreshGate, lock_token};
 use crate::key::Key;
 use crate::settings::Settings;
-use crate::version::now_millis;
 
 /// How refresh-ahead behaves.
 #[derive(Debug, Clone)]
@@ -191,16 +190,17 @@ impl Patterns {
     /// Refresh-Ahead read of `key`: the cached value at once, a background refresh when the entry
     /// is past the refresh factor, a Cache-Aside load on a miss.
     pub async fn refresh_ahead_get(&self, key: &Key) -> Result<Lookup, ReadError> {
-        match self.cache.get_and_bump(key.as_str(), &self.refresh.policy.hot_keys).await {
-            Ok(Some(entry)) if entry.is_fresh(now_millis()) => {
-                if self.refresh_due(&entry, now_millis()) {
+        let now = self.now();
+        match self.cache.get_and_bump(key.as_str(), &self.refresh.policy.hot_keys, now).await {
+            Ok(Some(entry)) if entry.is_fresh(now.as_millis()) => {
+                if self.refresh_due(&entry, now.as_millis()) {
                     self.spawn_refresh(key, entry.written_at_ms);
                 }
                 Ok(Lookup::from_entry(&entry))
             }
             Ok(stale) => self.load(key, stale).await,
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "cache unavailable; reading the store directly");
+                tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable; reading the store directly");
                 self.load_bypassing_cache(key).await
             }
         }
@@ -227,10 +227,10 @@ impl Patterns {
         tokio::spawn(async move {
             let _claim = claim;
             match this.refresh_key(&key, Some(observed_at)).await {
-                Refreshed::Yes => tracing::debug!(key = %key, "refreshed ahead of expiry"),
-                Refreshed::Skipped => tracing::debug!(key = %key, "refresh not needed: another caller has it"),
+                Refreshed::Yes => tracing::debug!(key = ?key.as_str(), "refreshed ahead of expiry"),
+                Refreshed::Skipped => tracing::debug!(key = ?key.as_str(), "refresh not needed: another caller has it"),
                 Refreshed::Failed(why) => {
-                    tracing::warn!(key = %key, error = %why, "refresh ahead failed; the cached value is kept")
+                    tracing::warn!(key = ?key.as_str(), error = %why, "refresh ahead failed; the cached value is kept")
                 }
             }
         });
@@ -239,8 +239,9 @@ impl Patterns {
     /// Refreshes `key` from the store if the cached entry is still the one written at
     /// `observed_at` (`None`: there was no entry) and no one else is refreshing it.
     pub(crate) async fn refresh_key(&self, key: &Key, observed_at: Option<u64>) -> Refreshed {
-        let token = format!("{:016x}{:08x}", random_u64(), std::process::id());
-        let gate = self.cache.refresh_gate(key.as_str(), observed_at, &token, self.refresh.policy.lock_ttl).await;
+        let token = lock_token();
+        let gate =
+            self.cache.refresh_gate(key.as_str(), observed_at, &token, self.refresh.policy.lock_ttl, self.now()).await;
         match gate {
             Ok(RefreshGate::Acquired) => {}
             Ok(RefreshGate::Busy | RefreshGate::AlreadyDone) => return Refreshed::Skipped,
@@ -253,14 +254,14 @@ impl Patterns {
         };
         let entry = match record {
             Some(record) => match record.value {
-                Some(value) => self.policy.value_entry(value, record.version),
-                None => self.policy.negative_entry(record.version),
+                Some(value) => self.policy.value_entry(value, record.version, self.now()),
+                None => self.policy.negative_entry(record.version, self.now()),
             },
-            None => self.policy.negative_entry(0),
+            None => self.policy.negative_entry(0, self.now()),
         };
-        let written = self.cache.put(key.as_str(), &entry).await;
-        if let Err(e) = self.cache.release(&self.cache.refresh_lock_key(key.as_str()), &token).await {
-            tracing::debug!(key = %key, error = %e, "could not release the refresh lock; it expires by itself");
+        let written = self.cache.put(key.as_str(), &entry, self.now()).await;
+        if let Err(e) = self.cache.release_refresh(key.as_str(), &token).await {
+            tracing::debug!(key = ?key.as_str(), error = %e, "could not release the refresh lock; it expires by itself");
         }
         match written {
             Ok(_) => Refreshed::Yes,
@@ -271,9 +272,9 @@ impl Patterns {
     /// One timer run: refreshes the hottest keys whose entries turn stale before `plan.horizon_ms`,
     /// unless another instance holds this tick. Fails only when Redis cannot be used at all.
     pub async fn refresh_hot_keys(&self, plan: &TimerPlan) -> Result<TimerReport, CacheError> {
-        let lock_key = self.cache.tick_lock_key(plan.tick_ms);
-        let token = format!("{:016x}{:08x}", random_u64(), std::process::id());
-        let now = now_millis() as i64;
+        let lock_key = self.cache.keys().tick_lock(plan.tick_ms);
+        let token = lock_token();
+        let now = self.now().as_millis() as i64;
         let lock_ttl = Duration::from_millis((plan.next_run_ms - now).clamp(5_000, 600_000) as u64);
         if !self.cache.try_lock(&lock_key, &token, lock_ttl).await? {
             return Ok(TimerReport { other_instance: true, ..TimerReport::default() });
@@ -287,7 +288,7 @@ impl Patterns {
 
     async fn refresh_due_hot_keys(&self, plan: &TimerPlan) -> Result<TimerReport, CacheError> {
         let policy = &self.refresh.policy;
-        let hot = self.cache.hottest(&policy.hot_keys, policy.hot_min_reads, policy.timer_max_keys).await?;
+        let hot = self.cache.hottest(&policy.hot_keys, policy.hot_min_reads, policy.timer_max_keys, self.now()).await?;
         let names: Vec<String> = hot.into_iter().map(|(key, _)| key).collect();
         let metas = self.cache.metadata(&names).await?;
         let mut report = TimerReport { considered: names.len(), ..TimerReport::default() };

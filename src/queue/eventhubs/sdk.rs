@@ -453,7 +453,7 @@ mod tests {
         let sender =
             SdkSender::new(&settings(), Arc::new(StaticToken), Some(format!("amqp://127.0.0.1:{port}"))).unwrap();
         let queue = EventHubsQueue::new(sender, &settings());
-        let event = WriteEvent::delete(&Key::new("k").unwrap(), 1);
+        let event = WriteEvent::delete(&Key::new("k").unwrap(), 1, crate::clock::Timestamp::EPOCH);
         let started = Instant::now();
         let err = queue.publish(&event).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());

@@ -65,8 +65,9 @@ pub const MAX_ATTEMPTS: u32 = 16;
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest start-up may wait for the account (client, database and container checks).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
-/// Cosmos numbers are IEEE doubles: larger versions would be rounded on the server.
-const MAX_VERSION: u64 = (1 << 53) - 1;
+/// Versions written as JSON numbers by older releases: Cosmos numbers are IEEE doubles, exact only
+/// up to 2^53. Versions are written as decimal strings now, which hold every version exactly.
+const MAX_EXACT_NUMBER: u64 = (1 << 53) - 1;
 /// An id no key maps to (hashed ids are 45 characters), read by [`Store::ping`].
 const PING_ID: &str = "~~ping";
 /// The partition key path the container must have.
@@ -280,7 +281,7 @@ impl CosmosStore {
                 Some((current, etag)) => {
                     current.check_key(id, document.key)?;
                     let stored = current.version()?;
-                    if stored >= document.version {
+                    if stored >= document.version_number {
                         return Ok(Applied::Stale { current: stored });
                     }
                     let options = ItemWriteOptions::default().with_precondition(Precondition::if_match(etag));
@@ -312,7 +313,7 @@ impl CosmosStore {
 
 /// A short jittered pause between attempts on a contended item, so racing writers spread out.
 async fn back_off(attempt: u32) {
-    let jitter = crate::version::now_micros() % 1000;
+    let jitter = fastrand::u64(..1000);
     tokio::time::sleep(Duration::from_micros(u64::from(attempt) * 500 + jitter)).await;
 }
 
@@ -322,10 +323,13 @@ struct NewDocument<'a> {
     id: &'a str,
     key: &'a str,
     value: &'a Value,
-    version: u64,
+    /// A decimal string: Cosmos numbers cannot hold 64-bit versions exactly.
+    version: String,
     deleted: bool,
     #[serde(rename = "updatedAt")]
     updated_at: String,
+    #[serde(skip)]
+    version_number: u64,
 }
 
 /// The document as read; Cosmos's own fields (`_etag`, `_ts`, …) are ignored.
@@ -341,17 +345,19 @@ struct StoredDocument {
 }
 
 impl StoredDocument {
-    /// The stored version; accepts `1.0e15`-style numbers that some encodings give back for integers.
+    /// The stored version: a decimal string (this release), or a number (older releases; accepts
+    /// `1.0e15`-style numbers that some encodings give back for integers).
     fn version(&self) -> Result<u64, StoreError> {
-        self.version
-            .as_u64()
-            .or_else(|| {
-                self.version
+        match &self.version {
+            Value::String(text) => text.trim().parse::<u64>().ok(),
+            number => number.as_u64().or_else(|| {
+                number
                     .as_f64()
-                    .filter(|v| v.fract() == 0.0 && *v >= 0.0 && *v <= MAX_VERSION as f64)
+                    .filter(|v| v.fract() == 0.0 && *v >= 0.0 && *v <= MAX_EXACT_NUMBER as f64)
                     .map(|v| v as u64)
-            })
-            .ok_or_else(|| StoreError::Rejected(format!("stored version {} is not a whole number", self.version)))
+            }),
+        }
+        .ok_or_else(|| StoreError::Rejected(format!("stored version {} is not a whole number", self.version)))
     }
 
     /// The key this item stands for: the recorded one, or (for items written by hand without it)
@@ -501,9 +507,10 @@ impl Store for CosmosStore {
     }
 
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
-        if version > MAX_VERSION {
+        if version > crate::version::MAX_VERSION {
             return Err(StoreError::Rejected(format!(
-                "version {version} is larger than Cosmos DB numbers hold exactly (2^53 - 1)"
+                "version {version} is larger than the stores hold ({})",
+                crate::version::MAX_VERSION
             )));
         }
         let id = item_id(key);
@@ -511,7 +518,15 @@ impl Store for CosmosStore {
             Change::Upsert(value) => (value, false),
             Change::Delete => (Value::Null, true),
         };
-        let document = NewDocument { id: &id, key, value: &value, version, deleted, updated_at: now_rfc3339() };
+        let document = NewDocument {
+            id: &id,
+            key,
+            value: &value,
+            version: version.to_string(),
+            version_number: version,
+            deleted,
+            updated_at: now_rfc3339(),
+        };
         let mut charges = Charges::new("apply", &id);
         within_deadline(&mut charges, async |charges| self.apply_at_most(&document, charges).await).await
     }
@@ -571,12 +586,17 @@ mod tests {
     }
 
     #[test]
-    fn stored_versions_may_come_back_as_whole_doubles() {
+    fn stored_versions_are_decimal_strings_or_whole_numbers() {
         let document = |version: Value| StoredDocument { key: None, value: Value::Null, version, deleted: false };
+        // This release writes strings, which hold every version exactly.
+        assert_eq!(document(json!("9223372036854775807")).version().unwrap(), i64::MAX as u64);
+        assert_eq!(document(json!("7")).version().unwrap(), 7);
+        // Older releases wrote numbers, which may come back as whole doubles.
         assert_eq!(document(json!(1_800_000_000_000_000u64)).version().unwrap(), 1_800_000_000_000_000);
         assert_eq!(document(json!(1.8e15)).version().unwrap(), 1_800_000_000_000_000);
         assert!(document(json!(1.5)).version().is_err());
-        assert!(document(json!("7")).version().is_err());
+        assert!(document(json!("7.5")).version().is_err());
+        assert!(document(json!("-1")).version().is_err());
     }
 
     #[test]

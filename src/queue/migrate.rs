@@ -1,0 +1,118 @@
+//! Upgrading from the release that kept its streams where a key could reach them.
+//!
+//! That release queued write-behind events in `RedisInstanceName + "writebehind"` and dead letters
+//! in `RedisInstanceName + "deadletter"`. An upgraded instance moves every entry of those streams
+//! into the internal ones (events keep their versions, so a duplicate — an old consumer applying
+//! the same entry meanwhile — is harmless) and deletes each old stream once it is empty, atomically,
+//! so an entry an old instance adds meanwhile is moved at the next pass. Until then the old key is
+//! left alone by the cache (it is not a hash: reads of a key named like it go to the store uncached).
+//! The old hot-key set is dropped: hotness rebuilds itself from reads.
+
+use std::time::Duration;
+
+use redis::Value;
+use redis::streams::StreamRangeReply;
+
+use super::dead_letter::{DeadLetters, list_stream};
+use crate::cache::{CacheError, RedisCache};
+
+/// How often the consumer looks for old streams again.
+pub const EVERY: Duration = Duration::from_secs(60);
+
+/// Entries moved per round trip.
+const CHUNK: usize = 100;
+
+/// What a pass moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Write-behind events moved to the internal stream.
+    pub events: u64,
+    /// Dead letters moved to the internal dead-letter stream.
+    pub dead_letters: u64,
+}
+
+/// Deletes `KEYS[1]` only if it is a stream with no entries left.
+static DELETE_IF_EMPTY_STREAM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('TYPE', KEYS[1]).ok == 'stream' and redis.call('XLEN', KEYS[1]) == 0 then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// One pass: moves what the old streams hold, drops the old hot-key set.
+pub async fn move_legacy(cache: &RedisCache, dead_letters: &DeadLetters) -> Result<Moved, CacheError> {
+    let legacy = cache.keys().legacy();
+    let mut moved = Moved::default();
+    if cache.key_type(&legacy.write_behind_stream).await? == "stream" {
+        moved.events = move_events(cache, &legacy.write_behind_stream).await?;
+        let mut delete = DELETE_IF_EMPTY_STREAM.prepare_invoke();
+        delete.key(&legacy.write_behind_stream);
+        cache.invoke::<i64>(&delete).await?;
+    }
+    if cache.key_type(&legacy.dead_letter_stream).await? == "stream" {
+        moved.dead_letters = move_dead_letters(cache, dead_letters, &legacy.dead_letter_stream).await?;
+        let mut delete = DELETE_IF_EMPTY_STREAM.prepare_invoke();
+        delete.key(&legacy.dead_letter_stream);
+        cache.invoke::<i64>(&delete).await?;
+    }
+    for old in [&legacy.hot_set, &legacy.hot_landmark] {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(old);
+        cache.query::<i64>(cmd).await?;
+    }
+    if moved != Moved::default() {
+        tracing::info!(
+            events = moved.events,
+            dead_letters = moved.dead_letters,
+            "moved an older release's write-behind queue and dead letters to the internal streams"
+        );
+    }
+    Ok(moved)
+}
+
+async fn move_events(cache: &RedisCache, old: &str) -> Result<u64, CacheError> {
+    let target = cache.keys().write_behind_stream();
+    let mut moved = 0;
+    loop {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(old).arg("-").arg("+").arg("COUNT").arg(CHUNK);
+        let reply: StreamRangeReply = cache.query(cmd).await?;
+        if reply.ids.is_empty() {
+            return Ok(moved);
+        }
+        for entry in &reply.ids {
+            let event = match entry.map.get("event") {
+                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                Some(Value::SimpleString(text)) => text.clone(),
+                // No event field: still moved, so the consumer dead-letters it with a reason.
+                _ => String::new(),
+            };
+            let mut pipe = redis::pipe();
+            pipe.cmd("XADD").arg(&target).arg("*").arg("event").arg(event).ignore();
+            pipe.cmd("XDEL").arg(old).arg(&entry.id).ignore();
+            cache.query_pipeline::<()>(pipe).await?;
+            moved += 1;
+        }
+    }
+}
+
+async fn move_dead_letters(cache: &RedisCache, dead_letters: &DeadLetters, old: &str) -> Result<u64, CacheError> {
+    let mut moved = 0;
+    loop {
+        let letters = list_stream(cache, old, CHUNK, None).await?;
+        if letters.is_empty() {
+            return Ok(moved);
+        }
+        for letter in &letters {
+            dead_letters.record_as_is(letter).await?;
+            let mut cmd = redis::cmd("XDEL");
+            cmd.arg(old).arg(&letter.id);
+            cache.query::<i64>(cmd).await?;
+            moved += 1;
+        }
+    }
+}
