@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::cache::node_ids::NodeLease;
 use crate::cache::{CacheError, RedisCache};
 use crate::clock::Clock;
+use crate::patterns::apply_writes::ApplyOptions;
 use crate::patterns::refresh_ahead::RefreshAheadPolicy;
 use crate::patterns::{CachePolicy, Patterns};
 use crate::queue::redis_streams::{ConsumerConfig, StreamConsumer};
@@ -38,6 +39,9 @@ pub struct App {
     pub patterns: Patterns,
     /// The settings the service started with.
     pub settings: Arc<Settings>,
+    /// How `EventHubConsumer` applies a batch (its retry budget is short: the host's retry policy
+    /// retries the whole batch when the store keeps failing).
+    pub event_hub_apply: ApplyOptions,
 }
 
 impl App {
@@ -52,7 +56,8 @@ impl App {
         let policy = CachePolicy::from_settings(&settings);
         let patterns =
             Patterns::new(cache, store, policy, time).with_refresh_ahead(RefreshAheadPolicy::from_settings(&settings));
-        Self { patterns, settings: Arc::new(settings) }
+        let event_hub_apply = ApplyOptions { concurrency: 16, budget: Duration::from_secs(5) };
+        Self { patterns, settings: Arc::new(settings), event_hub_apply }
     }
 
     /// Starts the work that runs beside the requests: the version node-id lease, the in-process

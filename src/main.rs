@@ -57,7 +57,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
     });
     let background = app.start_background_work().map_err(|e| e.to_string())?;
-    let served = server::serve(listener, server::router(app), shutdown_signal()).await;
+    let limits = server::Limits::default();
+    let served = server::serve(listener, server::router_with(app, limits), limits, shutdown_signal()).await;
     for task in background {
         task.abort();
     }

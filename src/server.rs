@@ -5,10 +5,9 @@
 //! * `POST /{FunctionName}`: payload-mode invocations. Kept apart from `/api/` so that no public
 //!   route can reach them (azure-functions-host#6251).
 //!
-//! Slow or greedy clients cannot hold the server: request headers must arrive within
-//! [`HEADER_READ_TIMEOUT`], a body within [`BODY_READ_TIMEOUT`], and request bodies in memory at
-//! once are bounded by [`IN_FLIGHT_BODY_BUDGET`] (a request waits for room, at most
-//! [`BUDGET_WAIT`], then gets `503`).
+//! Slow or greedy clients cannot hold the server ([`Limits`]): request headers must arrive within
+//! 10 s, a body within 30 s, and request bodies held in memory at once are bounded to 256 MiB (a
+//! request waits for room, at most 10 s, then gets `503`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,43 +27,65 @@ use crate::protocol::{self, HttpReply, InvocationLog, forwarded, payload};
 
 /// Longest a request may run before the handler answers `503` itself.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a client may take to send its request body.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Request bodies held in memory at once, all requests together (bytes).
-pub const IN_FLIGHT_BODY_BUDGET: usize = 256 * 1024 * 1024;
-/// How long a request waits for room in that budget.
-const BUDGET_WAIT: Duration = Duration::from_secs(10);
+/// What a client may take of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send its request body.
+    pub body_read_timeout: Duration,
+    /// Request bodies held in memory at once, all requests together (bytes).
+    pub in_flight_body_budget: usize,
+    /// How long a request waits for room in that budget.
+    pub budget_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            in_flight_body_budget: 256 * 1024 * 1024,
+            budget_wait: Duration::from_secs(10),
+        }
+    }
+}
 /// Event Hubs delivers up to this many events per invocation by default (`maxEventBatchSize`).
 const EVENT_BATCH_SIZE: usize = 100;
 /// The largest event Event Hubs carries (Standard and Premium tiers); larger writes got `413`.
 const EVENT_HUBS_MAX_EVENT: usize = 1024 * 1024;
 
-/// Shared server state: the app and the in-flight body budget.
+/// Shared server state: the app, the limits and the in-flight body budget.
 #[derive(Clone)]
 struct Server {
     app: App,
+    limits: Limits,
     budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router: one fallback that routes by path, so that any key (slashes, percent escapes)
 /// reaches the function intact.
 pub fn router(app: App) -> Router {
-    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BODY_BUDGET));
-    Router::new().fallback(route).with_state(Server { app, budget })
+    router_with(app, Limits::default())
+}
+
+/// The router with other [`Limits`].
+pub fn router_with(app: App, limits: Limits) -> Router {
+    let budget = Arc::new(tokio::sync::Semaphore::new(limits.in_flight_body_budget.max(1)));
+    Router::new().fallback(route).with_state(Server { app, limits, budget })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -142,8 +163,9 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
     }
     // Room in the in-flight budget for what this body may hold (a request larger than the whole
     // budget waits for all of it).
-    let want = declared.unwrap_or(limit).clamp(1, IN_FLIGHT_BODY_BUDGET);
-    let mut room = match tokio::time::timeout(BUDGET_WAIT, server.budget.acquire_many(want as u32)).await {
+    let limits = server.limits;
+    let want = declared.unwrap_or(limit).clamp(1, limits.in_flight_body_budget.max(1));
+    let mut room = match tokio::time::timeout(limits.budget_wait, server.budget.acquire_many(want as u32)).await {
         Ok(Ok(permit)) => permit,
         _ => {
             return json_response(
@@ -153,7 +175,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
             );
         }
     };
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await;
+    let read = tokio::time::timeout(limits.body_read_timeout, axum::body::to_bytes(body, limit)).await;
     let body = match read {
         Err(_) => {
             return json_response(
@@ -161,7 +183,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
                 &[],
                 &error_body(
                     "request_timeout",
-                    &format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                    &format!("the request body did not arrive within {:?}", limits.body_read_timeout),
                 ),
             );
         }
@@ -322,4 +344,26 @@ fn is_length_limit(error: &axum::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invocation_ids_cannot_forge_log_fields() {
+        let headers = |id: &str| {
+            let mut map = axum::http::HeaderMap::new();
+            map.insert("x-azure-functions-invocationid", HeaderValue::from_str(id).unwrap());
+            map
+        };
+        assert_eq!(
+            invocation_id(&headers("0d3f5a0e-9d2b-4c55-8d2a-0c1c6b7f1b11")),
+            "0d3f5a0e-9d2b-4c55-8d2a-0c1c6b7f1b11"
+        );
+        let forged = invocation_id(&headers("1 path=/api/dead-letters}: FAKE error=\"x\""));
+        assert!(forged.starts_with('"') && forged.ends_with('"'), "{forged}");
+        assert!(forged.contains("\\\"x\\\""), "quotes inside are escaped: {forged}");
+        assert_eq!(invocation_id(&axum::http::HeaderMap::new()), "");
+    }
 }

@@ -3,79 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use common::process::{Handler, command};
 use common::{RedisServer, TempDir, free_port};
-use serde_json::{Value, json};
-
-/// A running handler process, killed on drop.
-struct Handler {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Handler {
-    fn start(env: &[(&str, &str)]) -> Self {
-        let dir = TempDir::new("handler");
-        let port = free_port();
-        let child =
-            command(env, &dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn handler");
-        let mut handler = Self { child, port, _dir: dir };
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(status)) = handler.child.try_wait() {
-                panic!("handler exited at start-up with {status}");
-            }
-            if handler.request("GET", "/", None).is_ok() {
-                return handler;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("handler did not answer GET / within 20 s");
-    }
-
-    /// A minimal HTTP/1.1 exchange over a fresh connection.
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let body = body.unwrap_or("");
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
-    }
-}
-
-impl Drop for Handler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(env: &[(&str, &str)], dir: &TempDir, port: u16) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handler"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("LocalStorePath", dir.path().join("store.db"))
-        .current_dir(dir.path())
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
+use serde_json::json;
 
 /// Runs the handler expecting it to refuse to start; returns (exit code, stderr).
 fn failed_start(env: &[(&str, &str)]) -> (i32, String) {

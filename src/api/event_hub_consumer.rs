@@ -3,16 +3,21 @@
 //! The trigger is `cardinality: many`, `dataType: string`, so `Data.events` is a string holding a
 //! JSON array of strings, with `*Array` metadata (HOST-PROTOCOL.md §2.5). A portal Test/Run sends
 //! one event as a double-encoded string with single-form metadata and no `PartitionContext`; both
-//! are read here. The Event Hubs trigger checkpoints even failed batches, so nothing is left for a
-//! redelivery: what cannot be applied goes to the dead-letter stream and the invocation succeeds.
-//! Only when a dead letter cannot be recorded does the invocation fail, so the retry policy in
-//! `function.json` runs it again (applying is idempotent).
+//! are read here. The Event Hubs trigger checkpoints even failed batches once its retry policy is
+//! done, so nothing is left for a redelivery after that:
+//! * poison (never applicable) goes to the dead-letter stream at once;
+//! * a write the store refused for now (down, full disk, throttling) fails the invocation, so the
+//!   retry policy in `function.json` (unbounded, exponential) runs the batch again (applying is
+//!   idempotent), until the batch is older than `WriteBehindRetryWindowSeconds` (by its events'
+//!   enqueued times), or the policy's last retry: then what still fails is dead-lettered;
+//! * when a dead letter cannot be recorded (Redis down) the invocation fails, to be run again.
 
 use serde_json::Value;
 
 use super::triggers::{Outputs, TriggerFailure};
 use crate::app::App;
-use crate::patterns::apply_writes::{ApplyOptions, Delivery, Outcome};
+use crate::clock::Timestamp;
+use crate::patterns::apply_writes::{Delivery, Outcome};
 use crate::protocol::InvocationLog;
 use crate::protocol::lenient;
 use crate::protocol::payload::Invocation;
@@ -65,25 +70,65 @@ fn source(invocation: &Invocation, index: usize) -> String {
     }
 }
 
+/// The retry policy's progress: (retry count, max retry count; -1 is unbounded).
+fn retry_context(invocation: &Invocation) -> Option<(i64, i64)> {
+    let retry = invocation.metadata("RetryContext").and_then(|r| lenient::object(&r))?;
+    let number = |name: &str| lenient::field(&retry, name).and_then(lenient::text).and_then(|t| t.parse().ok());
+    Some((number("RetryCount")?, number("MaxRetryCount").unwrap_or(-1)))
+}
+
+/// When the oldest event of the batch was enqueued, if the metadata says.
+fn oldest_enqueued(invocation: &Invocation) -> Option<Timestamp> {
+    let times: Vec<Value> = invocation
+        .metadata("EnqueuedTimeUtcArray")
+        .and_then(|v| lenient::array(&v))
+        .or_else(|| invocation.metadata("EnqueuedTimeUtc").map(|v| vec![v]))?;
+    times
+        .iter()
+        .filter_map(lenient::timestamp_millis)
+        .filter_map(|ms| u64::try_from(ms).ok())
+        .min()
+        .map(Timestamp::from_millis)
+}
+
+/// Whether transient failures may still be retried by failing the invocation.
+fn may_retry(app: &App, invocation: &Invocation) -> bool {
+    let last_retry = matches!(retry_context(invocation), Some((count, max)) if max >= 0 && count >= max);
+    let within_window = match oldest_enqueued(invocation) {
+        Some(enqueued) => app.patterns.now().since(enqueued) < app.settings.write_behind_retry_window,
+        // No enqueued time (a portal test run): retry a few times only.
+        None => retry_context(invocation).is_none_or(|(count, _)| count < 5),
+    };
+    !last_retry && within_window
+}
+
 pub async fn invoke(app: &App, invocation: &Invocation, log: &mut InvocationLog) -> Result<Outputs, TriggerFailure> {
     let bodies = event_bodies(invocation);
-    if let Some(retry) = invocation.metadata("RetryContext").and_then(|r| lenient::object(&r))
-        && let Some(count) = lenient::field(&retry, "RetryCount").and_then(lenient::text)
-        && count != "0"
+    if let Some((count, max)) = retry_context(invocation)
+        && count != 0
     {
-        log.info(format!("retry {count} of this batch"));
+        log.info(format!("retry {count} of this batch (at most {max}; -1: unbounded)"));
     }
     let deliveries: Vec<Delivery> = bodies
         .iter()
         .enumerate()
         .map(|(i, raw)| Delivery { raw: raw.clone(), source: source(invocation, i), deliveries: 1 })
         .collect();
-    let (outcomes, report) = app.patterns.apply_deliveries(&deliveries, ApplyOptions::default()).await;
+    let (outcomes, report) = app.patterns.apply_deliveries(&deliveries, app.event_hub_apply).await;
+    let transient: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Failed { reason, transient: true, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    let retry_later = !transient.is_empty() && may_retry(app, invocation);
     let mut dead_lettered = 0;
     let mut unrecorded = Vec::new();
     for (delivery, outcome) in deliveries.iter().zip(&outcomes) {
         let (reason, attempts) = match outcome {
             Outcome::Poison { reason } => (reason.clone(), 1),
+            Outcome::Failed { transient: true, .. } if retry_later => continue,
             Outcome::Failed { reason, attempts, .. } => (reason.clone(), *attempts),
             _ => continue,
         };
@@ -96,6 +141,13 @@ pub async fn invoke(app: &App, invocation: &Invocation, log: &mut InvocationLog)
         "EventHubConsumer: {} events, {} keys, {} applied, {} stale-skipped, {} dead-lettered",
         report.events, report.keys, report.applied, report.stale_skipped, dead_lettered
     ));
+    if retry_later {
+        return Err(TriggerFailure(format!(
+            "{} writes could not be applied yet ({}); failing the invocation so that the retry policy runs the batch again",
+            transient.len(),
+            transient.first().copied().unwrap_or_default()
+        )));
+    }
     if !unrecorded.is_empty() {
         return Err(TriggerFailure(format!(
             "{} events could neither be applied nor dead-lettered ({}); failing the invocation so that the retry policy runs it again",

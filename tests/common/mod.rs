@@ -5,6 +5,7 @@
 
 pub mod cosmos;
 pub mod host;
+pub mod process;
 pub mod store_contract;
 
 use std::collections::HashMap;
@@ -59,6 +60,38 @@ impl Drop for TempDir {
 /// A free TCP port on 127.0.0.1 (the OS picks it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A TCP server that accepts connections and never answers (a blackholed or hung peer).
+pub struct Blackhole {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Blackhole {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { port, stop }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A `redis-server` of our own, on a free port, killed on drop.
@@ -156,6 +189,16 @@ impl RedisServer {
         self.command("CONFIG RESETSTAT").expect("CONFIG RESETSTAT");
     }
 
+    /// Freezes the server (`SIGSTOP`): connections stay open and nothing answers.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Thaws a paused server (`SIGCONT`).
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     /// Stops the server (to test Redis being down). Dropping also stops it.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -184,6 +227,11 @@ impl RedisServer {
             .await
             .expect("connect to test redis")
     }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill").arg(which).arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill {which} {pid} failed");
 }
 
 fn wait_ready(child: &mut Child, port: u16, timeout: Duration) -> bool {
@@ -299,6 +347,7 @@ pub struct FaultyStore {
     pub gets: AtomicUsize,
     pub applies: AtomicUsize,
     failing: AtomicBool,
+    failing_writes: AtomicBool,
     delay_ms: AtomicU64,
     get_return_delay_ms: AtomicU64,
 }
@@ -310,6 +359,7 @@ impl FaultyStore {
             gets: AtomicUsize::new(0),
             applies: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
+            failing_writes: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             get_return_delay_ms: AtomicU64::new(0),
         })
@@ -317,6 +367,12 @@ impl FaultyStore {
 
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes writes fail as a full disk does (transiently) while reads, pings and the health
+    /// probe still work.
+    pub fn set_failing_writes(&self, failing: bool) {
+        self.failing_writes.store(failing, Ordering::SeqCst);
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -368,7 +424,19 @@ impl Store for FaultyStore {
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
         self.applies.fetch_add(1, Ordering::SeqCst);
         self.before_call().await?;
+        if self.failing_writes.load(Ordering::SeqCst) {
+            return Err(StoreError::unavailable("injected: database or disk is full"));
+        }
         self.inner.apply(key, version, change).await
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        self.before_call().await?;
+        self.inner.probe_write().await
+    }
+
+    async fn purge_tombstones(&self, older_than: cachepatterns::clock::Timestamp) -> Result<u64, StoreError> {
+        self.inner.purge_tombstones(older_than).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -405,12 +473,17 @@ impl TestApp {
     }
 
     pub fn with_connection(connection: &str, extra: &[(&str, &str)]) -> Self {
+        Self::on_clock(connection, extra, cachepatterns::clock::system())
+    }
+
+    /// An app on a real Redis and SQLite whose time comes from `time`.
+    pub fn on_clock(connection: &str, extra: &[(&str, &str)], time: Arc<dyn cachepatterns::clock::Clock>) -> Self {
         let dir = TempDir::new("app");
         let settings = settings(connection, extra);
         let sqlite = Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("sqlite"));
         let store = FaultyStore::new(sqlite.clone());
         let cache = RedisCache::new(&settings.redis, &settings.instance_name).expect("cache");
-        let app = App::new(settings, cache, store.clone());
+        let app = App::with_clock(settings, cache, store.clone(), time);
         Self { app, store, sqlite, dir }
     }
 

@@ -1,0 +1,127 @@
+//! The real `handler` binary, started as the host starts it, and a minimal HTTP/1.1 client for it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{TempDir, free_port};
+
+/// A running handler process, killed on drop.
+pub struct Handler {
+    child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+/// One HTTP answer: status, lower-cased headers, JSON body (`Null` when not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Handler {
+    /// Starts a handler with `env` (on top of a port, `PATH` and a private `LocalStorePath`) and
+    /// waits until it answers `GET /`.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("handler");
+        let port = free_port();
+        let child =
+            command(env, &dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn handler");
+        let mut handler = Self { child, port, dir };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = handler.child.try_wait() {
+                panic!("handler exited at start-up with {status}");
+            }
+            if handler.request("GET", "/", None).is_ok() {
+                return handler;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("handler did not answer GET / within 20 s");
+    }
+
+    /// A minimal HTTP/1.1 exchange over a fresh connection; the body is sent as JSON.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
+        self.exchange(method, path, &[("Content-Type", "application/json")], body.unwrap_or(""))
+            .map(|a| (a.status, a.body))
+    }
+
+    /// An HTTP/1.1 exchange with extra headers.
+    pub fn exchange(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<Answer> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body.as_bytes())?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        Ok(parse_response(&response))
+    }
+
+    /// Stops the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status, headers and JSON body of a raw HTTP/1.1 response (not chunked).
+pub fn parse_response(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer { status, headers, body: serde_json::from_str(body).unwrap_or(Value::Null) }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The handler command: a clean environment with `PATH`, the port and a private store, then `env`.
+pub fn command(env: &[(&str, &str)], dir: &TempDir, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handler"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("LocalStorePath", dir.path().join("store.db"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Reads `key` from a SQLite store file directly: (value JSON text, version, deleted).
+pub fn sqlite_row(path: &Path, key: &str) -> Option<(Option<String>, u64, bool)> {
+    let conn = rusqlite::Connection::open(path).expect("open the store file");
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row("SELECT value, version, deleted FROM items WHERE key = ?1", [key], |row| {
+        Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, bool>(2)?))
+    })
+    .ok()
+}
