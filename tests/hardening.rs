@@ -634,3 +634,31 @@ async fn event_hub_batches_are_retried_by_the_host_while_the_store_refuses_write
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert!(letters.iter().all(|l| l.reason.contains("full")), "{letters:?}");
 }
+
+/// Defect 7: with SQLite's `-shm` file made immutable, one write killed the process with `SIGBUS`
+/// and no log line. Writes are refused (`503`) instead, and go through again once it is writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unwritable_sqlite_shared_memory_file_refuses_writes_instead_of_crashing() {
+    let redis = RedisServer::start();
+    let dir = common::TempDir::new("shm");
+    let store = dir.path().join("store.db");
+    let handler = common::process::Handler::start(&[
+        ("RedisCache", &redis.connection_string()),
+        ("LocalStorePath", &store.display().to_string()),
+    ]);
+    assert_eq!(handler.request("PUT", "/api/write-through/a", Some("1")).unwrap().0, 200);
+    let shm = dir.path().join("store.db-shm");
+    let chattr = |flag: &str| std::process::Command::new("chattr").arg(flag).arg(&shm).status().map(|s| s.success());
+    if !matches!(chattr("+i"), Ok(true)) {
+        eprintln!("SKIPPED: `chattr +i` is not available here (needs root and a filesystem that supports it)");
+        return;
+    }
+    let refused = handler.request("PUT", "/api/write-through/b", Some("\"big enough to touch the shared memory\""));
+    let health = handler.request("GET", "/api/health", None);
+    let _ = chattr("-i");
+    let (status, body) = refused.expect("the handler is still there");
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("store_unavailable")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("store.db-shm"), "{body}");
+    assert_eq!(health.unwrap().0, 503);
+    assert_eq!(handler.request("PUT", "/api/write-through/b", Some("2")).unwrap().0, 200);
+}

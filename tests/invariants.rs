@@ -29,8 +29,10 @@ async fn a_cache_hit_is_one_redis_round_trip_and_no_store_call() {
     for mode in MODES {
         redis.reset_stats();
         let gets_before = t.store.gets();
+        let round_trips = t.app.patterns.cache().round_trips();
         let hit = send(&router, mode, &aside, &Call::new("GET", Some("hot"))).await;
         assert_eq!(hit.header("x-cache"), Some("hit"));
+        assert_eq!(t.app.patterns.cache().round_trips() - round_trips, 1);
         let calls = redis.command_calls();
         let total: u64 = calls
             .iter()

@@ -155,20 +155,22 @@ async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
         let before = a.app.patterns.cache().hotness(&key, &policy, common::now()).await.unwrap();
         redis.reset_stats();
         let gets = a.store.gets();
+        let round_trips = a.app.patterns.cache().round_trips();
         assert_served(&a.read(Mode::Payload, "RefreshAheadRead", &key).await, &json!("warm"), "cache", "hit");
+        assert_eq!(a.app.patterns.cache().round_trips() - round_trips, 1, "a hit is one round trip to Redis");
         let calls = redis.command_calls();
         eprintln!("Redis commands for one refresh-ahead hit (script body included): {calls:?}");
-        assert_eq!(calls.get("evalsha"), Some(&1), "{calls:?}");
+        assert_eq!((calls.get("hmget"), calls.get("evalsha")), (Some(&1), Some(&1)), "{calls:?}");
         let top_level: Vec<_> = calls
             .keys()
             .filter(|c| {
-                !["evalsha", "type", "hmget", "get", "set", "zincrby", "zcard", "info", "config|resetstat"]
+                !["evalsha", "hmget", "get", "set", "zincrby", "zcard", "info", "config|resetstat"]
                     .contains(&c.as_str())
             })
             .collect();
         assert!(
             top_level.is_empty(),
-            "a hit sends one EVALSHA (whose script runs the rest) and nothing else: {calls:?}"
+            "a hit pipelines one HMGET of the entry and one EVALSHA (whose script bumps the hot-key set), nothing else: {calls:?}"
         );
         assert_eq!(a.store.gets(), gets, "a hit never reads the store");
         let after = a.app.patterns.cache().hotness(&key, &policy, common::now()).await.unwrap();

@@ -134,9 +134,11 @@ impl RedisCache {
             }
             None => None,
         };
-        let mut cache = Self::with_token_credential(target, instance_name, credential)?;
-        cache.deadline = deadline;
-        Ok(cache)
+        // The connection's own response timeout follows the deadline (a blocking stream read may
+        // legitimately wait longer than a request).
+        let mut target = target.clone();
+        target.response_timeout = deadline;
+        Self::with_token_credential(&target, instance_name, credential)
     }
 
     /// Like [`RedisCache::new`], authenticating with tokens from `credential` when one is given

@@ -97,8 +97,21 @@ impl SqliteStore {
         &self.path
     }
 
-    /// `Unavailable` when the path no longer names the file that was opened (deleted, replaced).
+    /// `Unavailable` when the path no longer names the file that was opened (deleted, replaced),
+    /// or when SQLite's write-ahead log or shared-memory file cannot be written: SQLite maps the
+    /// latter into memory, and writing through a mapping of a file that cannot be written kills the
+    /// process with `SIGBUS`.
     fn check_file(&self) -> Result<(), StoreError> {
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = self.path.clone().into_os_string();
+            companion.push(suffix);
+            if let Err(e) = writable(Path::new(&companion)) {
+                return Err(StoreError::unavailable(format!(
+                    "SQLite's {} cannot be written ({e}); writes are refused until it can",
+                    Path::new(&companion).display()
+                )));
+            }
+        }
         match FileIdentity::of(&self.path) {
             Ok(now) if now == self.identity => Ok(()),
             Ok(_) => Err(StoreError::unavailable(format!(
@@ -125,6 +138,20 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::unavailable(format!("the SQLite task failed: {e}")))?
+    }
+}
+
+/// Whether this process may write `path` (a missing file is fine: SQLite creates it).
+fn writable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return Ok(()) };
+    // SAFETY: `access` only reads the NUL-terminated path it is given.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        e if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        e => Err(e),
     }
 }
 
