@@ -242,11 +242,16 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
 }
 
+/// The slowest request seen by [`timed`] in this test binary, and how many there were.
+static SLOWEST: std::sync::Mutex<(Duration, usize)> = std::sync::Mutex::new((Duration::ZERO, 0));
+
 async fn timed(what: &str, request: impl std::future::Future<Output = common::host::Reply>) -> common::host::Reply {
     let started = Instant::now();
     let reply = request.await;
     let took = started.elapsed();
     assert!(took < Duration::from_millis(2500), "{what} took {took:?} with Redis not answering");
+    let mut slowest = SLOWEST.lock().unwrap();
+    *slowest = (slowest.0.max(took), slowest.1 + 1);
     reply
 }
 
@@ -283,6 +288,8 @@ async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize) {
         let started = Instant::now();
         let health = send(&router, Mode::Forwarded, &f.health, &Call::new("GET", None)).await;
         assert!(started.elapsed() < Duration::from_millis(2000), "Health took {:?}", started.elapsed());
+        let (slowest, requests) = *SLOWEST.lock().unwrap();
+        eprintln!("Health answered in {:?}; slowest of {requests} requests so far: {slowest:?}", started.elapsed());
         assert_eq!((health.status, &health.body["redis"]["status"]), (503, &json!("down")));
         // Let the breaker's 2 s window pass so that the next round reconnects again.
         tokio::time::sleep(Duration::from_millis(2100)).await;

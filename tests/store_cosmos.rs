@@ -15,9 +15,11 @@ use azure_data_cosmos_driver::fault_injection::{
 };
 use cachepatterns::app::App;
 use cachepatterns::cache::RedisCache;
+use cachepatterns::clock::{Clock, ManualClock};
 use cachepatterns::server;
 use cachepatterns::store::cosmos::{CosmosStore, Provisioning, item_id};
 use cachepatterns::store::{Applied, Change, Store, StoreError};
+use cachepatterns::version::HybridClock;
 use common::RedisServer;
 use common::cosmos::{CONTAINER, DATABASE, Emulator};
 use common::host::{self, Call, FunctionDef, MODES};
@@ -25,9 +27,17 @@ use serde_json::{Value, json};
 
 /// The raw document behind `key`, as Cosmos holds it.
 async fn raw_document(client: &CosmosClient, key: &str) -> Value {
+    raw_item(client, &item_id(key)).await.expect("raw item")
+}
+
+/// The raw item `id` (a key's, or one of the store's own), `None` if there is none.
+async fn raw_item(client: &CosmosClient, id: &str) -> Option<Value> {
     let container = client.database_client(DATABASE).container_client(CONTAINER, None).await.expect("container");
-    let id = item_id(key);
-    container.read_item(id.clone(), &id, None).await.expect("read raw item").into_model().expect("JSON document")
+    match container.read_item(id.to_string(), id, None).await {
+        Ok(response) => Some(response.into_model().expect("JSON document")),
+        Err(e) if e.status().is_not_found() => None,
+        Err(e) => panic!("read raw item {id:?}: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,6 +252,150 @@ async fn throttling_is_unavailable_with_the_services_retry_hint() {
     }
 }
 
+/// The store's own items (health probe, tombstone watermark) hold what the docs say, are reached by
+/// no key, and are never purged or counted as tombstones. The watermark is a decimal string, and a
+/// key without an item that is refused reports it as `current`.
+#[tokio::test]
+async fn the_stores_own_items_are_reached_by_no_key_and_never_purged() {
+    let emulator = Emulator::new(false);
+    let store = emulator.store().await;
+    let client = emulator.client(None).await;
+    store.probe_write().await.unwrap();
+    let probe = raw_item(&client, "~~health").await.expect("the probe record");
+    assert!(probe["updatedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{probe}");
+    assert!(probe.get("deleted").is_none() && probe.get("key").is_none(), "{probe}");
+    store.probe_write().await.unwrap();
+
+    let time = ManualClock::starting_now();
+    let clock = HybridClock::new(time.clone());
+    let (first, second) = (clock.next(), clock.next());
+    store.apply("gone-1", first, Change::Delete).await.unwrap();
+    store.apply("gone/2", second, Change::Delete).await.unwrap();
+    let later = time.now().plus(Duration::from_secs(60));
+    assert_eq!(store.purge_tombstones(later).await.unwrap(), 2, "two tombstones, nothing of the store's own");
+    let watermark = raw_item(&client, "~~tombstone-watermark").await.expect("the watermark");
+    assert_eq!(watermark["watermark"], json!(second.to_string()), "the highest purged version, as a string");
+    assert!(raw_item(&client, "~~health").await.is_some(), "the probe record is not a tombstone");
+    for key in ["~~health", "~~tombstone-watermark", "~~ping"] {
+        assert_eq!(store.get(key).await.unwrap(), None, "{key}");
+        assert_ne!(item_id(key), key);
+    }
+    // A key without an item takes only versions above the watermark, and says which.
+    assert_eq!(
+        store.apply("never-written", second, Change::Upsert(json!(1))).await.unwrap(),
+        Applied::Stale { current: second }
+    );
+    assert_eq!(store.apply("never-written", second + 1, Change::Upsert(json!(1))).await.unwrap(), Applied::Yes);
+    // Purging again leaves the watermark where it is (it only goes up).
+    assert_eq!(store.purge_tombstones(later).await.unwrap(), 0);
+    assert_eq!(raw_item(&client, "~~tombstone-watermark").await.unwrap()["watermark"], json!(second.to_string()));
+}
+
+/// Older releases wrote versions as JSON numbers; their tombstones are purged too, and the
+/// watermark covers them.
+#[tokio::test]
+async fn tombstones_with_numeric_versions_from_older_releases_are_purged() {
+    let emulator = Emulator::new(false);
+    let store = emulator.store().await;
+    let client = emulator.client(None).await;
+    let container = client.database_client(DATABASE).container_client(CONTAINER, None).await.unwrap();
+    // Old-layout versions: plain microseconds (2023-11-14).
+    let old = 1_700_000_000_000_000u64;
+    let document = json!({"id": "legacy", "key": "legacy", "value": null, "version": old, "deleted": true,
+                          "updatedAt": "2023-11-14T22:13:20Z"});
+    container.create_item("legacy", "legacy", &document, None).await.unwrap();
+    store.apply("legacy-live", old, Change::Upsert(json!(1))).await.unwrap();
+    let now = ManualClock::starting_now().now();
+    assert_eq!(store.purge_tombstones(now).await.unwrap(), 1);
+    assert_eq!(store.get("legacy").await.unwrap(), None);
+    assert_eq!(
+        store.apply("legacy", old - 1, Change::Upsert(json!("zombie"))).await.unwrap(),
+        Applied::Stale { current: old }
+    );
+    assert_eq!(store.get("legacy-live").await.unwrap().unwrap().value, Some(json!(1)));
+}
+
+/// A tombstone rewritten between the purge's query and its delete is left alone (`If-Match` its
+/// ETag gets 412): the purge never deletes a write it did not see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_rewritten_during_the_purge_is_kept() {
+    let emulator = Emulator::new(false);
+    let fast = emulator.store().await;
+    let time = ManualClock::starting_now();
+    let clock = HybridClock::new(time.clone());
+    fast.apply("purged", clock.next(), Change::Delete).await.unwrap();
+    fast.apply("rewritten", clock.next(), Change::Delete).await.unwrap();
+    let slow_deletes = vec![fault(
+        "slow-delete",
+        FaultOperationType::DeleteItem,
+        FaultInjectionResultBuilder::new().with_delay(Duration::from_millis(300)),
+    )];
+    let client = emulator.client_with_faults(None, slow_deletes).await;
+    let slow = Arc::new(CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap());
+    let older_than = time.now().plus(Duration::from_secs(60));
+    let purge = {
+        let slow = slow.clone();
+        tokio::spawn(async move { slow.purge_tombstones(older_than).await })
+    };
+    // The query and the watermark are done; the deletes are held back.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fast.apply("rewritten", clock.next(), Change::Upsert(json!("back"))).await.unwrap(), Applied::Yes);
+    assert_eq!(purge.await.unwrap().unwrap(), 1);
+    assert_eq!(fast.get("purged").await.unwrap(), None);
+    assert_eq!(fast.get("rewritten").await.unwrap().unwrap().value, Some(json!("back")));
+}
+
+#[tokio::test]
+async fn probe_write_and_purge_are_unavailable_when_cosmos_is() {
+    let emulator = Emulator::new(false);
+    emulator.store().await.apply("k", 1, Change::Delete).await.unwrap();
+    let rules = vec![
+        fault(
+            "503-upsert",
+            FaultOperationType::UpsertItem,
+            FaultInjectionResultBuilder::new().with_error(FaultInjectionErrorType::ServiceUnavailable),
+        ),
+        fault(
+            "503-query",
+            FaultOperationType::QueryItem,
+            FaultInjectionResultBuilder::new().with_error(FaultInjectionErrorType::ServiceUnavailable),
+        ),
+    ];
+    let client = emulator.client_with_faults(None, rules).await;
+    let store = CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap();
+    match store.probe_write().await {
+        Err(StoreError::Unavailable { message, .. }) => assert!(message.contains("503"), "{message}"),
+        other => panic!("a 503 on the probe must be Unavailable, got {other:?}"),
+    }
+    let now = ManualClock::starting_now().now();
+    assert!(store.purge_tombstones(now).await.unwrap_err().is_transient());
+    store.ping().await.unwrap();
+    assert!(store.get("k").await.unwrap().unwrap().is_deleted(), "nothing was purged");
+}
+
+#[tokio::test]
+async fn probe_write_is_refused_while_cosmos_throttles() {
+    let emulator = Emulator::new(true);
+    emulator.precreate_container("/id", Some(400));
+    let client = emulator.client(Some(0)).await;
+    let store = CosmosStore::open(client, DATABASE, CONTAINER, Provisioning::CreateIfMissing).await.unwrap();
+    // The budget is per second, and a request is refused only when its own charge no longer fits:
+    // spend it on large writes, then probe until the remainder is too small for a probe.
+    exhaust_throughput(&store).await;
+    for _ in 0..500 {
+        match store.probe_write().await {
+            Err(StoreError::Unavailable { message, retry_after }) => {
+                assert!(message.contains("429"), "{message}");
+                assert!(retry_after.is_some_and(|d| d > Duration::ZERO), "429 carries x-ms-retry-after-ms");
+                return;
+            }
+            Err(other) => panic!("429 must be Unavailable, got {other:?}"),
+            Ok(()) => continue,
+        }
+    }
+    panic!("the probe was never throttled");
+}
+
 /// An app on a real Redis and the given Cosmos store.
 fn app_on(redis: &RedisServer, store: Arc<dyn Store>) -> App {
     let settings = common::settings(&redis.connection_string(), &[]);
@@ -411,7 +565,8 @@ async fn request_charges_are_logged_per_operation_and_summed_per_call() {
         .lines()
         .find(|l| l.contains("DEBUG") && l.contains("request charge of the store call") && l.contains("call=\"apply\""))
         .unwrap_or_else(|| panic!("no per-call sum in:\n{text}"));
-    assert!(total.contains("operations=2"), "{total}");
+    // The item's read (404), the tombstone watermark's read (a new key must be above it), the create.
+    assert!(total.contains("operations=3"), "{total}");
     let charge: f64 = total
         .split("request_charge=")
         .nth(1)

@@ -4,8 +4,11 @@
 //! serves the whole suite; a failure names the case.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use cachepatterns::clock::{Clock, ManualClock};
 use cachepatterns::store::{Applied, Change, Store};
+use cachepatterns::version::HybridClock;
 use serde_json::{Value, json};
 
 type BoxedCase = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -33,6 +36,10 @@ pub async fn run_all(store: Arc<dyn Store>, namespace: &str) {
         case!(keys_are_case_sensitive_and_independent),
         case!(large_values_round_trip),
         case!(ping_answers),
+        case!(probe_write_succeeds),
+        // Last: it purges every old tombstone in the store and raises the watermark to now, after
+        // which keys without a record refuse the small versions the other cases use.
+        case!(tombstones_are_purged_after_the_retention_window_and_never_resurrect),
     ];
     for (name, case) in cases {
         let ns = format!("{namespace}-{name}-");
@@ -213,4 +220,70 @@ async fn large_values_round_trip(store: Arc<dyn Store>, ns: String) {
 async fn ping_answers(store: Arc<dyn Store>, _ns: String) {
     store.ping().await.unwrap();
     assert!(!store.kind().is_empty());
+}
+
+async fn probe_write_succeeds(store: Arc<dyn Store>, ns: String) {
+    store.probe_write().await.unwrap();
+    store.probe_write().await.unwrap();
+    // The probe record is the store's own: no key reads it.
+    for key in ["~~health", "health", "health_probe", "~~tombstone-watermark", "tombstone_watermark"] {
+        assert_eq!(store.get(key).await.unwrap(), None, "{key}");
+    }
+    assert_eq!(store.get(&format!("{ns}after-probe")).await.unwrap(), None);
+}
+
+/// The scenario of `tests/hardening.rs`, on any store: 500 old tombstones plus one, a live key and
+/// a recent tombstone; the purge removes exactly the 501 old ones, a late older write to a purged key
+/// stays refused, new writes go through.
+async fn tombstones_are_purged_after_the_retention_window_and_never_resurrect(store: Arc<dyn Store>, ns: String) {
+    let time = ManualClock::starting_now();
+    // The earlier cases' tombstones (tiny versions, issued in 1970) go first, so the count below is
+    // this case's own.
+    store.purge_tombstones(time.now()).await.unwrap();
+    let clock = HybridClock::new(time.clone());
+    for i in 0..500 {
+        store.apply(&format!("{ns}never-existed-{i}"), clock.next(), Change::Delete).await.unwrap();
+    }
+    let (alive, deleted, recently_deleted) =
+        (format!("{ns}alive"), format!("{ns}deleted"), format!("{ns}recently-deleted"));
+    store.apply(&alive, clock.next(), Change::Upsert(json!(1))).await.unwrap();
+    let tombstone = clock.next();
+    store.apply(&deleted, tombstone, Change::Delete).await.unwrap();
+    time.advance(Duration::from_secs(10 * 24 * 3600));
+    let recent = clock.next();
+    store.apply(&recently_deleted, recent, Change::Delete).await.unwrap();
+    let retention = Duration::from_secs(24 * 3600);
+    assert_eq!(store.purge_tombstones(time.now().minus(retention)).await.unwrap(), 501);
+    assert_eq!(store.get(&deleted).await.unwrap(), None, "purged");
+    assert_eq!(store.get(&format!("{ns}never-existed-7")).await.unwrap(), None, "purged");
+    assert_eq!(store.get(&alive).await.unwrap().unwrap().value, Some(json!(1)), "live keys stay");
+    assert!(store.get(&recently_deleted).await.unwrap().unwrap().is_deleted(), "recent tombstones stay");
+    assert_eq!(store.purge_tombstones(time.now().minus(retention)).await.unwrap(), 0);
+    // A late write older than the purged tombstone stays refused, and says what refused it...
+    match store.apply(&deleted, tombstone - 1, Change::Upsert(json!("zombie"))).await.unwrap() {
+        Applied::Stale { current } => assert!(current >= tombstone, "{current} < {tombstone}"),
+        Applied::Yes => panic!("a purged delete was resurrected by an older write"),
+    }
+    assert_eq!(store.get(&deleted).await.unwrap(), None);
+    // ...as does one older than the retention window to a key that never existed (the price of
+    // forgetting which keys had tombstones).
+    assert!(matches!(
+        store.apply(&format!("{ns}late-new-key"), tombstone - 1, Change::Upsert(json!(1))).await.unwrap(),
+        Applied::Stale { .. }
+    ));
+    // The recent tombstone still guards its key with its own version.
+    assert_eq!(
+        store.apply(&recently_deleted, recent - 1, Change::Upsert(json!("late"))).await.unwrap(),
+        Applied::Stale { current: recent }
+    );
+    // New writes go through, to the purged key and to new keys.
+    assert_eq!(store.apply(&deleted, clock.next(), Change::Upsert(json!("new"))).await.unwrap(), Applied::Yes);
+    assert_eq!(store.get(&deleted).await.unwrap().unwrap().value, Some(json!("new")));
+    assert_eq!(
+        store.apply(&format!("{ns}brand-new"), clock.next(), Change::Upsert(json!(1))).await.unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(store.apply(&format!("{ns}never-existed-3"), clock.next(), Change::Delete).await.unwrap(), Applied::Yes);
+    store.probe_write().await.unwrap();
+    assert_eq!(store.purge_tombstones(time.now().minus(retention)).await.unwrap(), 0, "nothing old is left");
 }

@@ -12,7 +12,9 @@
 //! | hashed | keys over 180 bytes | `~~` + base64url of the key's SHA-256 |
 //!
 //! Plain ids never start with `~`, and base64url never contains `~`, so the three forms are
-//! disjoint. Plain and encoded ids decode back to the key by themselves; a hashed id does not, which
+//! disjoint. The store's own items (the ping target, the health probe, the tombstone watermark) use
+//! ids of the form `~~name` that are never [`HASHED_ID_LEN`] characters long, so no key maps to
+//! them either ([`is_reserved`]). Plain and encoded ids decode back to the key by themselves; a hashed id does not, which
 //! is why every document also records the original key in its `key` field and the store returns
 //! that field (and checks it, so a hash collision would surface as an error, never as another key's
 //! value).
@@ -27,6 +29,8 @@ const MAX_PLAIN_BYTES: usize = 200;
 const MAX_ENCODED_BYTES: usize = 180;
 const ENCODED_PREFIX: &str = "~";
 const HASHED_PREFIX: &str = "~~";
+/// Length of every hashed id: the prefix and 43 characters of base64url (32 bytes).
+pub const HASHED_ID_LEN: usize = 45;
 
 /// The Cosmos item id (and partition key value) for `key`.
 pub fn item_id(key: &str) -> String {
@@ -49,6 +53,12 @@ pub fn key_of(id: &str) -> Option<String> {
     } else {
         Some(id.to_string())
     }
+}
+
+/// True for the ids of the store's own items: `~~` followed by anything but a hashed id's 43
+/// characters. No key maps to such an id.
+pub fn is_reserved(id: &str) -> bool {
+    id.starts_with(HASHED_PREFIX) && id.len() != HASHED_ID_LEN
 }
 
 fn is_plain(key: &str) -> bool {
@@ -111,6 +121,8 @@ mod tests {
         for key in ["é".repeat(200), "k".repeat(201), "k".repeat(512), format!("/{}", "x".repeat(180))] {
             let id = item_id(&key);
             assert!(id.starts_with("~~"), "{id}");
+            assert_eq!(id.len(), HASHED_ID_LEN, "{id}");
+            assert!(!is_reserved(&id), "{id}");
             assert!(cosmos_accepts(&id), "{id}");
             assert_eq!(key_of(&id), None);
         }
@@ -127,5 +139,19 @@ mod tests {
         // Keys differing only in case stay apart in every form.
         assert_ne!(item_id("Key"), item_id("key"));
         assert_ne!(item_id("a/B"), item_id("a/b"));
+    }
+
+    #[test]
+    fn reserved_ids_are_reached_by_no_key() {
+        for reserved in ["~~ping", "~~health", "~~tombstone-watermark"] {
+            assert!(is_reserved(reserved));
+            assert!(cosmos_accepts(reserved));
+            // The id taken as a key, and any key at all, maps to a non-reserved id.
+            assert!(!is_reserved(&item_id(reserved)), "{reserved}");
+            assert_eq!(key_of(reserved), None);
+        }
+        for key in ["plain", "~~health", "with/slash", &"k".repeat(512), &"é".repeat(100)] {
+            assert!(!is_reserved(&item_id(key)), "{key:?}");
+        }
     }
 }

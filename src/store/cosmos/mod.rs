@@ -31,6 +31,26 @@
 //! `x-ms-retry-after-ms` when it sent one (the HTTP layer turns that into `503` + `Retry-After`);
 //! everything else is [`StoreError::Rejected`]. Each Cosmos operation's request charge is logged at
 //! `trace` and the sum per store call at `debug` (`RUST_LOG=cachepatterns::store::cosmos=trace`).
+//!
+//! # The store's own items
+//!
+//! Three ids no key maps to ([`id::is_reserved`]): `~~ping` (read, never written, by
+//! [`Store::ping`]), `~~health` (upserted by [`Store::probe_write`]) and `~~tombstone-watermark`.
+//! None has `deleted: true` or a `key`, so neither the purge nor [`Store::get`] can take them for a
+//! key's record.
+//!
+//! # Purging tombstones
+//!
+//! [`Store::purge_tombstones`] removes tombstones whose version was issued before a time, as the
+//! SQLite store does, and keeps the same guarantee: a purged key still refuses writes older than
+//! its tombstone. The watermark item holds the highest version of any purged tombstone (a decimal
+//! string, only ever raised, with `If-Match` on its ETag), and is raised *before* the tombstones
+//! are deleted. A write to a key that has no item (the create path of the apply loop) reads the
+//! watermark and is `Stale { current: watermark }` unless it is above it. The purge queries
+//! `deleted = true` items (narrowed in SQL to versions below the bound, decided exactly in Rust,
+//! since versions are strings or, from older releases, numbers), at most [`MAX_PURGE_PER_CALL`] per
+//! call, and deletes each with `If-Match` its ETag: a tombstone rewritten meanwhile (412) or
+//! already removed by another instance (404) is left alone.
 
 mod id;
 
@@ -43,21 +63,25 @@ use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::Etag;
 use azure_data_cosmos::models::ContainerProperties;
 use azure_data_cosmos::options::{
-    BinaryEncodingOptions, ConnectionPoolOptions, ItemWriteOptions, OperationOptionsBuilder, Precondition,
-    ServerCertificateValidation, ThrottlingRetryOptionsBuilder,
+    BinaryEncodingOptions, ConnectionPoolOptions, FeedOptions, ItemWriteOptions, MaxItemCountHint,
+    OperationOptionsBuilder, Precondition, QueryOptions, ServerCertificateValidation, ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosClientBuilder, CosmosError,
-    CosmosRuntimeBuilder, RoutingStrategy,
+    CosmosRuntimeBuilder, FeedScope, Query, RoutingStrategy,
 };
 use azure_data_cosmos_driver::error::status_codes;
+use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use id::item_id;
 
 use super::{Applied, Change, Record, Store, StoreError};
+use crate::clock::Timestamp;
 use crate::settings::{CosmosAuth, CosmosSettings};
+use crate::version::{at, issued_at};
 
 /// Reads and conditional writes one apply may make before it gives up on a hot key.
 pub const MAX_ATTEMPTS: u32 = 16;
@@ -70,6 +94,19 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const MAX_EXACT_NUMBER: u64 = (1 << 53) - 1;
 /// An id no key maps to (hashed ids are 45 characters), read by [`Store::ping`].
 const PING_ID: &str = "~~ping";
+/// The item [`Store::probe_write`] upserts; no key maps to it.
+const HEALTH_ID: &str = "~~health";
+/// The item holding the highest version of any purged tombstone; no key maps to it.
+const WATERMARK_ID: &str = "~~tombstone-watermark";
+/// Most tombstones one [`Store::purge_tombstones`] call removes; a larger backlog goes over the
+/// next calls (the service purges hourly).
+pub const MAX_PURGE_PER_CALL: usize = 10_000;
+/// Tombstones deleted under one [`CALL_DEADLINE`].
+const PURGE_BATCH: usize = 200;
+/// Items per page of the purge query.
+const PURGE_PAGE: u32 = 1000;
+/// Physical partitions the purge query may fan out to (it has to visit them all).
+const PURGE_MAX_FAN_OUT: u32 = 10_000;
 /// The partition key path the container must have.
 const PARTITION_KEY_PATH: &str = "/id";
 
@@ -231,7 +268,11 @@ impl CosmosStore {
     }
 
     /// Reads the item `id`: `None` on 404, else the document and its ETag.
-    async fn read(&self, id: &str, charges: &mut Charges<'_>) -> Result<Option<(StoredDocument, Etag)>, StoreError> {
+    async fn read<D: DeserializeOwned>(
+        &self,
+        id: &str,
+        charges: &mut Charges<'_>,
+    ) -> Result<Option<(D, Etag)>, StoreError> {
         match self.container.read_item(id.to_string(), id, None).await {
             Ok(response) => {
                 charges.record("read", response.diagnostics().total_request_charge().value(), 200);
@@ -239,7 +280,7 @@ impl CosmosStore {
                     response.headers().etag().cloned().ok_or_else(|| {
                         StoreError::Rejected(format!("Cosmos DB returned item {id:?} without an ETag"))
                     })?;
-                let document: StoredDocument = response
+                let document: D = response
                     .into_model()
                     .map_err(|e| StoreError::Rejected(format!("item {id:?} is not a document of this service: {e}")))?;
                 Ok(Some((document, etag)))
@@ -265,19 +306,27 @@ impl CosmosStore {
             if attempt > 2 {
                 back_off(attempt).await;
             }
-            match self.read(id, charges).await? {
-                None => match self.container.create_item(id.to_string(), id, document, None).await {
-                    Ok(response) => {
-                        charges.record("create", response.diagnostics().total_request_charge().value(), 201);
-                        return Ok(Applied::Yes);
+            match self.read::<StoredDocument>(id, charges).await? {
+                None => {
+                    // No item: the key was never written, or its tombstone was purged. Only writes
+                    // above every purged tombstone may create it (the watermark only goes up).
+                    let watermark = self.watermark(charges).await?.map_or(0, |(watermark, _)| watermark);
+                    if document.version_number <= watermark {
+                        return Ok(Applied::Stale { current: watermark });
                     }
-                    // Another writer created it first: read theirs and decide again.
-                    Err(e) if e.status().is_conflict() => charges.record_error("create", &e),
-                    Err(e) => {
-                        charges.record_error("create", &e);
-                        return Err(store_error("create", &e));
+                    match self.container.create_item(id.to_string(), id, document, None).await {
+                        Ok(response) => {
+                            charges.record("create", response.diagnostics().total_request_charge().value(), 201);
+                            return Ok(Applied::Yes);
+                        }
+                        // Another writer created it first: read theirs and decide again.
+                        Err(e) if e.status().is_conflict() => charges.record_error("create", &e),
+                        Err(e) => {
+                            charges.record_error("create", &e);
+                            return Err(store_error("create", &e));
+                        }
                     }
-                },
+                }
                 Some((current, etag)) => {
                     current.check_key(id, document.key)?;
                     let stored = current.version()?;
@@ -309,6 +358,176 @@ impl CosmosStore {
             retry_after: Some(Duration::from_millis(100)),
         })
     }
+}
+
+impl CosmosStore {
+    /// The tombstone watermark and its item's ETag; `None` while nothing was ever purged.
+    async fn watermark(&self, charges: &mut Charges<'_>) -> Result<Option<(u64, Etag)>, StoreError> {
+        match self.read::<WatermarkDocument>(WATERMARK_ID, charges).await? {
+            None => Ok(None),
+            Some((document, etag)) => {
+                let watermark = parse_version(&document.watermark).ok_or_else(|| {
+                    StoreError::Rejected(format!(
+                        "the tombstone watermark {} in item {WATERMARK_ID:?} is not a whole number",
+                        document.watermark
+                    ))
+                })?;
+                Ok(Some((watermark, etag)))
+            }
+        }
+    }
+
+    /// Raises the watermark to at least `to` (never lowers it), with the same optimistic
+    /// concurrency as the apply loop: `create` (409: someone else did) or `replace` with `If-Match`
+    /// (412: someone else raised it meanwhile), then read and decide again.
+    async fn raise_watermark(&self, to: u64, charges: &mut Charges<'_>) -> Result<(), StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            if attempt > 2 {
+                back_off(attempt).await;
+            }
+            let document = WatermarkDocument { id: WATERMARK_ID.to_string(), watermark: Value::String(to.to_string()) };
+            let outcome = match self.watermark(charges).await? {
+                Some((current, _)) if current >= to => return Ok(()),
+                Some((_, etag)) => {
+                    let options = ItemWriteOptions::default().with_precondition(Precondition::if_match(etag));
+                    let outcome =
+                        self.container.replace_item(WATERMARK_ID, WATERMARK_ID, &document, Some(options)).await;
+                    ("replace", 200, outcome)
+                }
+                None => ("create", 201, self.container.create_item(WATERMARK_ID, WATERMARK_ID, &document, None).await),
+            };
+            match outcome {
+                (operation, status, Ok(response)) => {
+                    charges.record(operation, response.diagnostics().total_request_charge().value(), status);
+                    return Ok(());
+                }
+                (operation, _, Err(e))
+                    if e.status().is_conflict() || e.status().is_precondition_failed() || e.status().is_not_found() =>
+                {
+                    charges.record_error(operation, &e)
+                }
+                (operation, _, Err(e)) => {
+                    charges.record_error(operation, &e);
+                    return Err(store_error(operation, &e));
+                }
+            }
+        }
+        Err(StoreError::Unavailable {
+            message: format!(
+                "Cosmos DB: gave up raising the tombstone watermark after {MAX_ATTEMPTS} attempts lost to concurrent purges"
+            ),
+            retry_after: Some(Duration::from_millis(100)),
+        })
+    }
+
+    /// Up to [`MAX_PURGE_PER_CALL`] tombstones whose version was issued before `older_than`.
+    async fn purgeable_tombstones(
+        &self,
+        older_than: Timestamp,
+        charges: &mut Charges<'_>,
+    ) -> Result<Vec<PurgeableTombstone>, StoreError> {
+        // In SQL, a superset: every version issued before `older_than`, of either layout, is below
+        // `at(older_than)`; decimal strings without leading zeros compare as numbers when their
+        // lengths are compared first. Numbers (older releases) are all taken and decided in Rust.
+        let bound = at(older_than).to_string();
+        let query = Query::from(
+            "SELECT c.id, c.version, c._etag FROM c WHERE c.deleted = true AND (IS_NUMBER(c.version) OR \
+             (IS_STRING(c.version) AND (LENGTH(c.version) < @length OR (LENGTH(c.version) = @length AND c.version < @bound))))",
+        )
+        .with_parameter("@length", bound.len())
+        .and_then(|query| query.with_parameter("@bound", &bound))
+        .map_err(|e| StoreError::Rejected(format!("cannot build the tombstone query: {e}")))?;
+        let page_size =
+            std::num::NonZeroU32::new(PURGE_PAGE).map_or(MaxItemCountHint::ServerDecides, MaxItemCountHint::Limit);
+        let options = QueryOptions::default().with_feed_options(
+            FeedOptions::default().with_max_item_count(page_size).with_max_fan_out(PURGE_MAX_FAN_OUT),
+        );
+        let mut pages =
+            match self.container.query_items::<TombstoneRow>(query, FeedScope::full_container(), Some(options)).await {
+                Ok(items) => items.into_pages(),
+                Err(e) => {
+                    charges.record_error("query", &e);
+                    return Err(store_error("query", &e));
+                }
+            };
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                charges.record_error("query", &e);
+                store_error("query", &e)
+            })?;
+            charges.record("query", page.diagnostics().total_request_charge().value(), 200);
+            for row in page.into_items() {
+                let Some(version) = parse_version(&row.version) else { continue };
+                if id::is_reserved(&row.id) || issued_at(version) >= older_than {
+                    continue;
+                }
+                found.push(PurgeableTombstone { id: row.id, version, etag: Etag::from(row.etag) });
+                if found.len() >= MAX_PURGE_PER_CALL {
+                    return Ok(found);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes one tombstone if it is still the one the query saw: `true` if deleted, `false` if it
+    /// was rewritten meanwhile (412) or is gone already (404).
+    async fn delete_tombstone(
+        &self,
+        tombstone: &PurgeableTombstone,
+        charges: &mut Charges<'_>,
+    ) -> Result<bool, StoreError> {
+        let id = tombstone.id.as_str();
+        let options = ItemWriteOptions::default().with_precondition(Precondition::if_match(tombstone.etag.clone()));
+        match self.container.delete_item(id.to_string(), id, Some(options)).await {
+            Ok(response) => {
+                charges.record("delete", response.diagnostics().total_request_charge().value(), 204);
+                Ok(true)
+            }
+            Err(e) if e.status().is_precondition_failed() || e.status().is_not_found() => {
+                charges.record_error("delete", &e);
+                Ok(false)
+            }
+            Err(e) => {
+                charges.record_error("delete", &e);
+                Err(store_error("delete", &e))
+            }
+        }
+    }
+}
+
+/// A tombstone the purge found, with the ETag it had then.
+struct PurgeableTombstone {
+    id: String,
+    version: u64,
+    etag: Etag,
+}
+
+/// One row of the purge query.
+#[derive(Deserialize)]
+struct TombstoneRow {
+    id: String,
+    version: Value,
+    #[serde(rename = "_etag")]
+    etag: String,
+}
+
+/// The tombstone watermark item; Cosmos's own fields are ignored.
+#[derive(Serialize, Deserialize)]
+struct WatermarkDocument {
+    id: String,
+    /// A decimal string, like item versions.
+    watermark: Value,
+}
+
+/// The health probe item [`Store::probe_write`] upserts.
+#[derive(Serialize)]
+struct ProbeDocument {
+    id: &'static str,
+    probe: &'static str,
+    #[serde(rename = "updatedAt")]
+    updated_at: String,
 }
 
 /// A short jittered pause between attempts on a contended item, so racing writers spread out.
@@ -344,20 +563,22 @@ struct StoredDocument {
     deleted: bool,
 }
 
+/// A stored version: a decimal string (this release), or a number (older releases; accepts
+/// `1.0e15`-style numbers that some encodings give back for integers).
+fn parse_version(version: &Value) -> Option<u64> {
+    match version {
+        Value::String(text) => text.trim().parse::<u64>().ok(),
+        number => number.as_u64().or_else(|| {
+            number.as_f64().filter(|v| v.fract() == 0.0 && *v >= 0.0 && *v <= MAX_EXACT_NUMBER as f64).map(|v| v as u64)
+        }),
+    }
+}
+
 impl StoredDocument {
-    /// The stored version: a decimal string (this release), or a number (older releases; accepts
-    /// `1.0e15`-style numbers that some encodings give back for integers).
+    /// The stored version (see [`parse_version`]).
     fn version(&self) -> Result<u64, StoreError> {
-        match &self.version {
-            Value::String(text) => text.trim().parse::<u64>().ok(),
-            number => number.as_u64().or_else(|| {
-                number
-                    .as_f64()
-                    .filter(|v| v.fract() == 0.0 && *v >= 0.0 && *v <= MAX_EXACT_NUMBER as f64)
-                    .map(|v| v as u64)
-            }),
-        }
-        .ok_or_else(|| StoreError::Rejected(format!("stored version {} is not a whole number", self.version)))
+        parse_version(&self.version)
+            .ok_or_else(|| StoreError::Rejected(format!("stored version {} is not a whole number", self.version)))
     }
 
     /// The key this item stands for: the recorded one, or (for items written by hand without it)
@@ -499,7 +720,7 @@ impl Store for CosmosStore {
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         let id = item_id(key);
         let mut charges = Charges::new("get", &id);
-        within_deadline(&mut charges, async |charges| match self.read(&id, charges).await? {
+        within_deadline(&mut charges, async |charges| match self.read::<StoredDocument>(&id, charges).await? {
             None => Ok(None),
             Some((document, _)) => document.into_record(&id, key).map(Some),
         })
@@ -533,7 +754,52 @@ impl Store for CosmosStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut charges = Charges::new("ping", PING_ID);
-        within_deadline(&mut charges, async |charges| self.read(PING_ID, charges).await.map(|_| ())).await
+        within_deadline(&mut charges, async |charges| self.read::<Value>(PING_ID, charges).await.map(|_| ())).await
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let mut charges = Charges::new("probe_write", HEALTH_ID);
+        within_deadline(&mut charges, async |charges| {
+            let document = ProbeDocument { id: HEALTH_ID, probe: "write", updated_at: now_rfc3339() };
+            match self.container.upsert_item(HEALTH_ID, HEALTH_ID, &document, None).await {
+                Ok(response) => {
+                    charges.record("upsert", response.diagnostics().total_request_charge().value(), 200);
+                    Ok(())
+                }
+                Err(e) => {
+                    charges.record_error("upsert", &e);
+                    Err(store_error("upsert", &e))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn purge_tombstones(&self, older_than: Timestamp) -> Result<u64, StoreError> {
+        let mut charges = Charges::new("purge_tombstones", WATERMARK_ID);
+        // First the watermark, so that no purged key can take a write older than its tombstone.
+        let tombstones = within_deadline(&mut charges, async |charges| {
+            let tombstones = self.purgeable_tombstones(older_than, charges).await?;
+            if let Some(highest) = tombstones.iter().map(|t| t.version).max() {
+                self.raise_watermark(highest, charges).await?;
+            }
+            Ok(tombstones)
+        })
+        .await?;
+        let mut purged = 0u64;
+        for batch in tombstones.chunks(PURGE_BATCH) {
+            let mut charges = Charges::new("purge_tombstones", "tombstones");
+            purged += within_deadline(&mut charges, async |charges| {
+                let mut deleted = 0u64;
+                for tombstone in batch {
+                    deleted += u64::from(self.delete_tombstone(tombstone, charges).await?);
+                }
+                Ok(deleted)
+            })
+            .await
+            .inspect_err(|e| tracing::warn!(purged, error = %e, "Cosmos DB: tombstone purge stopped part-way"))?;
+        }
+        Ok(purged)
     }
 
     fn kind(&self) -> &'static str {
