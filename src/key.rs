@@ -14,7 +14,9 @@ pub struct Key(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// No key at all.
-    #[error("the key is empty; put it in the route (…/{{key}}), in `?key=`, or in the body as {{\"Key\": \"…\"}}")]
+    #[error(
+        "the key is empty; put it in the route (…/{{key}}, percent-encoded), in `?key=`, or in the body as {{\"Key\": \"…\"}} (keys `.` and `..` cannot travel in a URL path: send them with `?key=`)"
+    )]
     Empty,
     /// More than [`MAX_KEY_BYTES`].
     #[error("the key is {0} bytes long; keys may be at most 512 bytes of UTF-8")]

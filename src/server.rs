@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::api::{self, HttpFunction, triggers};
 use crate::app::App;
-use crate::protocol::{self, HttpReply, InvocationLog, forwarded, payload};
+use crate::protocol::{HttpReply, InvocationLog, forwarded, payload};
 
 /// Longest a request may run before the handler answers `503` itself.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -223,15 +223,9 @@ async fn route_body(
                 ),
             );
         };
-        let route_key = match raw_key.map(protocol::percent_decode) {
-            Some(None) => {
-                return json_response(
-                    400,
-                    &[],
-                    &error_body("bad_key", "the key in the path is not valid percent-encoded UTF-8"),
-                );
-            }
-            Some(Some(key)) => Some(key),
+        let route_key = match raw_key.map(|raw| forwarded::route_key(raw, &parts.headers)) {
+            Some(Err(e)) => return json_response(400, &[], &error_body("bad_key", &e.to_string())),
+            Some(Ok(key)) => Some(key),
             None => None,
         };
         let call = forwarded::http_call(&parts.method, &parts.uri, &parts.headers, body, route_key);

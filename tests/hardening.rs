@@ -65,8 +65,7 @@ async fn keys_named_like_internal_structures_are_ordinary_keys() {
     // Writes acknowledged but not applied yet (no consumer runs), and dead letters waiting.
     for i in 0..50 {
         let put =
-            send(&router, Mode::Forwarded, &f.behind, &Call::new("PUT", Some(&format!("acked{i}"))).json(&json!(i)))
-                .await;
+            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("acked{i}"))).json(&json!(i))).await;
         assert_eq!(put.status, 202);
     }
     for i in 0..3 {
@@ -101,7 +100,7 @@ async fn keys_named_like_internal_structures_are_ordinary_keys() {
     for name in names {
         assert!(t.sqlite.get(name).await.unwrap().unwrap().is_deleted(), "{name:?}: the last write (a delete) wins");
     }
-    let health = send(&router, Mode::Forwarded, &f.health, &Call::new("GET", None)).await;
+    let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
     assert_eq!(health.status, 200, "{}", health.body);
 }
 
@@ -142,7 +141,7 @@ async fn an_implausible_event_version_is_dead_lettered_and_never_moves_the_clock
     assert!(letters.iter().all(|l| l.reason.contains("implausible")), "{letters:?}");
     // Writes of every other key go on, with versions of now.
     let f = functions();
-    let put = send(&router, Mode::Forwarded, &f.through, &Call::new("PUT", Some("other")).json(&json!(1))).await;
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("other")).json(&json!(1))).await;
     assert_eq!(put.status, 200, "{}", put.body);
     let version = put.body["version"].as_u64().unwrap();
     assert!(issued_at(version).since(now) < Duration::from_secs(60), "the clock did not jump: {version}");
@@ -208,24 +207,24 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     let router = cachepatterns::server::router(t.app.clone());
     let f = functions();
     let get = Call::new("GET", None);
-    let health = || send(&router, Mode::Forwarded, &f.health, &get);
+    let health = || send(&router, Mode::Direct, &f.health, &get);
     assert_eq!(health().await.status, 200);
 
     // A full disk: writes fail, reads and the small probe still work.
     t.store.set_failing_writes(true);
-    let put = send(&router, Mode::Forwarded, &f.through, &Call::new("PUT", Some("k")).json(&json!(1))).await;
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("k")).json(&json!(1))).await;
     assert_eq!(put.status, 503);
     let report = health().await;
     assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
     assert!(report.body["store"]["error"].as_str().unwrap().contains("writes are failing"), "{}", report.body);
     t.store.set_failing_writes(false);
-    let put = send(&router, Mode::Forwarded, &f.through, &Call::new("PUT", Some("k")).json(&json!(1))).await;
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("k")).json(&json!(1))).await;
     assert_eq!(put.status, 200);
     assert_eq!(health().await.status, 200);
 
     // The queue's key holds something else: write-behind cannot work, and Health says so.
     redis.command(&format!("SET {WRITE_BEHIND_STREAM} x")).unwrap();
-    let queued = send(&router, Mode::Forwarded, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))).await;
+    let queued = send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))).await;
     assert!(queued.status >= 500, "{}", queued.body);
     let report = health().await;
     assert_eq!((report.status, &report.body["queue"]["status"]), (503, &json!("down")), "{}", report.body);
@@ -236,7 +235,7 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
 
     // The database file is removed while the handler runs: writes are refused, not acknowledged.
     std::fs::remove_file(t.sqlite.path()).unwrap();
-    let put = send(&router, Mode::Forwarded, &f.through, &Call::new("PUT", Some("k")).json(&json!(2))).await;
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("k")).json(&json!(2))).await;
     assert_eq!((put.status, &put.body["error"]["code"]), (503, &json!("store_unavailable")), "{}", put.body);
     let report = health().await;
     assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
@@ -263,30 +262,25 @@ async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize) {
     let ahead = FunctionDef::load("RefreshAheadRead");
     for round in 0..rounds {
         let read =
-            timed("a cache-aside read", send(&router, Mode::Forwarded, &f.aside, &Call::new("GET", Some("k")))).await;
+            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
         assert_eq!((read.status, read.header("x-cache")), (200, Some("bypass")), "{}", read.body);
         let read =
             timed("a refresh-ahead read", send(&router, Mode::Payload, &ahead, &Call::new("GET", Some("k")))).await;
         assert_eq!(read.status, 200);
         let write = timed(
             "a write-through",
-            send(
-                &router,
-                Mode::Forwarded,
-                &f.through,
-                &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(round)),
-            ),
+            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(round))),
         )
         .await;
         assert_eq!(write.status, 200, "{}", write.body);
         let queued = timed(
             "a write-behind",
-            send(&router, Mode::Forwarded, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))),
+            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))),
         )
         .await;
         assert_eq!(queued.status, 503, "{}", queued.body);
         let started = Instant::now();
-        let health = send(&router, Mode::Forwarded, &f.health, &Call::new("GET", None)).await;
+        let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
         assert!(started.elapsed() < Duration::from_millis(2000), "Health took {:?}", started.elapsed());
         let (slowest, requests) = *SLOWEST.lock().unwrap();
         eprintln!("Health answered in {:?}; slowest of {requests} requests so far: {slowest:?}", started.elapsed());
@@ -319,14 +313,14 @@ async fn a_hung_redis_bounds_every_request_and_recovers() {
     let t = TestApp::new(&redis, &[]);
     let router = cachepatterns::server::router(t.app.clone());
     let f = functions();
-    let warm = send(&router, Mode::Forwarded, &f.through, &Call::new("PUT", Some("warm")).json(&json!(1))).await;
+    let warm = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("warm")).json(&json!(1))).await;
     assert_eq!(warm.status, 200);
     redis.pause();
     bounded_while_redis_does_not_answer(&t, 2).await;
     redis.resume();
     let started = Instant::now();
     loop {
-        let read = send(&router, Mode::Forwarded, &f.aside, &Call::new("GET", Some("warm"))).await;
+        let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("warm"))).await;
         if read.header("x-cache") == Some("hit") {
             break;
         }
@@ -498,9 +492,9 @@ async fn an_older_release_queue_and_dead_letters_survive_the_upgrade() {
     let router = cachepatterns::server::router(t.app.clone());
     let f = functions();
     let put =
-        send(&router, Mode::Forwarded, &f.through, &Call::new("PUT", Some("writebehind")).json(&json!("mine"))).await;
+        send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("writebehind")).json(&json!("mine"))).await;
     assert_eq!(put.status, 200);
-    let read = send(&router, Mode::Forwarded, &f.aside, &Call::new("GET", Some("writebehind"))).await;
+    let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("writebehind"))).await;
     assert_eq!((read.body["value"].clone(), read.header("x-cache")), (json!("mine"), Some("hit")));
 }
 

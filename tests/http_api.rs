@@ -40,7 +40,8 @@ fn function_json_files_match_the_design() {
         serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/host.json")).unwrap())
             .unwrap();
     assert_eq!(host["version"], "2.0");
-    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
+    // The invocation payload carries every key intact; legacy forwarding loses some (tests/keys.rs).
+    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], false);
     assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "handler");
     assert_eq!(host["extensionBundle"]["version"], "[4.*, 5.0.0)");
     let local: Value = serde_json::from_str(
@@ -102,7 +103,7 @@ async fn both_modes_give_identical_answers() {
     let t = TestApp::new(&redis, &[]);
     let router = cachepatterns::server::router(t.app.clone());
     let (aside, through, _) = defs();
-    send(&router, Mode::Forwarded, &through, &Call::new("PUT", Some("same")).json(&json!([1, 2, 3]))).await;
+    send(&router, Mode::Direct, &through, &Call::new("PUT", Some("same")).json(&json!([1, 2, 3]))).await;
     let calls = [
         (&aside, Call::new("GET", Some("same"))),
         (&aside, Call::new("GET", Some("absent"))),
@@ -112,8 +113,8 @@ async fn both_modes_give_identical_answers() {
     ];
     for (def, call) in calls {
         // Warm the cache first so that both modes see the same cache state.
-        send(&router, Mode::Forwarded, def, &call).await;
-        let forwarded = send(&router, Mode::Forwarded, def, &call).await;
+        send(&router, Mode::Direct, def, &call).await;
+        let forwarded = send(&router, Mode::Direct, def, &call).await;
         let payload = send(&router, Mode::Payload, def, &call).await;
         assert_eq!((forwarded.status, &forwarded.body), (payload.status, &payload.body), "{} {:?}", def.name, call);
         assert_eq!(forwarded.header("x-cache"), payload.header("x-cache"));
@@ -239,7 +240,7 @@ async fn bad_input_gets_a_json_error_and_the_service_keeps_serving() {
         }
     }
     // Still serving.
-    let ok = send(&router, Mode::Forwarded, &through, &Call::new("PUT", Some("fine")).json(&json!(1))).await;
+    let ok = send(&router, Mode::Direct, &through, &Call::new("PUT", Some("fine")).json(&json!(1))).await;
     assert_eq!(ok.status, 200);
 }
 
@@ -295,7 +296,7 @@ async fn host_quirks_are_decoded() {
     let t = TestApp::new(&redis, &[]);
     let router = cachepatterns::server::router(t.app.clone());
     let (aside, through, _) = defs();
-    send(&router, Mode::Forwarded, &through, &Call::new("PUT", Some("a/b")).json(&json!("slash"))).await;
+    send(&router, Mode::Direct, &through, &Call::new("PUT", Some("a/b")).json(&json!("slash"))).await;
 
     let mut envelope = common::host::envelope(&aside, &Call::new("GET", Some("a/b")));
     let req = &mut envelope["Data"][aside.trigger.as_str()];

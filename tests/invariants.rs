@@ -25,7 +25,7 @@ async fn a_cache_hit_is_one_redis_round_trip_and_no_store_call() {
     let t = TestApp::new(&redis, &[]);
     let router = cachepatterns::server::router(t.app.clone());
     let (aside, through) = (FunctionDef::load("CacheAside"), FunctionDef::load("WriteThrough"));
-    send(&router, Mode::Forwarded, &through, &Call::new("PUT", Some("hot")).json(&json!({"v": 1}))).await;
+    send(&router, Mode::Direct, &through, &Call::new("PUT", Some("hot")).json(&json!({"v": 1}))).await;
     for mode in MODES {
         redis.reset_stats();
         let gets_before = t.store.gets();
@@ -91,7 +91,7 @@ async fn write_through_store_failure_is_503_and_leaves_the_cache_untouched() {
     let t = TestApp::new(&redis, &[]);
     let router = cachepatterns::server::router(t.app.clone());
     let (aside, through) = (FunctionDef::load("CacheAside"), FunctionDef::load("WriteThrough"));
-    let first = send(&router, Mode::Forwarded, &through, &Call::new("PUT", Some("k")).json(&json!("v1"))).await;
+    let first = send(&router, Mode::Direct, &through, &Call::new("PUT", Some("k")).json(&json!("v1"))).await;
     let v1 = first.body["version"].as_u64().unwrap();
     let mut conn = redis.connection().await;
     let before: Vec<(String, String)> = redis::cmd("HGETALL").arg("k").query_async(&mut conn).await.unwrap();
@@ -106,7 +106,7 @@ async fn write_through_store_failure_is_503_and_leaves_the_cache_untouched() {
     }
     let after: Vec<(String, String)> = redis::cmd("HGETALL").arg("k").query_async(&mut conn).await.unwrap();
     assert_eq!(before, after, "a failed write-through must not touch the cache");
-    let read = send(&router, Mode::Forwarded, &aside, &Call::new("GET", Some("k"))).await;
+    let read = send(&router, Mode::Direct, &aside, &Call::new("GET", Some("k"))).await;
     assert_eq!((read.body["value"].clone(), read.body["version"].as_u64()), (json!("v1"), Some(v1)));
 }
 
@@ -241,7 +241,7 @@ async fn redis_down_reads_bypass_to_the_store_and_recover() {
     let t = TestApp::new(&redis, &[]);
     let router = cachepatterns::server::router(t.app.clone());
     let (aside, through) = (FunctionDef::load("CacheAside"), FunctionDef::load("WriteThrough"));
-    send(&router, Mode::Forwarded, &through, &Call::new("PUT", Some("k")).json(&json!("v1"))).await;
+    send(&router, Mode::Direct, &through, &Call::new("PUT", Some("k")).json(&json!("v1"))).await;
     redis.stop();
     for mode in MODES {
         let read =
@@ -262,7 +262,7 @@ async fn redis_down_reads_bypass_to_the_store_and_recover() {
         let missing = send(&router, mode, &aside, &Call::new("GET", Some("absent"))).await;
         assert_eq!((missing.status, missing.header("x-cache")), (404, Some("bypass")));
     }
-    let health = send(&router, Mode::Forwarded, &FunctionDef::load("Health"), &Call::new("GET", None)).await;
+    let health = send(&router, Mode::Direct, &FunctionDef::load("Health"), &Call::new("GET", None)).await;
     assert_eq!(health.status, 503);
     assert_eq!(
         (health.body["redis"]["status"].as_str(), health.body["store"]["status"].as_str()),
@@ -272,7 +272,7 @@ async fn redis_down_reads_bypass_to_the_store_and_recover() {
     redis.restart();
     let mut recovered = None;
     for _ in 0..100 {
-        let read = send(&router, Mode::Forwarded, &aside, &Call::new("GET", Some("k"))).await;
+        let read = send(&router, Mode::Direct, &aside, &Call::new("GET", Some("k"))).await;
         if read.header("x-cache") != Some("bypass") {
             recovered = Some(read);
             break;
@@ -281,7 +281,7 @@ async fn redis_down_reads_bypass_to_the_store_and_recover() {
     }
     let read = recovered.expect("the cache is used again once Redis is back");
     assert_eq!(read.body["value"], "v2");
-    let health = send(&router, Mode::Forwarded, &FunctionDef::load("Health"), &Call::new("GET", None)).await;
+    let health = send(&router, Mode::Direct, &FunctionDef::load("Health"), &Call::new("GET", None)).await;
     assert_eq!(health.status, 200);
 }
 
@@ -307,7 +307,7 @@ async fn store_down_serves_stale_within_the_fail_safe_window_then_503() {
     assert_eq!(lookup.source, Source::Stale);
     // Past the fail-safe window there is nothing to serve.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let gone = send(&router, Mode::Forwarded, &aside, &Call::new("GET", Some("k"))).await;
+    let gone = send(&router, Mode::Direct, &aside, &Call::new("GET", Some("k"))).await;
     assert_eq!(gone.status, 503);
     assert!(gone.header("retry-after").is_some());
     // A key never cached gets 503 at once while the store is down.

@@ -150,7 +150,7 @@ async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
         let (a, _) = Process::pair(&redis, backing, &[]);
         let key = format!("{store_name}-hit");
         a.write(&key, json!("warm")).await;
-        a.read(Mode::Forwarded, "RefreshAheadRead", &key).await; // loads the script
+        a.read(Mode::Direct, "RefreshAheadRead", &key).await; // loads the script
         let policy = a.app.patterns.refresh_ahead_policy().hot_keys;
         let before = a.app.patterns.cache().hotness(&key, &policy, common::now()).await.unwrap();
         redis.reset_stats();
@@ -224,7 +224,7 @@ async fn a_refresh_racing_a_write_through_never_wins() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         held.hold.send_replace(true);
         // The read answers at once with the old value; its refresh reads "old" and is held.
-        assert_served(&a.read(Mode::Forwarded, "RefreshAheadRead", &key).await, &json!("old"), "cache", "hit");
+        assert_served(&a.read(Mode::Direct, "RefreshAheadRead", &key).await, &json!("old"), "cache", "hit");
         wait_until("the refresh to read the store", || held.held.load(Ordering::SeqCst) == 1).await;
         let newer = a.write(&key, json!("new")).await;
         held.hold.send_replace(false);
@@ -273,7 +273,7 @@ async fn hot_key_set_decays_and_stays_bounded() {
         let cache = a.app.patterns.cache();
         let old = format!("{store_name}-old");
         for _ in 0..4 {
-            a.read(Mode::Forwarded, "RefreshAheadRead", &old).await;
+            a.read(Mode::Direct, "RefreshAheadRead", &old).await;
         }
         time.advance(Duration::from_secs(2));
         let new = format!("{store_name}-new");
@@ -288,7 +288,7 @@ async fn hot_key_set_decays_and_stays_bounded() {
         assert!((0.999..1.001).contains(&old_reads), "4 reads two half-lives ago count 1: {old_reads}");
         assert!((1.999..2.001).contains(&new_reads), "2 reads now count 2: {new_reads}");
         for i in 0..30 {
-            a.read(Mode::Forwarded, "RefreshAheadRead", &format!("{store_name}-many-{i}")).await;
+            a.read(Mode::Direct, "RefreshAheadRead", &format!("{store_name}-many-{i}")).await;
         }
         let all = cache.hottest(&policy, 0.0, 1000, time.now()).await.unwrap();
         assert_eq!(all.len(), 10, "bounded by RefreshAheadHotKeysMax: {all:?}");
@@ -298,7 +298,7 @@ async fn hot_key_set_decays_and_stays_bounded() {
         time.advance(Duration::from_secs(100));
         let fresh = format!("{store_name}-after-rescale");
         for _ in 0..3 {
-            a.read(Mode::Forwarded, "RefreshAheadRead", &fresh).await;
+            a.read(Mode::Direct, "RefreshAheadRead", &fresh).await;
         }
         let reads = cache.hotness(&fresh, &policy, time.now()).await.unwrap();
         assert!((2.999..3.001).contains(&reads), "3 reads count 3 after the rescale: {reads}");
@@ -374,12 +374,12 @@ async fn the_timer_refreshes_hot_keys_that_expire_before_the_next_run_and_skips_
         }
         for key in &hot {
             for _ in 0..3 {
-                a.read(Mode::Forwarded, "RefreshAheadRead", key).await;
+                a.read(Mode::Direct, "RefreshAheadRead", key).await;
             }
         }
-        a.read(Mode::Forwarded, "RefreshAheadRead", &cold_once).await; // 1 read < RefreshAheadHotMinReads (2)
+        a.read(Mode::Direct, "RefreshAheadRead", &cold_once).await; // 1 read < RefreshAheadHotMinReads (2)
         for _ in 0..5 {
-            a.read(Mode::Forwarded, "CacheAside", &cold_aside).await; // Cache-Aside reads are not tracked
+            a.read(Mode::Direct, "CacheAside", &cold_aside).await; // Cache-Aside reads are not tracked
         }
         let written_at: Vec<u64> = futures_util::future::join_all(hot.iter().map(|k| a.entry(k)))
             .await
@@ -442,7 +442,7 @@ async fn every_timer_payload_the_host_sends_runs() {
         let (a, _) = Process::pair(&redis, backing, &extra);
         let key = format!("{store_name}-payloads");
         a.write(&key, json!("v")).await;
-        a.read(Mode::Forwarded, "RefreshAheadRead", &key).await;
+        a.read(Mode::Direct, "RefreshAheadRead", &key).await;
         let now = now_ms();
         let tick = now - now.rem_euclid(300_000);
         let scheduled = timer_info(Some(tick), json!(false));
@@ -542,7 +542,7 @@ async fn a_slow_store_gets_the_soft_timeout_then_the_load_completes_in_the_backg
             ("FailSafeSoftTimeoutMs", "200"),
         ];
         let (a, b) = Process::pair(&redis, backing, &extra);
-        for (function, mode) in [("CacheAside", Mode::Forwarded), ("RefreshAheadRead", Mode::Payload)] {
+        for (function, mode) in [("CacheAside", Mode::Direct), ("RefreshAheadRead", Mode::Payload)] {
             let key = format!("{store_name}-soft-{function}");
             a.write(&key, json!("v1")).await;
             tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -103,9 +103,10 @@ async fn accepted_writes_are_cached_queued_then_applied_in_both_modes() {
         let deleted = send(&router, mode, &wb, &Call::new("DELETE", Some(&format!("{k}-gone")))).await;
         assert_eq!(deleted.status, 202);
     }
-    assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, 6);
+    let queued = 3 * MODES.len();
+    assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, queued as u64);
     let report = consumer(&t, &redis, "c1", |_| {}).run_once().await.unwrap();
-    assert_eq!((report.events, report.applied), (6, 6));
+    assert_eq!((report.events, report.applied), (queued, queued));
     for mode in MODES {
         let record = t.sqlite.get(&format!("wb-{mode:?}")).await.unwrap().unwrap();
         assert_eq!(record.value, Some(json!({"n": 1})));
@@ -143,7 +144,7 @@ async fn a_queue_failure_is_503_and_leaves_nothing_visible() {
         assert_eq!(put.body["error"]["code"], "queue_unavailable");
     }
     assert_eq!(
-        send(&router, Mode::Forwarded, &aside, &Call::new("GET", Some("k"))).await.status,
+        send(&router, Mode::Direct, &aside, &Call::new("GET", Some("k"))).await.status,
         404,
         "the cache was not updated"
     );
@@ -215,7 +216,7 @@ async fn failing_entries_are_retried_then_dead_lettered_and_can_be_replayed() {
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, 0, "after max deliveries the entry left the stream");
-    let list = send(&router, Mode::Forwarded, &dl, &Call::new("GET", None)).await;
+    let list = send(&router, Mode::Direct, &dl, &Call::new("GET", None)).await;
     assert_eq!((list.status, list.body["total"].as_u64()), (200, Some(1)));
     let item = &list.body["items"][0];
     assert!(item["reason"].as_str().unwrap().contains("injected failure"), "{item}");
@@ -237,13 +238,13 @@ async fn failing_entries_are_retried_then_dead_lettered_and_can_be_replayed() {
         (Call::new("POST", Some("0-1")), 404),
         (Call::new("DELETE", None), 400),
     ] {
-        assert_eq!(send(&router, Mode::Forwarded, &dl, &call).await.status, status, "{call:?}");
+        assert_eq!(send(&router, Mode::Direct, &dl, &call).await.status, status, "{call:?}");
     }
     // Poison cannot be replayed, only discarded.
     let poison_id = t.app.patterns.dead_letters().record("garbage", "test", "test", 1).await.unwrap();
-    let replay = send(&router, Mode::Forwarded, &dl, &Call::new("POST", Some(&poison_id))).await;
+    let replay = send(&router, Mode::Direct, &dl, &Call::new("POST", Some(&poison_id))).await;
     assert_eq!(replay.status, 422);
-    let discard = send(&router, Mode::Forwarded, &dl, &Call::new("DELETE", Some(&poison_id))).await;
+    let discard = send(&router, Mode::Direct, &dl, &Call::new("DELETE", Some(&poison_id))).await;
     assert_eq!(discard.status, 200);
 }
 

@@ -21,6 +21,19 @@ fn bad_key(e: KeyError) -> HttpReply {
     HttpReply::error(400, "bad_key", e.to_string())
 }
 
+/// `411` when a body was sent chunked and arrived empty: the Functions host forwards a request
+/// body only when it has a `Content-Length`, so a chunked one is dropped on the way.
+fn chunked_body_dropped(call: &HttpCall) -> Option<HttpReply> {
+    let chunked = call.header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+    (chunked && call.body.is_empty()).then(|| {
+        HttpReply::error(
+            411,
+            "length_required",
+            "the body was sent chunked (no Content-Length) and the Functions host drops such bodies; send it with a Content-Length (curl: --data or --data-binary, not -T or a piped stream)",
+        )
+    })
+}
+
 fn field_any_case<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
     map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
@@ -43,7 +56,7 @@ pub fn read_key(call: &HttpCall) -> Result<Key, HttpReply> {
         std::str::from_utf8(&call.body).map_err(|_| HttpReply::error(400, "bad_body", "the body is not UTF-8 text"))?;
     let trimmed = body.trim();
     if trimmed.is_empty() {
-        return Err(bad_key(KeyError::Empty));
+        return Err(chunked_body_dropped(call).unwrap_or_else(|| bad_key(KeyError::Empty)));
     }
     let key = match serde_json::from_str::<Value>(trimmed) {
         Ok(Value::Object(map)) => field_any_case(&map, "key")
@@ -62,11 +75,13 @@ pub fn write_key_and_value(call: &HttpCall, max_value_bytes: usize) -> Result<Ke
     let text =
         std::str::from_utf8(&call.body).map_err(|_| HttpReply::error(400, "bad_body", "the body is not UTF-8 text"))?;
     if text.trim().is_empty() {
-        return Err(HttpReply::error(
-            400,
-            "bad_body",
-            "the body is empty; send the value as JSON (or as text with Content-Type: text/plain)",
-        ));
+        return Err(chunked_body_dropped(call).unwrap_or_else(|| {
+            HttpReply::error(
+                400,
+                "bad_body",
+                "the body is empty; send the value as JSON (or as text with Content-Type: text/plain)",
+            )
+        }));
     }
     if let Some(key) = call.route_key.as_ref().or(call.query("key").map(str::to_string).as_ref()) {
         let key = Key::new(key.clone()).map_err(bad_key)?;
@@ -89,20 +104,20 @@ pub fn write_key_and_value(call: &HttpCall, max_value_bytes: usize) -> Result<Ke
         return Ok(KeyAndValue { key, value: Some(value) });
     }
     let parsed: Value = serde_json::from_str(text).map_err(|e| {
-        HttpReply::error(400, "bad_body", format!("the body is not valid JSON ({e}); without a key in the route, send {{\"Key\": \"…\", \"ValueToInsert\": …}}"))
+        HttpReply::error(400, "bad_body", format!("the body is not valid JSON ({e}); without a key in the route or in ?key=, send {{\"Key\": \"…\", \"ValueToInsert\": …}}"))
     })?;
     let Value::Object(map) = parsed else {
         return Err(HttpReply::error(
             400,
             "bad_body",
-            "without a key in the route, the body must be {\"Key\": \"…\", \"ValueToInsert\": …}",
+            "no key in the route or in ?key=, so the body must be {\"Key\": \"…\", \"ValueToInsert\": …} (keys `.` and `..` cannot travel in a URL path: send them with ?key=)",
         ));
     };
     let key = field_any_case(&map, "key").and_then(key_text).ok_or_else(|| {
         HttpReply::error(
             400,
             "bad_key",
-            "the body has no \"Key\"; send {\"Key\": \"…\", \"ValueToInsert\": …} or put the key in the route",
+            "the body has no \"Key\"; send {\"Key\": \"…\", \"ValueToInsert\": …}, or put the key in the route (percent-encoded) or in ?key=",
         )
     })?;
     let key = Key::new(key).map_err(bad_key)?;

@@ -113,33 +113,31 @@ impl InvocationLog {
     }
 }
 
-/// Decodes `%XX` escapes (a path segment or URL user info). `None` when an escape is malformed or the
-/// result is not UTF-8. `+` stays `+`.
+/// Decodes `%XX` escapes (a path segment or URL user info). `None` when an escape is malformed
+/// (`%` not followed by two hex digits) or the result is not UTF-8. `+` stays `+`.
 pub fn percent_decode(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = bytes
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'%' || bytes.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(raw).decode_utf8().ok().map(|text| text.into_owned())
 }
 
-/// Splits a query string into decoded pairs (`+` means space here, as in forms).
+/// Splits a query string into decoded pairs (`+` means space here, as in forms; a malformed escape
+/// is kept as it was sent).
 pub fn parse_query(raw: &str) -> Vec<(String, String)> {
     raw.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|| s.to_string());
+            let decode = |s: &str| {
+                let spaced = s.replace('+', " ");
+                percent_decode(&spaced).unwrap_or(spaced)
+            };
             (decode(name), decode(value))
         })
         .collect()
@@ -156,6 +154,9 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%C3"), None);
         assert_eq!(percent_decode("50%"), None);
+        // A sign is not a hex digit (`from_str_radix` would take `%+1` as 0x01).
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%-1"), None);
     }
 
     #[test]
