@@ -165,7 +165,8 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
     // budget waits for all of it).
     let limits = server.limits;
     let want = declared.unwrap_or(limit).clamp(1, limits.in_flight_body_budget.max(1));
-    let mut room = match tokio::time::timeout(limits.budget_wait, server.budget.acquire_many(want as u32)).await {
+    let permits = u32::try_from(want).unwrap_or(u32::MAX);
+    let mut room = match tokio::time::timeout(limits.budget_wait, server.budget.acquire_many(permits)).await {
         Ok(Ok(permit)) => permit,
         _ => {
             return json_response(
@@ -189,10 +190,18 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         }
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
+            let reason = if is_length_limit(&e) {
+                format!("the invocation is larger than {limit} bytes")
+            } else {
+                format!("could not read the request body: {e}")
+            };
+            if forwarded_path.is_none() && triggers::by_name(path.trim_matches('/')).is_some() {
+                return unreadable_trigger(&app, path.trim_matches('/'), &reason, b"").await;
+            }
             return if is_length_limit(&e) {
                 too_large(limit, app.settings.max_value_bytes)
             } else {
-                json_response(400, &[], &error_body("bad_body", &format!("could not read the request body: {e}")))
+                json_response(400, &[], &error_body("bad_body", &reason))
             };
         }
     };
@@ -260,6 +269,7 @@ async fn invoke(app: &App, name: &str, body: &Bytes) -> Response {
     }
     let invocation = match payload::Invocation::parse(body) {
         Ok(invocation) => invocation,
+        Err(e) if trigger.is_some() => return unreadable_trigger(app, name, &e.to_string(), body).await,
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
     };
     let mut log = InvocationLog::default();
@@ -286,8 +296,25 @@ async fn invoke(app: &App, name: &str, body: &Bytes) -> Response {
     json_response(200, &[], &payload::envelope(outputs, log.into_lines()))
 }
 
+/// A trigger invocation that cannot be read. Failing it would make the host retry the same
+/// invocation for ever (`EventHubConsumer` retries without bound) and then drop it; instead what
+/// can be kept of it goes to the dead letters, and the invocation succeeds. Only when even that
+/// cannot be recorded does it fail, to be retried.
+async fn unreadable_trigger(app: &App, name: &str, reason: &str, body: &[u8]) -> Response {
+    const KEEP: usize = 1024 * 1024;
+    let kept = String::from_utf8_lossy(&body[..body.len().min(KEEP)]).into_owned();
+    let reason = format!("{name}: the invocation could not be read ({reason}); its events could not be applied");
+    tracing::error!(function = name, reason = ?reason, "unreadable trigger invocation");
+    match app.patterns.dead_letters().record(&kept, &reason, &format!("{name} invocation"), 1).await {
+        Ok(id) => json_response(200, &[], &payload::envelope(Map::new(), vec![format!("{reason}; dead letter {id}")])),
+        Err(e) => {
+            json_response(500, &[], &error_body("invocation_failed", &format!("{reason}; recording it failed: {e}")))
+        }
+    }
+}
+
 async fn run_with_timeout(work: impl std::future::Future<Output = HttpReply>) -> HttpReply {
-    match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+    match tokio::time::timeout(REQUEST_TIMEOUT, crate::cache::with_request_budget(work)).await {
         Ok(reply) => reply,
         Err(_) => HttpReply::error(503, "timeout", format!("the request did not complete within {REQUEST_TIMEOUT:?}"))
             .with_header("Retry-After", "5"),

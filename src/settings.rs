@@ -1,6 +1,6 @@
 //! App settings, read once at start-up from environment variables.
 //!
-//! The names are the ones DESIGN.md lists (`RedisCache`, `CacheTtlSeconds`, …) because on Azure they
+//! The names are the ones the README lists (`RedisCache`, `CacheTtlSeconds`, …) because on Azure they
 //! are Function App application settings and locally they come from `local.settings.json`. A missing
 //! or malformed setting is a [`SettingsError`] naming the setting; its message never repeats a secret.
 
@@ -485,7 +485,7 @@ const COSMOS_CLIENT_ID: &str = "CosmosDBConnection__clientId";
 const COSMOS_DATABASE: &str = "CosmosDBDatabase";
 const COSMOS_CONTAINER: &str = "CosmosDBContainer";
 
-/// Every setting the service reads, with DESIGN.md's defaults applied.
+/// Every setting the service reads, with the README's defaults applied.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `RedisCache`.
@@ -583,7 +583,17 @@ impl Settings {
         let write_behind_retry_window =
             Duration::from_secs(number(&get, "WriteBehindRetryWindowSeconds", 3600, 0, 7 * 24 * 3600)?);
         let tombstone_retention =
-            Duration::from_secs(number(&get, "TombstoneRetentionSeconds", 30 * 24 * 3600, 3600, 3650 * 24 * 3600)?);
+            Duration::from_secs(number(&get, "TombstoneRetentionSeconds", 30 * 24 * 3600, 86_400, 3650 * 24 * 3600)?);
+        // A queued write still being retried must never fall below a purged tombstone's version.
+        if tombstone_retention < write_behind_retry_window + Duration::from_secs(86_400) {
+            return Err(SettingsError::new(
+                "TombstoneRetentionSeconds",
+                format!(
+                    "must be at least WriteBehindRetryWindowSeconds ({}) plus one day, so that a queued write still being retried is never older than a purged tombstone",
+                    write_behind_retry_window.as_secs()
+                ),
+            ));
+        }
         let port = number(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", 7071, 1, 65535)? as u16;
         Ok(Self {
             redis,
@@ -847,6 +857,21 @@ mod tests {
         assert_eq!(err.name, "CosmosDBConnection");
         let err = cosmos(&[("CosmosDBConnection", EMULATOR), ("CosmosDBContainer", "a/b")]).unwrap_err();
         assert_eq!(err.name, "CosmosDBContainer");
+    }
+
+    #[test]
+    fn tombstone_retention_outlasts_the_write_behind_retry_window() {
+        let s = settings(&[("RedisCache", "localhost")]).unwrap();
+        assert_eq!((s.tombstone_retention.as_secs(), s.write_behind_retry_window.as_secs()), (30 * 86_400, 3600));
+        let err = settings(&[
+            ("RedisCache", "localhost"),
+            ("WriteBehindRetryWindowSeconds", "604800"),
+            ("TombstoneRetentionSeconds", "604800"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.name, "TombstoneRetentionSeconds");
+        let err = settings(&[("RedisCache", "localhost"), ("TombstoneRetentionSeconds", "3600")]).unwrap_err();
+        assert_eq!(err.name, "TombstoneRetentionSeconds");
     }
 
     #[test]

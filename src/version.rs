@@ -117,13 +117,15 @@ impl HybridClock {
     }
 
     /// The next version: strictly greater than every version this clock returned or observed, and
-    /// carrying this instance's node id.
+    /// carrying this instance's node id. (At the very end of the layout, in 2112, it stops growing
+    /// rather than pass [`MAX_VERSION`].)
     pub fn next(&self) -> u64 {
-        let now = self.clock.now().as_micros().min(MAX_VERSION >> NODE_BITS);
+        const LAST_LOGICAL: u64 = MAX_VERSION >> NODE_BITS;
+        let now = self.clock.now().as_micros().min(LAST_LOGICAL);
         let node = self.node();
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let logical = now.max((last >> NODE_BITS) + 1);
+            let logical = now.max((last >> NODE_BITS) + 1).min(LAST_LOGICAL);
             let candidate = (logical << NODE_BITS) | node;
             match self.last.compare_exchange_weak(last, candidate, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return candidate,

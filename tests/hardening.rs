@@ -233,6 +233,22 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     assert_eq!(report.status, 200, "{}", report.body);
     assert!(report.body["queue"]["backlog"].is_object(), "the backlog is reported: {}", report.body);
 
+    // A write that has waited 20 minutes: the consumer is stuck (none runs here).
+    let twenty_minutes_ago = common::now().minus(Duration::from_secs(20 * 60)).as_millis();
+    let _: String = redis::cmd("XADD")
+        .arg(WRITE_BEHIND_STREAM)
+        .arg(format!("{twenty_minutes_ago}-0"))
+        .arg("event")
+        .arg(event("stuck", at(common::now()), json!(1)))
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    let report = health().await;
+    assert_eq!((report.status, &report.body["queue"]["status"]), (503, &json!("down")), "{}", report.body);
+    assert_eq!(report.body["queue"]["backlog"]["length"], 1, "{}", report.body);
+    redis.command(&format!("DEL {WRITE_BEHIND_STREAM}")).unwrap();
+    assert_eq!(health().await.status, 200);
+
     // The database file is removed while the handler runs: writes are refused, not acknowledged.
     std::fs::remove_file(t.sqlite.path()).unwrap();
     let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("k")).json(&json!(2))).await;
@@ -355,13 +371,33 @@ async fn tombstones_are_purged_after_the_retention_window_and_never_resurrect() 
     // A late write older than the purged tombstone stays refused...
     assert!(matches!(
         store.apply("deleted", tombstone - 1, Change::Upsert(json!("zombie"))).await.unwrap(),
-        Applied::Stale { .. }
+        Applied::BelowWatermark { .. }
     ));
     assert_eq!(store.get("deleted").await.unwrap(), None);
     // ...while new writes go through, to it and to new keys.
     assert_eq!(store.apply("deleted", clock.next(), Change::Upsert(json!("new"))).await.unwrap(), Applied::Yes);
     assert_eq!(store.apply("brand-new", clock.next(), Change::Upsert(json!(1))).await.unwrap(), Applied::Yes);
     assert!(store.get("recently-deleted").await.unwrap().unwrap().is_deleted());
+}
+
+/// A queued write older than a purged tombstone (a dead letter replayed weeks later) for a key
+/// without a record is not silently taken as superseded: it goes back to the dead letters, saying
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_older_than_the_purged_tombstones_is_dead_lettered_not_dropped() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = cachepatterns::server::router(t.app.clone());
+    let now = common::now();
+    let weeks_ago = at(now.minus(Duration::from_secs(40 * 24 * 3600)));
+    t.sqlite.apply("old-delete", weeks_ago + 10, Change::Delete).await.unwrap();
+    assert_eq!(t.sqlite.purge_tombstones(now.minus(Duration::from_secs(30 * 24 * 3600))).await.unwrap(), 1);
+    let (status, reply) = event_hub_batch(&router, &[event("never-seen", weeks_ago, json!("late"))]).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(t.sqlite.get("never-seen").await.unwrap(), None);
+    let letters = t.app.patterns.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].reason.contains("TombstoneRetentionSeconds"), "{:?}", letters[0].reason);
 }
 
 /// Defect 11: an Event Hubs batch larger than the payload cap was refused, retried, then
@@ -482,8 +518,45 @@ async fn an_older_release_queue_and_dead_letters_survive_the_upgrade() {
         let kind: String = redis::cmd("TYPE").arg(old).query_async(&mut conn).await.unwrap();
         assert_eq!(kind, "none", "{old:?} is gone");
     }
+    // An instance of the old release still running (a rolling upgrade) queues one more: the next
+    // pass moves it too.
+    let _: String = redis::cmd("XADD")
+        .arg("writebehind")
+        .arg("*")
+        .arg("event")
+        .arg(event("legacy3", at(now) + 3, json!(3)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let again = cachepatterns::queue::migrate::move_legacy(t.app.patterns.cache(), t.app.patterns.dead_letters())
+        .await
+        .unwrap();
+    assert_eq!((again.events, again.dead_letters), (1, 0));
+    // Under memory pressure nothing moves and nothing is lost.
+    let _: i64 = redis::cmd("XADD")
+        .arg("writebehind")
+        .arg("*")
+        .arg("event")
+        .arg(event("legacy4", at(now) + 4, json!(4)))
+        .query_async(&mut conn)
+        .await
+        .map(|_: String| 0)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query_async(&mut conn).await.unwrap();
+    assert!(
+        cachepatterns::queue::migrate::move_legacy(t.app.patterns.cache(), t.app.patterns.dead_letters())
+            .await
+            .is_err()
+    );
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut conn).await.unwrap();
+    let len: i64 = redis::cmd("XLEN").arg("writebehind").query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 1, "the entry is still in the old stream");
+    let last = cachepatterns::queue::migrate::move_legacy(t.app.patterns.cache(), t.app.patterns.dead_letters())
+        .await
+        .unwrap();
+    assert_eq!(last.events, 1);
     drain(&consumer(&t, &redis, |_| {}), &redis).await;
-    for i in 0..3 {
+    for i in 0..5 {
         assert_eq!(t.sqlite.get(&format!("legacy{i}")).await.unwrap().unwrap().value, Some(json!(i)));
     }
     let letters = t.app.patterns.dead_letters().list(10, None).await.unwrap();
@@ -656,10 +729,62 @@ async fn an_unwritable_sqlite_shared_memory_file_refuses_writes_instead_of_crash
     }
     let refused = handler.request("PUT", "/api/write-through/b", Some("\"big enough to touch the shared memory\""));
     let health = handler.request("GET", "/api/health", None);
+    // Reads touch the shared memory too: served without the store (404 here), never a crash.
+    let read = handler.request("GET", "/api/cache-aside/never-cached", None);
     let _ = chattr("-i");
+    assert!(matches!(read, Ok((503, _))), "{read:?}");
     let (status, body) = refused.expect("the handler is still there");
     assert_eq!((status, &body["error"]["code"]), (503, &json!("store_unavailable")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("store.db-shm"), "{body}");
     assert_eq!(health.unwrap().0, 503);
     assert_eq!(handler.request("PUT", "/api/write-through/b", Some("2")).unwrap().0, 200);
+}
+
+/// A Redis that answers every command just under the deadline never trips the breaker, and a
+/// request sends several commands: the request's total time on Redis is bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_redis_bounds_each_request_in_all() {
+    let redis = RedisServer::start();
+    let proxy = common::SlowProxy::start(redis.port, Duration::from_millis(800));
+    let t = TestApp::with_connection(&format!("127.0.0.1:{}", proxy.port), &[("syncTimeout", "1000")]);
+    t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
+    let router = cachepatterns::server::router(t.app.clone());
+    let f = functions();
+    for round in 0..3 {
+        let read =
+            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
+        assert_eq!(read.status, 200, "{}", read.body);
+        let queued = timed(
+            "a write-behind",
+            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("q{round}"))).json(&json!(1))),
+        )
+        .await;
+        assert!(queued.status == 202 || queued.status == 503, "{}", queued.body);
+        let write = timed(
+            "a write-through",
+            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(1))),
+        )
+        .await;
+        assert_eq!(write.status, 200, "{}", write.body);
+    }
+}
+
+/// `EventHubConsumer` retries without bound: an invocation that can never be read must not be
+/// failed (the host would retry it for ever, then drop it). It is dead-lettered, and succeeds.
+#[tokio::test]
+async fn an_unreadable_event_hubs_invocation_is_dead_lettered_not_retried_for_ever() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = cachepatterns::server::router(t.app.clone());
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/EventHubConsumer")
+        .header("Content-Type", "application/json")
+        .body(axum::body::Body::from("{not an envelope"))
+        .unwrap();
+    let (status, _, body) = common::host::raw(&router, request).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let letters = t.app.patterns.dead_letters().list(10, None).await.unwrap();
+    assert_eq!((letters.len(), letters[0].event.as_str()), (1, "{not an envelope"));
+    assert!(letters[0].reason.contains("could not be read"), "{:?}", letters[0].reason);
 }

@@ -1,4 +1,4 @@
-//! DESIGN.md's invariants for reads and write-through, each with a test that fails without it:
+//! The invariants for reads and write-through (docs/reliability.md, README), each with a test that fails without it:
 //! 1 (store never backwards), 2 (cache never backwards), 3 (write-through order), 5 (a hit is one
 //! round trip), 6 (stampede protection), 7 (fail-open reads and fail-safe).
 

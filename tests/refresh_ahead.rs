@@ -321,7 +321,7 @@ fn now_ms() -> i64 {
     common::now().as_millis() as i64
 }
 
-/// The `TimerInfo` the host sends, as §2.4 of HOST-PROTOCOL.md shows it.
+/// The `TimerInfo` the host sends, as docs/host-protocol.md §5.1 shows it.
 fn timer_info(next_ms: Option<i64>, past_due: Value) -> Value {
     let status = match next_ms {
         Some(next) => {

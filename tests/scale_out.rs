@@ -49,6 +49,16 @@ fn conflicting_writes(processes: usize, rounds: usize) {
     let handlers: Vec<Arc<Handler>> = (0..processes)
         .map(|_| Arc::new(Handler::start(&[("RedisCache", &redis_cs), ("LocalStorePath", &store)])))
         .collect();
+    // Every process holds its version node-id lease before the writes start.
+    let started = Instant::now();
+    loop {
+        let leases = redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
+        if leases.starts_with(&format!("*{processes}\r\n")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "node-id leases not taken: {leases:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let barrier = Arc::new(Barrier::new(processes));
     let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));

@@ -137,6 +137,9 @@ async fn many_concurrent_writers_from_two_clients_lose_no_update() {
                 assert!(current >= version, "stale {version} against older {current}");
                 assert_ne!(version, writers, "the highest version must be applied, never reported stale");
             }
+            Applied::BelowWatermark { watermark } => {
+                panic!("nothing was purged, yet version {version} is below {watermark}")
+            }
         }
     }
     assert!(applied >= 1);
@@ -283,7 +286,7 @@ async fn the_stores_own_items_are_reached_by_no_key_and_never_purged() {
     // A key without an item takes only versions above the watermark, and says which.
     assert_eq!(
         store.apply("never-written", second, Change::Upsert(json!(1))).await.unwrap(),
-        Applied::Stale { current: second }
+        Applied::BelowWatermark { watermark: second }
     );
     assert_eq!(store.apply("never-written", second + 1, Change::Upsert(json!(1))).await.unwrap(), Applied::Yes);
     // Purging again leaves the watermark where it is (it only goes up).
@@ -310,7 +313,7 @@ async fn tombstones_with_numeric_versions_from_older_releases_are_purged() {
     assert_eq!(store.get("legacy").await.unwrap(), None);
     assert_eq!(
         store.apply("legacy", old - 1, Change::Upsert(json!("zombie"))).await.unwrap(),
-        Applied::Stale { current: old }
+        Applied::BelowWatermark { watermark: old }
     );
     assert_eq!(store.get("legacy-live").await.unwrap().unwrap().value, Some(json!(1)));
 }

@@ -1,7 +1,7 @@
 //! `EventHubConsumer`: applies a batch of write events from Event Hubs to the store.
 //!
 //! The trigger is `cardinality: many`, `dataType: string`, so `Data.events` is a string holding a
-//! JSON array of strings, with `*Array` metadata (HOST-PROTOCOL.md §2.5). A portal Test/Run sends
+//! JSON array of strings, with `*Array` metadata (docs/host-protocol.md §5.2). A portal Test/Run sends
 //! one event as a double-encoded string with single-form metadata and no `PartitionContext`; both
 //! are read here. The Event Hubs trigger checkpoints even failed batches once its retry policy is
 //! done, so nothing is left for a redelivery after that:

@@ -6,7 +6,7 @@
 //!   down too while user writes have been failing in the last 30 s (a small probe may still fit on
 //!   a full disk).
 //! * The write-behind queue: that it can take writes (e.g. the stream key is a stream), its backlog
-//!   and the number of dead letters.
+//!   (down when the oldest queued write has waited over 15 minutes) and the number of dead letters.
 //!
 //! `200` when all three are up, else `503` with `Retry-After`; the body says which is down and why.
 
@@ -22,6 +22,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// A store write that failed this recently, with none succeeding since, makes the store "down".
 const RECENT_WRITE_FAILURE: Duration = Duration::from_secs(30);
+/// A queued write older than this makes the queue "down": a healthy consumer applies in seconds.
+const STUCK_BACKLOG: Duration = Duration::from_secs(15 * 60);
 
 async fn bounded<T>(probe: impl std::future::Future<Output = T>) -> Result<T, String> {
     tokio::time::timeout(PROBE_TIMEOUT, probe).await.map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))
@@ -59,10 +61,29 @@ pub async fn handle(app: &App, log: &mut InvocationLog) -> HttpReply {
         let (ping, backlog, dead_letters) =
             tokio::join!(bounded(queue.ping()), bounded(queue.backlog()), bounded(app.patterns.dead_letters().count()));
         let backlog = match backlog {
-            Ok(Ok(Some(backlog))) => json!(backlog),
-            _ => Value::Null,
+            Ok(Ok(Some(backlog))) => Some(backlog),
+            _ => None,
         };
+        // A write waiting this long means the consumer is stuck, or the store keeps failing.
+        let stuck = backlog
+            .and_then(|b| b.oldest_ms)
+            .map(|oldest| app.patterns.now().since(crate::clock::Timestamp::from_millis(oldest)));
+        let backlog_report = backlog.map(|b| json!(b)).unwrap_or(Value::Null);
         let dead_letters = dead_letters.ok().and_then(Result::ok);
+        if let (Ok(Ok(())), Some(age)) = (&ping, stuck)
+            && age > STUCK_BACKLOG
+        {
+            let error = format!(
+                "the oldest queued write has waited {} s (more than {} s): is the consumer running, is the store taking writes?",
+                age.as_secs(),
+                STUCK_BACKLOG.as_secs()
+            );
+            return (
+                false,
+                json!({"status": "down", "kind": queue.kind(), "error": error, "backlog": backlog_report, "deadLetters": dead_letters}),
+            );
+        }
+        let backlog = backlog_report;
         match ping {
             Ok(Ok(())) => {
                 (true, json!({"status": "up", "kind": queue.kind(), "backlog": backlog, "deadLetters": dead_letters}))

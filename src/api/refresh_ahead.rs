@@ -21,7 +21,7 @@ pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> Http
     read_answer("refresh-ahead", &key, app.patterns.refresh_ahead_get(&key).await, log)
 }
 
-/// What the host says about a timer run (HOST-PROTOCOL.md §2.4). Every part is optional: the
+/// What the host says about a timer run (docs/host-protocol.md §5.1). Every part is optional: the
 /// status is `null` without the schedule monitor, `Last` is the year 1 on a first run, a portal
 /// Test/Run builds the same shape with `IsPastDue: false`, and values may be JSON-encoded twice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

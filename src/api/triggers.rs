@@ -2,7 +2,7 @@
 //!
 //! Each one reads its trigger from the [`Invocation`] and returns its outputs. Answering
 //! [`TriggerFailure`] makes the envelope non-2xx, which fails the invocation so that the host's
-//! retry policy runs; do that only when a retry is wanted (HOST-PROTOCOL.md §3.6).
+//! retry policy runs; do that only when a retry is wanted (docs/host-protocol.md §4, §5.3).
 
 use serde_json::{Map, Value};
 

@@ -36,6 +36,22 @@ use crate::settings::RedisTarget;
 /// How long the cache answers "unavailable" at once after a connection failure or a missed deadline.
 const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
 
+/// How long one request may wait on Redis in all, over all its calls (see [`with_request_budget`]).
+pub const REQUEST_BUDGET: Duration = Duration::from_secs(2);
+
+tokio::task_local! {
+    /// When the current request's time on Redis runs out.
+    static BUDGET_ENDS: Instant;
+}
+
+/// Runs `work` (one request) with a budget of [`REQUEST_BUDGET`] on Redis in all: each call waits at
+/// most what is left of it (and at most its own deadline), so a Redis that answers each command just
+/// under the deadline cannot make a request that sends several wait several deadlines. Background
+/// work (refreshes, the write-behind consumer) has no such budget, only the per-call deadline.
+pub async fn with_request_budget<F: Future>(work: F) -> F::Output {
+    BUDGET_ENDS.scope(Instant::now() + REQUEST_BUDGET, work).await
+}
+
 /// Why a cache call failed. Callers fail open: a cache error never fails a read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
@@ -247,13 +263,27 @@ impl RedisCache {
     where
         Fut: Future<Output = RedisResult<T>>,
     {
+        let left = BUDGET_ENDS.try_with(|ends| ends.saturating_duration_since(Instant::now())).ok();
+        let deadline = match left {
+            Some(left) if left.is_zero() => {
+                return Err(CacheError::Unavailable(format!(
+                    "{} is slow: this request already waited {REQUEST_BUDGET:?} on it",
+                    self.target
+                )));
+            }
+            Some(left) => self.deadline.min(left),
+            None => self.deadline,
+        };
         self.breaker.round_trips.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.deadline, call(self.conn.clone())).await {
+        match tokio::time::timeout(deadline, call(self.conn.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.classify(e)),
             Err(_) => {
-                self.breaker.trip();
-                Err(CacheError::Unavailable(format!("{} did not answer within {:?}", self.target, self.deadline)))
+                // A call cut short by the request's budget says less about Redis than a missed deadline.
+                if deadline == self.deadline {
+                    self.breaker.trip();
+                }
+                Err(CacheError::Unavailable(format!("{} did not answer within {deadline:?}", self.target)))
             }
         }
     }

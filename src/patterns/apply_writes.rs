@@ -203,6 +203,16 @@ impl Patterns {
                     self.cache_quietly(key, &entry).await;
                     return Outcome::Applied;
                 }
+                Ok(Applied::BelowWatermark { watermark }) => {
+                    return Outcome::Failed {
+                        reason: format!(
+                            "the key has no record and this write (version {}) is older than the newest purged tombstone (version {watermark}): it is older than TombstoneRetentionSeconds, so whether a later write superseded it is unknown; write it again if it must be applied",
+                            event.version
+                        ),
+                        transient: false,
+                        attempts,
+                    };
+                }
                 Ok(Applied::Stale { current }) => {
                     tracing::debug!(key = ?key.as_str(), version = event.version, current, "queued write is older than the store; skipped");
                     return Outcome::Stale;

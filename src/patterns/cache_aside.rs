@@ -1,6 +1,6 @@
 //! Cache-Aside: read the cache; on a miss, load from the store and cache what was found.
 //!
-//! * A fresh hit is one `HMGET` and no store call (DESIGN.md invariant 5).
+//! * A fresh hit is one `HMGET` and no store call (invariant 5: README, "How the patterns behave").
 //! * Misses of one key in this process share one store read ([`super::single_flight`]); across
 //!   processes a short Redis lock, taken in the same round trip that re-checks the cache, keeps it
 //!   to about one (invariant 6).

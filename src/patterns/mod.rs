@@ -130,7 +130,10 @@ impl WriteHealth {
         let mut last = self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match result {
             Ok(_) => *last = None,
-            Err(e) => *last = Some((std::time::Instant::now(), e.to_string())),
+            // Only failures of the store itself: a write refused for its content says nothing
+            // about whether other writes work.
+            Err(e) if e.is_transient() => *last = Some((std::time::Instant::now(), e.to_string())),
+            Err(_) => {}
         }
     }
 

@@ -3,7 +3,7 @@
 //! A write gets the next version from the hybrid clock and is applied to the store, versioned. Only
 //! after the store accepted it is the cache updated (a delete caches a versioned "absent"), through
 //! the "never older" cache write, so racing readers and writers cannot leave an older value behind
-//! (DESIGN.md invariants 1–3). If the store fails, the cache is not touched and the caller learns it.
+//! (invariants 1–3 in docs/reliability.md). If the store fails, the cache is not touched and the caller learns it.
 //! If another process wrote a newer version (clock skew), the clock moves past it and the write is
 //! retried, so the latest accepted write wins.
 
@@ -64,7 +64,7 @@ impl Patterns {
             let version = self.clock.next();
             match self.store_apply(key, version, change.clone(), "writing to the store").await? {
                 Applied::Yes => return Ok(version),
-                Applied::Stale { current } => {
+                Applied::Stale { current } | Applied::BelowWatermark { watermark: current } => {
                     tracing::debug!(key = ?key.as_str(), version, current, "store holds a newer version; moving the clock past it");
                     if let Err(reason) = self.clock.observe(current) {
                         tracing::error!(key = ?key.as_str(), current, %reason, "the store holds an implausible version of this key; refusing to follow it");

@@ -1,4 +1,4 @@
-//! Lenient decoding of the values in an invocation envelope (HOST-PROTOCOL.md §2.2).
+//! Lenient decoding of the values in an invocation envelope (docs/host-protocol.md §3).
 //!
 //! The host JSON-encodes strings a second time (`hello` arrives as `"\"hello\""`), sends numbers and
 //! booleans as strings, arrays as strings holding JSON text, and timestamps with or without an

@@ -1,6 +1,6 @@
 //! The Functions host's wire format, and nothing else.
 //!
-//! The host reaches an HTTP function in one of two ways (HOST-PROTOCOL.md §1.4): it forwards the raw
+//! The host reaches an HTTP function in one of two ways (docs/host-protocol.md §2): it forwards the raw
 //! HTTP request to `/api/...` ([`forwarded`]), or it posts a JSON invocation envelope to
 //! `/{FunctionName}` ([`payload`]). Both are turned into the same [`HttpCall`] here, and the
 //! handlers' [`HttpReply`] is turned back into the shape each mode needs, so both modes give the

@@ -1,4 +1,4 @@
-//! Payload mode: the JSON invocation envelope `POST /{FunctionName}` (HOST-PROTOCOL.md §2, §3).
+//! Payload mode: the JSON invocation envelope `POST /{FunctionName}` (docs/host-protocol.md §2.2, §4).
 //!
 //! Request: `{"Data": {<binding>: …}, "Metadata": {…}}`, keys matched case-insensitively, every
 //! value decoded leniently. For an HTTP trigger, `Data.<trigger>` holds `Url`, `Method`, `Query`,

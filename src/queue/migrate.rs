@@ -43,10 +43,37 @@ return 0
     )
 });
 
-/// One pass: moves what the old streams hold, drops the old hot-key set.
+/// One pass: moves what the old streams hold, drops the old hot-key set. One instance at a time
+/// (a lease on `\x1fmigrate`), so two instances never copy the same dead letters.
 pub async fn move_legacy(cache: &RedisCache, dead_letters: &DeadLetters) -> Result<Moved, CacheError> {
     let legacy = cache.keys().legacy();
-    let mut moved = Moved::default();
+    let moved = Moved::default();
+    // A cheap look first: in the common case there is nothing to move.
+    let mut pipe = redis::pipe();
+    for key in [&legacy.write_behind_stream, &legacy.dead_letter_stream, &legacy.hot_set, &legacy.hot_landmark] {
+        pipe.cmd("EXISTS").arg(key);
+    }
+    let present: Vec<i64> = cache.query_pipeline(pipe).await?;
+    if present.iter().all(|n| *n == 0) {
+        return Ok(moved);
+    }
+    let (lock, token) = (cache.keys().internal("migrate"), crate::cache::lock_token());
+    if !cache.try_lock(&lock, &token, LOCK_TTL).await? {
+        return Ok(moved);
+    }
+    let mut moved = moved;
+    let result = move_all(cache, dead_letters, &mut moved).await;
+    if let Err(e) = cache.release(&lock, &token).await {
+        tracing::debug!(error = %e, "could not release the migration lock; it expires by itself");
+    }
+    result.map(|()| moved)
+}
+
+/// How long one pass may hold the migration lock.
+const LOCK_TTL: Duration = Duration::from_secs(300);
+
+async fn move_all(cache: &RedisCache, dead_letters: &DeadLetters, moved: &mut Moved) -> Result<(), CacheError> {
+    let legacy = cache.keys().legacy();
     if cache.key_type(&legacy.write_behind_stream).await? == "stream" {
         moved.events = move_events(cache, &legacy.write_behind_stream).await?;
         let mut delete = DELETE_IF_EMPTY_STREAM.prepare_invoke();
@@ -64,14 +91,14 @@ pub async fn move_legacy(cache: &RedisCache, dead_letters: &DeadLetters) -> Resu
         cmd.arg(old);
         cache.query::<i64>(cmd).await?;
     }
-    if moved != Moved::default() {
+    if *moved != Moved::default() {
         tracing::info!(
             events = moved.events,
             dead_letters = moved.dead_letters,
             "moved an older release's write-behind queue and dead letters to the internal streams"
         );
     }
-    Ok(moved)
+    Ok(())
 }
 
 async fn move_events(cache: &RedisCache, old: &str) -> Result<u64, CacheError> {
@@ -91,10 +118,15 @@ async fn move_events(cache: &RedisCache, old: &str) -> Result<u64, CacheError> {
                 // No event field: still moved, so the consumer dead-letters it with a reason.
                 _ => String::new(),
             };
-            let mut pipe = redis::pipe();
-            pipe.cmd("XADD").arg(&target).arg("*").arg("event").arg(event).ignore();
-            pipe.cmd("XDEL").arg(old).arg(&entry.id).ignore();
-            cache.query_pipeline::<()>(pipe).await?;
+            // Copy first, delete only once the copy is confirmed: a refused copy (Redis out of
+            // memory) leaves the entry where it was. A copy whose delete fails is moved again at
+            // the next pass, which is harmless (versions make a duplicate a no-op).
+            let mut add = redis::cmd("XADD");
+            add.arg(&target).arg("*").arg("event").arg(event);
+            cache.query::<String>(add).await?;
+            let mut delete = redis::cmd("XDEL");
+            delete.arg(old).arg(&entry.id);
+            cache.query::<i64>(delete).await?;
             moved += 1;
         }
     }

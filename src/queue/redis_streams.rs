@@ -264,7 +264,7 @@ impl StreamConsumer {
         if entries.is_empty() {
             return Ok(entries);
         }
-        let counts = self.delivery_counts().await?;
+        let counts = self.delivery_counts(&entries).await?;
         for entry in &mut entries {
             entry.deliveries = counts.get(&entry.id).copied().unwrap_or(2);
         }
@@ -272,9 +272,11 @@ impl StreamConsumer {
         Ok(entries)
     }
 
-    async fn delivery_counts(&self) -> Result<HashMap<String, u64>, CacheError> {
+    /// How many times each of `entries` was delivered, from the pending list over their id range.
+    async fn delivery_counts(&self, entries: &[Entry]) -> Result<HashMap<String, u64>, CacheError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(HashMap::new()) };
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.key).arg(GROUP).arg("-").arg("+").arg(self.config.batch_size * 10).arg(&self.config.name);
+        cmd.arg(&self.key).arg(GROUP).arg(&first.id).arg(&last.id).arg(entries.len()).arg(&self.config.name);
         let Value::Array(rows) = self.conn.query::<Value>(cmd).await? else { return Ok(HashMap::new()) };
         Ok(rows
             .iter()
@@ -324,8 +326,10 @@ impl StreamConsumer {
         let mut done: Vec<String> = Vec::new();
         let mut to_apply: Vec<&Entry> = Vec::new();
         for entry in &entries {
-            if entry.deliveries > self.config.max_deliveries && self.out_of_retries(entry) {
-                let reason = format!("not applied after {} deliveries", entry.deliveries - 1);
+            // Delivered over and over without ever settling (its consumer crashes on it): give up
+            // without another attempt. Anything else gets one more try before it is given up.
+            if entry.deliveries > 2 * self.config.max_deliveries && self.out_of_retries(entry) {
+                let reason = format!("not settled after {} deliveries", entry.deliveries - 1);
                 if self.dead_letter(entry, &reason).await {
                     done.push(entry.id.clone());
                 }

@@ -51,6 +51,13 @@ pub enum Applied {
         /// The version the store holds.
         current: u64,
     },
+    /// The key has no record and the version is not above the highest tombstone ever purged:
+    /// whether a newer write superseded it cannot be known any more (it is older than the
+    /// tombstone retention window). Nothing changed; the caller must not treat it as applied.
+    BelowWatermark {
+        /// The highest purged tombstone's version.
+        watermark: u64,
+    },
 }
 
 /// Why a store call failed.

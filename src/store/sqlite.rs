@@ -29,6 +29,9 @@ use super::{Applied, Change, Record, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::version::{OLD_LAYOUT_LIMIT, at};
 
+/// Tombstones removed per transaction by a purge.
+const PURGE_BATCH: usize = 5_000;
+
 /// The SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -102,6 +105,13 @@ impl SqliteStore {
     /// latter into memory, and writing through a mapping of a file that cannot be written kills the
     /// process with `SIGBUS`.
     fn check_file(&self) -> Result<(), StoreError> {
+        self.check_companions()?;
+        self.check_identity()
+    }
+
+    /// The `-wal` and `-shm` part of [`SqliteStore::check_file`]: reads need it too (in WAL mode a
+    /// read updates the shared memory).
+    fn check_companions(&self) -> Result<(), StoreError> {
         for suffix in ["-wal", "-shm"] {
             let mut companion = self.path.clone().into_os_string();
             companion.push(suffix);
@@ -112,6 +122,10 @@ impl SqliteStore {
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn check_identity(&self) -> Result<(), StoreError> {
         match FileIdentity::of(&self.path) {
             Ok(now) if now == self.identity => Ok(()),
             Ok(_) => Err(StoreError::unavailable(format!(
@@ -173,6 +187,7 @@ fn to_sql_version(version: u64) -> Result<i64, StoreError> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.check_companions()?;
         let key = key.to_string();
         self.with_conn(move |conn| {
             let row = conn
@@ -224,13 +239,15 @@ impl Store for SqliteStore {
                 .query_row("SELECT version FROM items WHERE key = ?1", params![key], |row| row.get(0))
                 .optional()
                 .map_err(sqlite_error)?;
-            let current = match current {
-                Some(current) => current,
-                None => conn
-                    .query_row("SELECT value FROM meta WHERE name = 'tombstone_watermark'", [], |row| row.get(0))
-                    .map_err(sqlite_error)?,
-            };
-            Ok(Applied::Stale { current: current as u64 })
+            match current {
+                Some(current) => Ok(Applied::Stale { current: current as u64 }),
+                None => {
+                    let watermark: i64 = conn
+                        .query_row("SELECT value FROM meta WHERE name = 'tombstone_watermark'", [], |row| row.get(0))
+                        .map_err(sqlite_error)?;
+                    Ok(Applied::BelowWatermark { watermark: watermark as u64 })
+                }
+            }
         })
         .await
     }
@@ -261,29 +278,47 @@ impl Store for SqliteStore {
         // Versions of the older layout are microseconds; this layout's are `at(t)`.
         let (old_layout_before, new_layout_before) =
             (older_than.as_micros().min(OLD_LAYOUT_LIMIT) as i64, to_sql_version(at(older_than))?);
-        self.with_conn(move |conn| {
-            let tx = conn.unchecked_transaction().map_err(sqlite_error)?;
-            let which = "deleted = 1 AND ((version < ?1 AND version < ?3) OR (version >= ?1 AND version < ?2))";
-            let highest: Option<i64> = tx
-                .query_row(
-                    &format!("SELECT max(version) FROM items WHERE {which}"),
-                    params![OLD_LAYOUT_LIMIT as i64, new_layout_before, old_layout_before],
-                    |row| row.get(0),
-                )
-                .map_err(sqlite_error)?;
-            let Some(highest) = highest else { return Ok(0) };
-            tx.execute("UPDATE meta SET value = max(value, ?1) WHERE name = 'tombstone_watermark'", params![highest])
-                .map_err(sqlite_error)?;
-            let purged = tx
-                .execute(
-                    &format!("DELETE FROM items WHERE {which}"),
-                    params![OLD_LAYOUT_LIMIT as i64, new_layout_before, old_layout_before],
-                )
-                .map_err(sqlite_error)?;
-            tx.commit().map_err(sqlite_error)?;
-            Ok(purged as u64)
-        })
-        .await
+        // In batches, each its own transaction, so a large backlog never holds the store long.
+        let mut purged = 0;
+        loop {
+            let batch = self
+                .with_conn(move |conn| {
+                    let tx = conn.unchecked_transaction().map_err(sqlite_error)?;
+                    let which = "deleted = 1 AND ((version < ?1 AND version < ?3) OR (version >= ?1 AND version < ?2))";
+                    let params = params![OLD_LAYOUT_LIMIT as i64, new_layout_before, old_layout_before];
+                    let keys: Vec<(String, i64)> = {
+                        let mut query = tx
+                            .prepare(&format!("SELECT key, version FROM items WHERE {which} LIMIT {PURGE_BATCH}"))
+                            .map_err(sqlite_error)?;
+                        query
+                            .query_map(params, |row| Ok((row.get(0)?, row.get(1)?)))
+                            .map_err(sqlite_error)?
+                            .collect::<Result<_, _>>()
+                            .map_err(sqlite_error)?
+                    };
+                    let Some(highest) = keys.iter().map(|(_, version)| *version).max() else { return Ok(0) };
+                    tx.execute(
+                        "UPDATE meta SET value = max(value, ?1) WHERE name = 'tombstone_watermark'",
+                        params![highest],
+                    )
+                    .map_err(sqlite_error)?;
+                    let mut delete = tx
+                        .prepare("DELETE FROM items WHERE key = ?1 AND deleted = 1 AND version = ?2")
+                        .map_err(sqlite_error)?;
+                    let mut deleted = 0;
+                    for (key, version) in &keys {
+                        deleted += delete.execute(params![key, version]).map_err(sqlite_error)?;
+                    }
+                    drop(delete);
+                    tx.commit().map_err(sqlite_error)?;
+                    Ok(deleted as u64)
+                })
+                .await?;
+            purged += batch;
+            if batch < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
     }
 
     fn kind(&self) -> &'static str {

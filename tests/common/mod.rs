@@ -94,6 +94,59 @@ impl Drop for Blackhole {
     }
 }
 
+/// A TCP proxy to `127.0.0.1:upstream` that holds every chunk a client sends for `delay` before
+/// passing it on: a Redis that answers every command, slowly.
+pub struct SlowProxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl SlowProxy {
+    pub fn start(upstream: u16, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                client.set_nonblocking(false).unwrap();
+                let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        std::thread::sleep(delay);
+                        if server_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_write.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port, stop }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A `redis-server` of our own, on a free port, killed on drop.
 pub struct RedisServer {
     child: Child,

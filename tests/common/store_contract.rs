@@ -261,15 +261,15 @@ async fn tombstones_are_purged_after_the_retention_window_and_never_resurrect(st
     assert_eq!(store.purge_tombstones(time.now().minus(retention)).await.unwrap(), 0);
     // A late write older than the purged tombstone stays refused, and says what refused it...
     match store.apply(&deleted, tombstone - 1, Change::Upsert(json!("zombie"))).await.unwrap() {
-        Applied::Stale { current } => assert!(current >= tombstone, "{current} < {tombstone}"),
-        Applied::Yes => panic!("a purged delete was resurrected by an older write"),
+        Applied::BelowWatermark { watermark } => assert!(watermark >= tombstone, "{watermark} < {tombstone}"),
+        other => panic!("a purged delete must refuse an older write as below the watermark, got {other:?}"),
     }
     assert_eq!(store.get(&deleted).await.unwrap(), None);
     // ...as does one older than the retention window to a key that never existed (the price of
     // forgetting which keys had tombstones).
     assert!(matches!(
         store.apply(&format!("{ns}late-new-key"), tombstone - 1, Change::Upsert(json!(1))).await.unwrap(),
-        Applied::Stale { .. }
+        Applied::BelowWatermark { .. }
     ));
     // The recent tombstone still guards its key with its own version.
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The timer's schedule, as the Functions host reads it (HOST-PROTOCOL.md §5): a 6-field NCRONTAB
+//! The timer's schedule, as the Functions host reads it (docs/host-protocol.md §5.1): a 6-field NCRONTAB
 //! expression `{second} {minute} {hour} {day} {month} {day-of-week}`, or a TimeSpan `hh:mm:ss`.
 //!
 //! The refresh-ahead timer needs it to know when it runs next (which entries would expire before

@@ -46,7 +46,7 @@
 //! its tombstone. The watermark item holds the highest version of any purged tombstone (a decimal
 //! string, only ever raised, with `If-Match` on its ETag), and is raised *before* the tombstones
 //! are deleted. A write to a key that has no item (the create path of the apply loop) reads the
-//! watermark and is `Stale { current: watermark }` unless it is above it. The purge queries
+//! watermark and is `BelowWatermark` unless it is above it. The purge queries
 //! `deleted = true` items (narrowed in SQL to versions below the bound, decided exactly in Rust,
 //! since versions are strings or, from older releases, numbers), at most [`MAX_PURGE_PER_CALL`] per
 //! call, and deletes each with `If-Match` its ETag: a tombstone rewritten meanwhile (412) or
@@ -312,7 +312,7 @@ impl CosmosStore {
                     // above every purged tombstone may create it (the watermark only goes up).
                     let watermark = self.watermark(charges).await?.map_or(0, |(watermark, _)| watermark);
                     if document.version_number <= watermark {
-                        return Ok(Applied::Stale { current: watermark });
+                        return Ok(Applied::BelowWatermark { watermark });
                     }
                     match self.container.create_item(id.to_string(), id, document, None).await {
                         Ok(response) => {
