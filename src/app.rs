@@ -1,5 +1,6 @@
 //! The application: settings plus the wired-up patterns, shared by every request.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::patterns::{CachePolicy, Patterns};
 use crate::queue::redis_streams::{ConsumerConfig, StreamConsumer};
 use crate::settings::{Settings, StoreSettings};
 use crate::store::cosmos::CosmosStore;
+use crate::store::deferred::{DeferredStore, UnconfiguredStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -82,21 +84,12 @@ impl App {
         Ok(tasks)
     }
 
-    /// Opens the store and prepares the cache the settings describe.
-    pub async fn from_settings(settings: Settings) -> Result<Self, StartupError> {
-        let store: Arc<dyn Store> = match &settings.store {
-            StoreSettings::Sqlite { path } => {
-                let store = SqliteStore::open(path)?;
-                tracing::info!(path = %path.display(), "backing store: embedded SQLite");
-                Arc::new(store)
-            }
-            StoreSettings::Cosmos(cosmos) => {
-                tracing::info!(target = cosmos.describe(), "connecting to the Cosmos DB backing store");
-                let store = CosmosStore::connect(cosmos).await?;
-                tracing::info!(target = store.describe(), "backing store: Azure Cosmos DB");
-                Arc::new(store)
-            }
-        };
+    /// Opens the store and prepares the cache the settings describe, in `environment`: locally a
+    /// store that cannot be opened stops start-up; on Azure the app starts anyway (Cosmos DB
+    /// connects in the background, and without a usable store it runs degraded, answering
+    /// `503 store_not_configured`).
+    pub async fn from_settings(settings: Settings, environment: &Environment) -> Result<Self, StartupError> {
+        let store = open_store(&settings, environment).await?;
         let cache = RedisCache::new(&settings.redis, &settings.instance_name)?;
         tracing::info!(redis = cache.describe(), prefix = ?settings.instance_name, "cache: Redis");
         let event_hubs = match &settings.event_hubs {
@@ -109,6 +102,75 @@ impl App {
             None => tracing::info!("write-behind queue: Redis Stream, applied in-process"),
         }
         Ok(app)
+    }
+}
+
+/// Where the handler runs.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// On Azure App Service / Functions (`WEBSITE_INSTANCE_ID` is set): the app root is read-only,
+    /// and an exiting handler takes every function down, so misconfiguration must not stop it.
+    pub on_azure: bool,
+    /// The function app's root (`FUNCTIONS_APP_ROOT_PATH`, else the working directory).
+    pub app_root: PathBuf,
+}
+
+impl Environment {
+    /// Reads the environment the host gives the handler.
+    pub fn from_env() -> Self {
+        let on_azure = std::env::var("WEBSITE_INSTANCE_ID").is_ok_and(|v| !v.trim().is_empty());
+        let app_root = std::env::var("FUNCTIONS_APP_ROOT_PATH")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_default();
+        Self { on_azure, app_root }
+    }
+}
+
+/// The settings that name a store, for messages.
+const STORE_SETTINGS: &str = "CosmosDBConnection__accountEndpoint (managed identity) or CosmosDBConnection (a key)";
+
+async fn open_store(settings: &Settings, environment: &Environment) -> Result<Arc<dyn Store>, StartupError> {
+    match &settings.store {
+        StoreSettings::Sqlite { path, explicit } => {
+            if environment.on_azure {
+                let under_app_root = !path.is_absolute() || path.starts_with(&environment.app_root);
+                if !explicit || under_app_root {
+                    let why = format!(
+                        "on Azure set {STORE_SETTINGS}; the embedded SQLite store is for local runs (the app root is read-only there, and it would be one file per instance){}",
+                        if *explicit { "; LocalStorePath must be an absolute path outside the app root" } else { "" }
+                    );
+                    tracing::error!(
+                        "no backing store is configured: {why}; store-backed functions answer 503 store_not_configured"
+                    );
+                    return Ok(Arc::new(UnconfiguredStore::new(why)));
+                }
+                tracing::warn!(path = %path.display(), "backing store: embedded SQLite on Azure: one file per instance, not shared by a scaled-out app");
+            }
+            let store = SqliteStore::open(path)?;
+            tracing::info!(path = %path.display(), "backing store: embedded SQLite");
+            Ok(Arc::new(store))
+        }
+        StoreSettings::Cosmos(cosmos) if environment.on_azure => {
+            tracing::info!(target = cosmos.describe(), "connecting to the Cosmos DB backing store in the background");
+            let cosmos = cosmos.clone();
+            Ok(DeferredStore::connect_in_background("cosmos", move || {
+                let cosmos = cosmos.clone();
+                async move {
+                    let store = CosmosStore::connect(&cosmos).await?;
+                    tracing::info!(target = store.describe(), "backing store: Azure Cosmos DB");
+                    Ok(Arc::new(store) as Arc<dyn Store>)
+                }
+            }))
+        }
+        StoreSettings::Cosmos(cosmos) => {
+            tracing::info!(target = cosmos.describe(), "connecting to the Cosmos DB backing store");
+            let store = CosmosStore::connect(cosmos).await?;
+            tracing::info!(target = store.describe(), "backing store: Azure Cosmos DB");
+            Ok(Arc::new(store))
+        }
     }
 }
 

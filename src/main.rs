@@ -1,15 +1,21 @@
 //! `handler`: the custom handler process the Functions host starts.
 //!
-//! It reads the app settings, opens the store, prepares the Redis connection (without waiting for
-//! Redis: a Redis that is down only degrades the cache), and serves on
-//! `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT`. Start-up failures print one line naming the problem
-//! and exit with code 1, which the host reports and retries.
+//! It binds `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT` first (the host waits for the port), then
+//! reads the app settings and prepares the store, the cache and the queue without waiting for any
+//! of them to answer.
+//!
+//! * Locally, a missing or malformed setting, or a store that cannot be opened, prints one line
+//!   naming the problem and exits with code 1.
+//! * On Azure (`WEBSITE_INSTANCE_ID` is set) an exiting handler takes every function down and the
+//!   host gives up after a few restarts, so the handler keeps running instead: with a
+//!   configuration it cannot work with, it logs one error line and answers `503` (Health names the
+//!   problem) until the settings are fixed and the app restarts.
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
-use cachepatterns::app::App;
+use cachepatterns::app::{App, Environment};
 use cachepatterns::server;
 use cachepatterns::settings::Settings;
 use tracing_subscriber::EnvFilter;
@@ -19,13 +25,6 @@ fn main() -> ExitCode {
     cachepatterns::fatal_signals::install();
     init_logging();
     cachepatterns::tls::ensure_crypto_provider();
-    let settings = match Settings::from_env() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("handler: cannot start: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -33,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(Environment::from_env())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("handler: cannot start: {message}");
@@ -42,13 +41,33 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.port));
-    let app = App::from_settings(settings).await.map_err(|e| e.to_string())?;
+async fn run(environment: Environment) -> Result<(), String> {
+    let port = Settings::port_from_env().map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} (FUNCTIONS_CUSTOMHANDLER_PORT): {e}"))?;
     tracing::info!(%addr, "handler listening");
+    let limits = server::Limits::default();
+    let started = match Settings::from_env() {
+        Ok(settings) => App::from_settings(settings, &environment).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let app = match started {
+        Ok(app) => app,
+        Err(problem) if environment.on_azure => {
+            // One clear line, then keep answering: Health and every function say what is wrong.
+            tracing::error!(
+                "the handler cannot work with this configuration: {problem}; every function answers 503 until it is fixed"
+            );
+            let router = server::misconfigured_router(problem);
+            return server::serve(listener, router, limits, shutdown_signal())
+                .await
+                .map_err(|e| format!("the server failed: {e}"));
+        }
+        Err(problem) => return Err(problem),
+    };
+    let background = app.start_background_work().map_err(|e| e.to_string())?;
     let cache = app.patterns.cache().clone();
     tokio::spawn(async move {
         match cache.ping().await {
@@ -56,8 +75,6 @@ async fn run(settings: Settings) -> Result<(), String> {
             Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; reads go to the store until it is"),
         }
     });
-    let background = app.start_background_work().map_err(|e| e.to_string())?;
-    let limits = server::Limits::default();
     let served = server::serve(listener, server::router_with(app, limits), limits, shutdown_signal()).await;
     for task in background {
         task.abort();

@@ -75,6 +75,52 @@ pub fn router_with(app: App, limits: Limits) -> Router {
     Router::new().fallback(route).with_state(Server { app, limits, budget })
 }
 
+/// The router of a handler that cannot work with its configuration (on Azure, where exiting would
+/// take every function down): `GET /` answers, Health says what is wrong, every function answers
+/// `503 misconfigured`, and `EventHubConsumer` invocations fail so that the host keeps them for
+/// when the configuration is fixed.
+pub fn misconfigured_router(problem: String) -> Router {
+    let problem: Arc<str> = Arc::from(problem);
+    Router::new().fallback(move |request: Request| {
+        let problem = problem.clone();
+        async move { misconfigured(&problem, request) }
+    })
+}
+
+fn misconfigured(problem: &str, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    if path == "/" {
+        return json_response(200, &[], &json!({"status": "ready"}));
+    }
+    let reply = |function: Option<HttpFunction>| {
+        if function == Some(HttpFunction::Health) {
+            HttpReply::json(503, json!({"status": "unhealthy", "problem": problem}))
+        } else {
+            HttpReply::error(503, "misconfigured", format!("the handler cannot work with its configuration: {problem}"))
+        }
+        .with_header("Retry-After", "60")
+    };
+    if let Some(rest) = strip_prefix_ignore_case(&path, "/api/") {
+        let r = reply(HttpFunction::by_route(rest).map(|(f, _)| f));
+        return json_response(r.status, &r.headers, &r.body);
+    }
+    let name = path.trim_matches('/');
+    if let Some(function) = HttpFunction::by_name(name) {
+        let mut outputs = Map::new();
+        outputs.insert(function.output_binding().to_string(), payload::http_output(&reply(Some(function))));
+        return json_response(200, &[], &payload::envelope(outputs, vec![format!("misconfigured: {problem}")]));
+    }
+    match triggers::by_name(name) {
+        Some(triggers::TriggerFunction::EventHubConsumer) => {
+            json_response(500, &[], &error_body("misconfigured", &format!("not applied, kept for a retry: {problem}")))
+        }
+        Some(_) => {
+            json_response(200, &[], &payload::envelope(Map::new(), vec![format!("skipped, misconfigured: {problem}")]))
+        }
+        None => json_response(404, &[], &error_body("not_found", &format!("nothing is served at {path:?}"))),
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,

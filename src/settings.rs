@@ -285,7 +285,12 @@ const REDIS_CLIENT_ID: &str = "RedisCache__clientId";
 #[derive(Debug, Clone)]
 pub enum StoreSettings {
     /// The embedded SQLite store at this path.
-    Sqlite { path: PathBuf },
+    Sqlite {
+        /// `LocalStorePath`, or its default `.data/store.db`.
+        path: PathBuf,
+        /// Whether `LocalStorePath` was set (on Azure the default is never used).
+        explicit: bool,
+    },
     /// Azure Cosmos DB (NoSQL API), chosen whenever a `CosmosDBConnection…` setting is present.
     Cosmos(CosmosSettings),
 }
@@ -524,6 +529,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `FUNCTIONS_CUSTOMHANDLER_PORT` alone (read first: the port is bound before anything else).
+    pub fn port_from_env() -> Result<u16, SettingsError> {
+        let get = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        number(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", 7071, 1, 65535).map(|p| p as u16)
+    }
+
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -558,9 +569,13 @@ impl Settings {
         }
         let store = match CosmosSettings::from_lookup(&get)? {
             Some(cosmos) => StoreSettings::Cosmos(cosmos),
-            None => StoreSettings::Sqlite {
-                path: PathBuf::from(get("LocalStorePath").unwrap_or_else(|| ".data/store.db".to_string())),
-            },
+            None => {
+                let explicit = get("LocalStorePath");
+                StoreSettings::Sqlite {
+                    path: PathBuf::from(explicit.clone().unwrap_or_else(|| ".data/store.db".to_string())),
+                    explicit: explicit.is_some(),
+                }
+            }
         };
         let event_hubs = EventHubSettings::from_lookup(get)?;
         let cache_ttl = Duration::from_secs(number(&get, "CacheTtlSeconds", 300, 1, 365 * 24 * 3600)?);
@@ -780,7 +795,11 @@ mod tests {
     #[test]
     fn no_cosmos_setting_means_sqlite() {
         let s = settings(&[("RedisCache", "localhost"), ("LocalStorePath", "/tmp/x.db")]).unwrap();
-        assert!(matches!(s.store, StoreSettings::Sqlite { ref path } if path == Path::new("/tmp/x.db")));
+        assert!(
+            matches!(s.store, StoreSettings::Sqlite { ref path, explicit: true } if path == Path::new("/tmp/x.db"))
+        );
+        let s = settings(&[("RedisCache", "localhost")]).unwrap();
+        assert!(matches!(s.store, StoreSettings::Sqlite { explicit: false, .. }));
     }
 
     #[test]

@@ -153,3 +153,65 @@ fn without_the_eventhubs_feature_an_event_hubs_setting_stops_start_up() {
     assert_eq!(code, 1);
     assert!(stderr.contains("without the `eventhubs` cargo feature"), "{stderr}");
 }
+
+/// On Azure with no store setting the handler must not exit (the host would give up and take every
+/// function down) nor write under the read-only app root: it runs degraded and says why.
+#[test]
+fn on_azure_without_a_store_it_runs_degraded_and_writes_nothing_under_the_app_root() {
+    let redis = RedisServer::start();
+    let mut handler = Handler::start_on_azure(&[("RedisCache", &redis.connection_string())]);
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["store"]["status"]), (503, &json!("down")), "{body}");
+    let error = body["store"]["error"].as_str().unwrap();
+    assert!(error.contains("CosmosDBConnection__accountEndpoint") && error.contains("CosmosDBConnection"), "{error}");
+    for (method, path, body) in [
+        ("PUT", "/api/write-through/k", Some("1")),
+        ("PUT", "/api/write-behind/k", Some("1")),
+        ("GET", "/api/cache-aside/k", None),
+    ] {
+        let (status, reply) = handler.request(method, path, body).unwrap();
+        assert_eq!((status, &reply["error"]["code"]), (503, &json!("store_not_configured")), "{method} {path}");
+    }
+    let stderr = handler.stop();
+    let errors = stderr.lines().filter(|l| l.contains(" ERROR ") && l.contains("no backing store is configured"));
+    assert_eq!(errors.count(), 1, "one error line at start-up: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(handler.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "nothing may be written under the app root: {left:?}");
+}
+
+/// On Azure a setting the handler cannot work with is one error line and 503s naming it, not an
+/// exit: Health says which setting, and queued Event Hubs batches are kept for a retry.
+#[test]
+fn on_azure_a_bad_setting_is_served_as_503_naming_it() {
+    let redis = RedisServer::start();
+    let mut handler =
+        Handler::start_on_azure(&[("RedisCache", &redis.connection_string()), ("CacheTtlSeconds", "ten")]);
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!(status, 503);
+    assert!(body["problem"].as_str().unwrap().contains("CacheTtlSeconds"), "{body}");
+    let (status, body) = handler.request("PUT", "/api/write-through/k", Some("1")).unwrap();
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("misconfigured")));
+    let envelope = json!({"Data": {"events": "[]"}, "Metadata": {}});
+    assert_eq!(handler.request("POST", "/EventHubConsumer", Some(&envelope.to_string())).unwrap().0, 500);
+    let stderr = handler.stop();
+    assert_eq!(stderr.lines().filter(|l| l.contains("CacheTtlSeconds")).count(), 1, "{stderr}");
+}
+
+/// The port is bound before any dependency is contacted: a Cosmos DB account that does not answer
+/// (the client may take 30 s) does not keep the host waiting for the port.
+#[test]
+fn on_azure_the_port_answers_while_cosmos_connects() {
+    let redis = RedisServer::start();
+    let hole = common::Blackhole::start();
+    let started = std::time::Instant::now();
+    let handler = Handler::start_on_azure(&[
+        ("RedisCache", &redis.connection_string()),
+        ("CosmosDBConnection", &format!("AccountEndpoint=https://127.0.0.1:{}/;AccountKey=a2V5;", hole.port)),
+    ]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "GET / took {:?}", started.elapsed());
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["store"]["status"]), (503, &json!("down")), "{body}");
+    assert!(body["store"]["error"].as_str().unwrap().contains("not connected yet"), "{body}");
+    let (status, body) = handler.request("PUT", "/api/write-through/k", Some("1")).unwrap();
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("store_unavailable")), "{body}");
+}

@@ -492,7 +492,7 @@ async fn an_unreachable_account_fails_start_up_with_one_clear_line() {
         &[("CosmosDBConnection", "AccountEndpoint=https://127.0.0.1:9/;AccountKey=c2VjcmV0LWtleQ==;")],
     );
     let started = std::time::Instant::now();
-    let err = match App::from_settings(settings).await {
+    let err = match App::from_settings(settings, &cachepatterns::app::Environment::default()).await {
         Ok(_) => panic!("start-up must fail when the account cannot be reached"),
         Err(e) => e.to_string(),
     };

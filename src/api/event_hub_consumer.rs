@@ -103,6 +103,10 @@ fn may_retry(app: &App, invocation: &Invocation) -> bool {
 }
 
 pub async fn invoke(app: &App, invocation: &Invocation, log: &mut InvocationLog) -> Result<Outputs, TriggerFailure> {
+    if let Err(e) = app.patterns.store().configured() {
+        // Keep the batch for when there is a store: failing makes the host retry it.
+        return Err(TriggerFailure(format!("not applied, kept for a retry: {e}")));
+    }
     let bodies = event_bodies(invocation);
     if let Some((count, max)) = retry_context(invocation)
         && count != 0

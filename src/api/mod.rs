@@ -15,6 +15,8 @@ mod write_through;
 use crate::app::App;
 use crate::patterns::{ReadError, WriteError};
 use crate::protocol::{HttpCall, HttpReply, InvocationLog};
+use std::time::Duration;
+
 use crate::store::StoreError;
 
 /// The HTTP functions this handler serves. Names are the function folder names.
@@ -155,6 +157,9 @@ pub(crate) fn store_failure(error: &StoreError, log: &mut InvocationLog) -> Http
             unavailable("store_unavailable", error.to_string(), *retry_after)
         }
         StoreError::Rejected(_) => HttpReply::error(500, "store_error", error.to_string()),
+        StoreError::NotConfigured(_) => {
+            unavailable("store_not_configured", error.to_string(), Some(Duration::from_secs(300)))
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::input::{read_key, write_key_and_value};
 use crate::app::App;
+use crate::patterns::write_behind::WriteBehindError;
 use crate::protocol::{HttpCall, HttpReply, InvocationLog};
 use crate::queue::QueueError;
 use crate::store::Change;
@@ -33,7 +34,8 @@ pub async fn handle(app: &App, call: &HttpCall, log: &mut InvocationLog) -> Http
             HttpReply::json(202, json!({"key": key.as_str(), "version": accepted.version, "status": "accepted"}))
                 .with_header("x-cache", if accepted.cached { "updated" } else { "bypass" })
         }
-        Err(e) => queue_failure(&e, log),
+        Err(WriteBehindError::Queue(e)) => queue_failure(&e, log),
+        Err(WriteBehindError::Store(e)) => super::store_failure(&e, log),
     }
 }
 

@@ -11,6 +11,17 @@ use crate::key::Key;
 use crate::queue::{QueueError, WriteEvent};
 use crate::store::Change;
 
+/// Why a write-behind write was not accepted. Nothing is visible to readers.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteBehindError {
+    /// The queue did not accept it.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// There is no store to apply it to (nothing was queued).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// A write the queue accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -22,7 +33,9 @@ pub struct Accepted {
 
 impl Patterns {
     /// Write-Behind of `change` to `key`.
-    pub async fn write_behind(&self, key: &Key, change: Change) -> Result<Accepted, QueueError> {
+    pub async fn write_behind(&self, key: &Key, change: Change) -> Result<Accepted, WriteBehindError> {
+        // Accepting a write that can never be applied would only fill the queue.
+        self.store.configured()?;
         if let Ok(Some(cached)) = self.cache.get(key.as_str()).await
             && let Err(reason) = self.clock.observe(cached.version)
         {

@@ -209,8 +209,14 @@ impl StreamConsumer {
         }
     }
 
-    /// One round: take over idle pending entries, or read new ones; apply; acknowledge.
+    /// One round: take over idle pending entries, or read new ones; apply; acknowledge. With no
+    /// store configured, nothing is read: the entries wait until there is one.
     pub async fn run_once(&self) -> Result<ApplyReport, CacheError> {
+        if let Err(e) = self.patterns.store().configured() {
+            tracing::debug!(error = %e, "write-behind consumer idle: no store to apply to");
+            tokio::time::sleep(self.config.block).await;
+            return Ok(ApplyReport::default());
+        }
         self.ensure_group().await?;
         let mut entries = self.claim_idle().await?;
         if entries.is_empty() {

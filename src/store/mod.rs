@@ -7,6 +7,7 @@
 //! reordered writes can never make the store go backwards. Deletes are tombstones with a version.
 
 pub mod cosmos;
+pub mod deferred;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -74,6 +75,9 @@ pub enum StoreError {
     /// The request itself cannot succeed (bad data, misconfiguration); retrying will not help.
     #[error("the backing store rejected the request: {0}")]
     Rejected(String),
+    /// No usable store is configured (on Azure without a Cosmos DB setting).
+    #[error("no backing store is configured: {0}")]
+    NotConfigured(String),
 }
 
 impl StoreError {
@@ -91,7 +95,7 @@ impl StoreError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Unavailable { retry_after, .. } => *retry_after,
-            Self::Rejected(_) => None,
+            Self::Rejected(_) | Self::NotConfigured(_) => None,
         }
     }
 }
@@ -108,6 +112,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip that proves the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// `Err(NotConfigured)` when there is no store to write to at all: writes must then be refused
+    /// before anything is accepted (write-behind), and queued writes left where they are.
+    fn configured(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Proves the store takes writes, with a write of the store's own probe record (never a user
     /// key). For `Health`; by default, a [`Store::ping`].

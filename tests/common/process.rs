@@ -15,6 +15,7 @@ pub struct Handler {
     child: Child,
     pub port: u16,
     pub dir: TempDir,
+    immutable_root: bool,
 }
 
 /// One HTTP answer: status, lower-cased headers, JSON body (`Null` when not JSON).
@@ -36,10 +37,37 @@ impl Handler {
     /// waits until it answers `GET /`.
     pub fn start(env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("handler");
-        let port = free_port();
-        let child =
-            command(env, &dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn handler");
-        let mut handler = Self { child, port, dir };
+        let cmd = command(env, &dir, free_port());
+        Self::spawn(cmd, dir, false)
+    }
+
+    /// Starts a handler as Azure runs it: the platform's variables set, the app root (its working
+    /// directory) read-only where `chattr` can make it so, and no `LocalStorePath`.
+    pub fn start_on_azure(env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("handler-azure");
+        let mut cmd = command(env, &dir, free_port());
+        cmd.env_remove("LocalStorePath")
+            .env("WEBSITE_INSTANCE_ID", "0123456789abcdef0123456789abcdef")
+            .env("WEBSITE_SITE_NAME", "cachepatterns-test")
+            .env("FUNCTIONS_APP_ROOT_PATH", dir.path());
+        let read_only = Command::new("chattr").arg("+i").arg(dir.path()).status().is_ok_and(|s| s.success());
+        eprintln!("app root read-only (chattr +i): {read_only}");
+        let mut handler = Self::spawn(cmd, dir, true);
+        handler.immutable_root = read_only;
+        handler
+    }
+
+    /// Spawns `cmd`; with `keep_stderr`, its error output is kept for [`Handler::stop`] (only for
+    /// short runs: nobody reads the pipe before then).
+    fn spawn(mut cmd: Command, dir: TempDir, keep_stderr: bool) -> Self {
+        let port = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "FUNCTIONS_CUSTOMHANDLER_PORT")
+            .and_then(|(_, v)| v?.to_str()?.parse().ok())
+            .expect("a port");
+        let stderr = if keep_stderr { Stdio::piped() } else { Stdio::null() };
+        let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn handler");
+        let mut handler = Self { child, port, dir, immutable_root: false };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(status)) = handler.child.try_wait() {
@@ -79,6 +107,20 @@ impl Handler {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.immutable_root {
+            let _ = Command::new("chattr").arg("-i").arg(self.dir.path()).status();
+            self.immutable_root = false;
+        }
+    }
+
+    /// Stops the process and returns what it wrote to stderr.
+    pub fn stop(&mut self) -> String {
+        self.kill();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        err
     }
 }
 

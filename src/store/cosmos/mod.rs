@@ -699,7 +699,7 @@ fn startup_error(settings: &CosmosSettings, error: &CosmosError) -> StoreError {
     let what = format!("cannot reach the Cosmos DB account at {}: {}{hint}", settings.endpoint, describe(error));
     match store_error("connect", error) {
         StoreError::Unavailable { retry_after, .. } => StoreError::Unavailable { message: what, retry_after },
-        StoreError::Rejected(_) => StoreError::Rejected(what),
+        StoreError::Rejected(_) | StoreError::NotConfigured(_) => StoreError::Rejected(what),
     }
 }
 
@@ -707,7 +707,7 @@ fn open_error(target: &str, action: &str, error: &CosmosError) -> StoreError {
     let what = format!("cannot {action} ({target}): {}", describe(error));
     match store_error(action, error) {
         StoreError::Unavailable { retry_after, .. } => StoreError::Unavailable { message: what, retry_after },
-        StoreError::Rejected(_) => StoreError::Rejected(what),
+        StoreError::Rejected(_) | StoreError::NotConfigured(_) => StoreError::Rejected(what),
     }
 }
 
