@@ -70,7 +70,10 @@ fn function_json_files_match_the_design() {
         local["Values"]["AzureWebJobs.EventHubConsumer.Disabled"], "true",
         "locally the Redis Stream consumer does the job"
     );
-    assert!(local["Values"]["EventHubName"].is_string(), "%EventHubName% must resolve");
+    assert_eq!(trigger["consumerGroup"].as_str(), Some("%EventHubConsumerGroup%"), "a consumer group of its own on Azure");
+    for placeholder in ["EventHubName", "EventHubConsumerGroup", "RefreshAheadSchedule"] {
+        assert!(local["Values"][placeholder].is_string(), "%{placeholder}% must resolve locally");
+    }
 }
 
 #[tokio::test]
