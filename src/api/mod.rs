@@ -30,7 +30,7 @@ pub enum HttpFunction {
     WriteBehind,
     /// `DeadLetters`: `api/dead-letters/{id?}` (admin).
     DeadLetters,
-    /// `RefreshAheadRead`: `api/refresh-ahead/{key}`.
+    /// `RefreshAheadRead`: `api/refresh-ahead/{key?}`.
     RefreshAheadRead,
     /// `Health`: `api/health`.
     Health,

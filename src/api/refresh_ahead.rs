@@ -1,4 +1,4 @@
-//! `RefreshAheadRead`: `GET api/refresh-ahead/{key}`; `RefreshAhead`: the timer that keeps hot
+//! `RefreshAheadRead`: `GET api/refresh-ahead/{key?}`; `RefreshAhead`: the timer that keeps hot
 //! keys warm (payload mode only).
 
 use chrono::{DateTime, SecondsFormat};
