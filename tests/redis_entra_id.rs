@@ -106,3 +106,23 @@ async fn a_failing_credential_makes_redis_unavailable_not_a_hang() {
     let result = tokio::time::timeout(Duration::from_secs(15), cache.ping()).await.expect("no hang");
     assert!(result.is_err());
 }
+
+/// Every node connection authenticates with the token: writes and reads of keys spread over the
+/// whole key space (every slot of a cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_everywhere_are_written_and_read_with_the_token() {
+    let redis = RedisServer::start();
+    redis.command(&format!("ACL SETUSER {OID} on >{} ~* &* +@all", jwt(1))).unwrap();
+    redis.command("ACL SETUSER default off").unwrap();
+    let credential = Arc::new(FakeCredential { issued: AtomicUsize::new(0), lifetime: time::Duration::hours(1) });
+    let cache = RedisCache::with_token_credential(&target(&redis), "", Some(credential.clone())).unwrap();
+    let now = common::now();
+    let policy = cachepatterns::patterns::CachePolicy::from_settings(&common::settings("localhost", &[]));
+    for i in 0..50 {
+        let key = format!("entra-{i}");
+        let entry = policy.value_entry(serde_json::json!(i), 1 + i as u64, now);
+        assert_eq!(cache.put(&key, &entry, now).await.unwrap(), cachepatterns::cache::Put::Written, "{key}");
+        assert_eq!(cache.get(&key).await.unwrap().unwrap().value, Some(serde_json::json!(i)), "{key}");
+    }
+    assert_eq!(credential.issued.load(Ordering::SeqCst), 1, "one token for every node while it is valid");
+}

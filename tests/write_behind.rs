@@ -70,7 +70,11 @@ fn function_json_files_match_the_design() {
         local["Values"]["AzureWebJobs.EventHubConsumer.Disabled"], "true",
         "locally the Redis Stream consumer does the job"
     );
-    assert_eq!(trigger["consumerGroup"].as_str(), Some("%EventHubConsumerGroup%"), "a consumer group of its own on Azure");
+    assert_eq!(
+        trigger["consumerGroup"].as_str(),
+        Some("%EventHubConsumerGroup%"),
+        "a consumer group of its own on Azure"
+    );
     for placeholder in ["EventHubName", "EventHubConsumerGroup", "RefreshAheadSchedule"] {
         assert!(local["Values"][placeholder].is_string(), "%{placeholder}% must resolve locally");
     }

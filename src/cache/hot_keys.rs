@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use redis::{RedisResult, Script};
 
+use super::connection::Connection;
 use super::{CacheEntry, CacheError, RedisCache};
 use crate::clock::Timestamp;
 
@@ -119,11 +120,30 @@ impl RedisCache {
             .arg(policy.half_life.as_millis().max(1) as u64)
             .arg(policy.max_keys)
             .arg(key);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        pipe.cmd("HMGET").arg(keys.entry(key)).arg(&super::entry::FIELDS[..]);
-        pipe.invoke_script(&bump);
-        let (read, bumped): (RedisResult<Vec<Option<String>>>, RedisResult<i64>) = self.query_pipeline(pipe).await?;
+        let mut read = redis::cmd("HMGET");
+        read.arg(keys.entry(key)).arg(&super::entry::FIELDS[..]);
+        // The entry and the hot-key set are in different cluster slots: one pipeline on a single
+        // endpoint, two commands at once on a cluster; one round trip either way.
+        let bump_ref = &bump;
+        let (read, bumped): (RedisResult<Vec<Option<String>>>, RedisResult<i64>) = self
+            .run(|conn| async move {
+                match conn {
+                    Connection::Single(mut single) => {
+                        let mut pipe = redis::pipe();
+                        pipe.ignore_errors();
+                        pipe.add_command(read);
+                        pipe.invoke_script(bump_ref);
+                        pipe.query_async(&mut single).await
+                    }
+                    Connection::Cluster(cluster) => {
+                        let (mut first, mut second) = (cluster.clone(), cluster);
+                        let (read, bumped) =
+                            tokio::join!(read.query_async(&mut first), bump_ref.invoke_async(&mut second));
+                        Ok((read, bumped))
+                    }
+                }
+            })
+            .await?;
         if let Err(e) = bumped {
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
                 // First use on this server: the script runs (and is cached there) the long way.
@@ -171,13 +191,20 @@ impl RedisCache {
     pub async fn metadata(&self, keys: &[String]) -> Result<Vec<Option<EntryMeta>>, CacheError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(200) {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for key in chunk {
-                pipe.cmd("HMGET").arg(self.redis_key(key)).arg("ver").arg("at").arg("soft").arg("neg");
-            }
-            let rows: Vec<RedisResult<Vec<Option<String>>>> = self.query_pipeline(pipe).await?;
-            out.extend(rows.iter().map(|row| row.as_ref().ok().and_then(|row| parse_meta(row))));
+            let cmds = chunk
+                .iter()
+                .map(|key| {
+                    let mut cmd = redis::cmd("HMGET");
+                    cmd.arg(self.redis_key(key)).arg("ver").arg("at").arg("soft").arg("neg");
+                    cmd
+                })
+                .collect();
+            let rows = self.query_each(cmds).await?;
+            out.extend(rows.into_iter().map(|row| {
+                row.ok()
+                    .and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())
+                    .and_then(|row| parse_meta(&row))
+            }));
         }
         Ok(out)
     }

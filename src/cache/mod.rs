@@ -11,6 +11,7 @@
 //! short circuit breaker makes calls fail at once instead of each waiting again: no request waits
 //! on Redis much longer than one deadline. Key layout: [`keys`].
 
+mod connection;
 pub mod entra;
 mod entry;
 mod hot_keys;
@@ -28,6 +29,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use connection::{Connection, Connector};
 use redis::{FromRedisValue, IntoConnectionInfo, RedisError, RedisResult};
 
 use crate::clock::Timestamp;
@@ -90,7 +93,7 @@ pub enum Put {
 /// Handle to the Redis cache. Cheap to clone; clones share the connection and the breaker.
 #[derive(Clone)]
 pub struct RedisCache {
-    conn: ConnectionManager,
+    connector: Arc<Connector>,
     keys: Arc<Keys>,
     target: Arc<str>,
     deadline: Duration,
@@ -180,7 +183,7 @@ impl RedisCache {
             redis_settings = redis_settings.set_password(password);
         }
         info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(|e| {
+        let client = redis::Client::open(info.clone()).map_err(|e| {
             CacheError::Command(format!("cannot prepare the Redis client for {}: {e}", target.describe()))
         })?;
         let mut config = ConnectionManagerConfig::new()
@@ -189,13 +192,18 @@ impl RedisCache {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        if let Some(credential) = credential {
-            config = config.set_credentials_provider(entra::EntraIdCredentials::start(credential));
+        let credentials = credential.map(entra::EntraIdCredentials::start);
+        if let Some(credentials) = &credentials {
+            config = config.set_credentials_provider(credentials.clone());
         }
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let single = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| CacheError::Command(format!("cannot prepare the Redis connection: {e}")))?;
+        let connector = Connector::new(single, info, target.connect_timeout, target.response_timeout, credentials)
+            .map_err(|e| {
+                CacheError::Command(format!("cannot prepare the Redis cluster client for {}: {e}", target.describe()))
+            })?;
         Ok(Self {
-            conn,
+            connector,
             keys: Arc::new(Keys::new(instance_name)),
             target: Arc::from(target.describe()),
             deadline: target.response_timeout.max(Duration::from_millis(1)),
@@ -234,6 +242,15 @@ impl RedisCache {
     }
 
     fn classify(&self, e: RedisError) -> CacheError {
+        // Redis answering that it cannot serve for now (a cluster failing over, a replica being
+        // promoted, a dataset still loading) is an outage too, not a refused command.
+        let not_serving = matches!(
+            e.code(),
+            Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "READONLY" | "BUSY" | "NOREPLICAS")
+        );
+        if not_serving {
+            return CacheError::Unavailable(format!("{}: {e}", self.target));
+        }
         if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
@@ -247,9 +264,14 @@ impl RedisCache {
         }
     }
 
+    /// Whether Redis is a cluster (`None` until it first answered).
+    pub fn is_cluster(&self) -> Option<bool> {
+        self.connector.is_cluster()
+    }
+
     /// Runs one round trip on the shared connection under the deadline, unless the breaker is open.
     /// A missed deadline or a connection failure opens the breaker.
-    pub(crate) async fn run<T, Fut>(&self, call: impl FnOnce(ConnectionManager) -> Fut) -> Result<T, CacheError>
+    pub(crate) async fn run<T, Fut>(&self, call: impl FnOnce(Connection) -> Fut) -> Result<T, CacheError>
     where
         Fut: Future<Output = RedisResult<T>>,
     {
@@ -259,7 +281,7 @@ impl RedisCache {
         self.attempt(call).await
     }
 
-    async fn attempt<T, Fut>(&self, call: impl FnOnce(ConnectionManager) -> Fut) -> Result<T, CacheError>
+    async fn attempt<T, Fut>(&self, call: impl FnOnce(Connection) -> Fut) -> Result<T, CacheError>
     where
         Fut: Future<Output = RedisResult<T>>,
     {
@@ -275,7 +297,9 @@ impl RedisCache {
             None => self.deadline,
         };
         self.breaker.round_trips.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(deadline, call(self.conn.clone())).await {
+        let connector = &self.connector;
+        let round_trip = async move { call(connector.get().await?).await };
+        match tokio::time::timeout(deadline, round_trip).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.classify(e)),
             Err(_) => {
@@ -299,6 +323,32 @@ impl RedisCache {
         pipe: redis::Pipeline,
     ) -> Result<T, CacheError> {
         self.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await
+    }
+
+    /// Independent commands (possibly on keys of different cluster slots) in one round trip: a
+    /// pipeline on a single endpoint; on a cluster, sent at once, each to its node. One result per
+    /// command; a command's own error does not fail the others.
+    pub(crate) async fn query_each(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<RedisResult<redis::Value>>, CacheError> {
+        self.run(|conn| async move {
+            match conn {
+                Connection::Single(mut single) => {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    for cmd in &cmds {
+                        pipe.add_command(cmd.clone());
+                    }
+                    pipe.query_async::<Vec<RedisResult<redis::Value>>>(&mut single).await
+                }
+                Connection::Cluster(cluster) => {
+                    let calls = cmds.into_iter().map(|cmd| {
+                        let mut conn = cluster.clone();
+                        async move { cmd.query_async::<redis::Value>(&mut conn).await }
+                    });
+                    Ok(futures_util::future::join_all(calls).await)
+                }
+            }
+        })
+        .await
     }
 
     /// One script invocation under the deadline and the breaker.

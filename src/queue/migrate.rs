@@ -49,12 +49,16 @@ pub async fn move_legacy(cache: &RedisCache, dead_letters: &DeadLetters) -> Resu
     let legacy = cache.keys().legacy();
     let moved = Moved::default();
     // A cheap look first: in the common case there is nothing to move.
-    let mut pipe = redis::pipe();
-    for key in [&legacy.write_behind_stream, &legacy.dead_letter_stream, &legacy.hot_set, &legacy.hot_landmark] {
-        pipe.cmd("EXISTS").arg(key);
-    }
-    let present: Vec<i64> = cache.query_pipeline(pipe).await?;
-    if present.iter().all(|n| *n == 0) {
+    let exists = [&legacy.write_behind_stream, &legacy.dead_letter_stream, &legacy.hot_set, &legacy.hot_landmark]
+        .into_iter()
+        .map(|key| {
+            let mut cmd = redis::cmd("EXISTS");
+            cmd.arg(key);
+            cmd
+        })
+        .collect();
+    let present = cache.query_each(exists).await?;
+    if present.into_iter().all(|n| matches!(n, Ok(redis::Value::Int(0)))) {
         return Ok(moved);
     }
     let (lock, token) = (cache.keys().internal("migrate"), crate::cache::lock_token());
