@@ -64,17 +64,17 @@ param flexInstanceMemoryMB int = 2048
 ])
 param redisKind string = 'managed'
 
-@description('''Azure Managed Redis clustering policy. NoCluster (default) is the safe one for this handler:
-one unsharded endpoint, so neither a cluster-aware client nor slot-aligned keys are needed.
-EnterpriseCluster is also a single endpoint, but on a sharded database every Lua script or
-multi-key command must keep its keys in one hash slot (else CROSSSLOT). OSSCluster needs a
-cluster-aware Redis client.''')
+@description('''Azure Managed Redis clustering policy; the handler works with all three (it finds out
+which from the endpoint itself). EnterpriseCluster (default): one TLS endpoint behind Redis's proxy,
+sharded; every script and multi-key command of the handler keeps its keys in one hash slot, as the
+proxy requires. OSSCluster: the handler talks to every shard directly with its cluster client (the
+most throughput). NoCluster: one unsharded endpoint, smaller SKUs only.''')
 @allowed([
   'NoCluster'
   'EnterpriseCluster'
   'OSSCluster'
 ])
-param redisClusteringPolicy string = 'NoCluster'
+param redisClusteringPolicy string = 'EnterpriseCluster'
 
 @description('Azure Managed Redis SKU.')
 param managedRedisSku string = 'Balanced_B0'

@@ -14,13 +14,12 @@ param tags object
 @description('SKU, e.g. Balanced_B0, Balanced_B1, MemoryOptimized_M10, ComputeOptimized_X3.')
 param skuName string
 
-@description('''How the database is exposed to clients:
-- NoCluster: one unsharded endpoint. Any client and any multi-key command or Lua script works. Only
-  on the smaller SKUs.
-- EnterpriseCluster: one endpoint in front of a proxy, so clients need not be cluster-aware, but on a
-  sharded database multi-key commands and scripts whose keys fall in different hash slots fail with
-  CROSSSLOT.
-- OSSCluster: clients connect to every shard and must speak the Redis Cluster protocol.''')
+@description('''How the database is exposed to clients (the handler works with each):
+- EnterpriseCluster: one endpoint in front of a proxy, sharded; scripts and multi-key commands must
+  keep their keys in one hash slot (the handler's do).
+- OSSCluster: clients connect to every shard with the Redis Cluster protocol (the handler's cluster
+  client does).
+- NoCluster: one unsharded endpoint, only on the smaller SKUs.''')
 @allowed([
   'NoCluster'
   'EnterpriseCluster'
