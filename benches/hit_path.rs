@@ -4,13 +4,13 @@
 //!
 //! `cargo bench --bench hit_path` for the full run; under `cargo test` it runs a short smoke pass.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use cachepatterns::key::Key;
-use cachepatterns::store::{Change, Store};
+use cachepatterns::domain::key::Key;
+use cachepatterns::ports::store::{Change, Store};
 use common::host::{Call, FunctionDef, Mode, send};
 use common::{RedisServer, TestApp};
 use serde_json::json;
@@ -38,10 +38,10 @@ async fn main() {
     let n = if full { 20_000 } else { 200 };
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[]);
-    let router = cachepatterns::server::router(t.app.clone());
+    let router = t.app.router();
     let key = Key::new("bench:key").unwrap();
     let value = json!({"name": "Ada Lovelace", "tags": ["math", "engines"], "n": 1815});
-    t.app.patterns.write_through(&key, Change::Upsert(value)).await.unwrap();
+    t.app.services.write_through.write(&key, Change::Upsert(value)).await.unwrap();
     let aside = FunctionDef::load("CacheAside");
     let call = Call::new("GET", Some("bench:key"));
     let mut conn = redis.connection().await;
@@ -59,12 +59,12 @@ async fn main() {
         }
     })
     .await;
-    let pattern = measure("Patterns::cache_aside_get (hit)", n, || async {
-        t.app.patterns.cache_aside_get(&key).await.map(|_| ()).unwrap()
+    let pattern = measure("CacheAside::get (hit)", n, || async {
+        t.app.services.cache_aside.get(&key).await.map(|_| ()).unwrap()
     })
     .await;
-    let refresh_ahead = measure("Patterns::refresh_ahead_get (hit + hot bump)", n, || async {
-        t.app.patterns.refresh_ahead_get(&key).await.map(|_| ()).unwrap()
+    let refresh_ahead = measure("RefreshAhead::get (hit + hot bump)", n, || async {
+        t.app.services.refresh_ahead.get(&key).await.map(|_| ()).unwrap()
     })
     .await;
     let forwarded = measure("router, forwarded GET /api/cache-aside (hit)", n, || async {

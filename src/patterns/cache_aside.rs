@@ -1,294 +1,32 @@
 //! Cache-Aside: read the cache; on a miss, load from the store and cache what was found.
 //!
-//! * A fresh hit is one `HMGET` and no store call (invariant 5: README, "How the patterns behave").
-//! * Misses of one key in this process share one store read ([`super::single_flight`]); across
-//!   processes a short Redis lock, taken in the same round trip that re-checks the cache, keeps it
-//!   to about one (invariant 6).
-//! * Absent keys are cached as negative entries for `NegativeCacheTtlSeconds`.
-//! * Redis down: the store answers and the result says `Bypass`. Store down: a stale value within
-//!   `FailSafeMaxStaleSeconds` is served and marked `Stale`, and the store is not retried for the
-//!   fail-safe throttle (invariant 7). Store slow: when a stale value exists, a read waits at most
-//!   `FailSafeSoftTimeoutMs`, then serves it; the load goes on in the background, still holding
-//!   the load lock, and updates the cache when the store answers.
-//! * Values are cached with the version they were stored with, through the cache's
-//!   "never older" write, so a slow load can never overwrite a newer write.
+//! A fresh hit is one cache read and no store call (invariant 5, docs/reliability.md); a miss
+//! goes through the shared [`read_path`](super::read_path) (stampede protection, fail-safe).
 
-use std::time::Duration;
+use super::read_path::{Lookup, ReadError, ReadPath};
+use crate::domain::key::Key;
 
-use serde_json::Value;
-
-use super::Patterns;
-use crate::cache::{CacheEntry, EntryWrite, Gate, Put, lock_token};
-use crate::key::Key;
-use crate::store::StoreError;
-
-/// Where an answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A fresh cache entry.
-    Cache,
-    /// The backing store.
-    Store,
-    /// A stale cache entry, served because the store is failing.
-    Stale,
+/// The Cache-Aside service. Cheap to clone.
+#[derive(Clone)]
+pub struct CacheAside {
+    read: ReadPath,
 }
 
-impl Source {
-    /// The name used in responses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cache => "cache",
-            Self::Store => "store",
-            Self::Stale => "stale",
-        }
-    }
-}
-
-/// What the cache did for a read (`x-cache` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    /// Served from a fresh entry.
-    Hit,
-    /// Loaded from the store and cached.
-    Miss,
-    /// Served from a stale entry (fail-safe).
-    Stale,
-    /// Redis was unavailable; the store answered directly.
-    Bypass,
-}
-
-impl CacheStatus {
-    /// The name used in the `x-cache` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Miss => "miss",
-            Self::Stale => "stale",
-            Self::Bypass => "bypass",
-        }
-    }
-}
-
-/// The answer to a read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Lookup {
-    /// The value, or `None` when the key does not exist.
-    pub value: Option<Value>,
-    /// Version of the value (of the delete, for a deleted key; 0 if never written).
-    pub version: u64,
-    /// Where it came from.
-    pub source: Source,
-    /// What the cache did.
-    pub cache: CacheStatus,
-    /// When the entry was cached (ms since the epoch), if it came from the cache.
-    pub cached_at_ms: Option<u64>,
-    /// When the cached entry turns stale (ms since the epoch), if it came from or went to the cache.
-    pub fresh_until_ms: Option<u64>,
-}
-
-impl Lookup {
-    /// A stale entry served by the fail-safe.
-    pub(crate) fn stale(entry: &CacheEntry) -> Self {
-        Self { source: Source::Stale, cache: CacheStatus::Stale, ..Self::from_entry(entry) }
+impl CacheAside {
+    pub(crate) fn new(read: ReadPath) -> Self {
+        Self { read }
     }
 
-    pub(crate) fn from_entry(entry: &CacheEntry) -> Self {
-        let stale = entry.fail_safe;
-        Self {
-            value: entry.value.clone(),
-            version: entry.version,
-            source: if stale { Source::Stale } else { Source::Cache },
-            cache: if stale { CacheStatus::Stale } else { CacheStatus::Hit },
-            cached_at_ms: Some(entry.written_at_ms),
-            fresh_until_ms: Some(entry.fresh_until_ms),
-        }
-    }
-}
-
-/// Why a read failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ReadError {
-    /// The store failed and no usable stale value was cached.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl Patterns {
     /// Cache-Aside read of `key`.
-    pub async fn cache_aside_get(&self, key: &Key) -> Result<Lookup, ReadError> {
-        match self.cache.get(key.as_str()).await {
-            Ok(Some(entry)) if entry.is_fresh(self.now().as_millis()) => Ok(Lookup::from_entry(&entry)),
-            Ok(stale) => self.load(key, stale).await,
+    pub async fn get(&self, key: &Key) -> Result<Lookup, ReadError> {
+        let core = &self.read.core;
+        match core.cache.get(key.as_str()).await {
+            Ok(Some(entry)) if entry.is_fresh(core.now()) => Ok(Lookup::from_entry(&entry)),
+            Ok(stale) => self.read.load(key, stale).await,
             Err(e) => {
                 tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable; reading the store directly");
-                self.load_bypassing_cache(key).await
+                self.read.load_bypassing_cache(key).await
             }
         }
     }
-
-    /// Loads `key` after a miss: one load per key in this process, gated across processes.
-    /// `stale` is the logically expired entry, if there was one (fail-safe material).
-    pub(crate) async fn load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
-        self.loads.run(key.as_str(), || self.gated_load(key, stale)).await
-    }
-
-    async fn gated_load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
-        let token = lock_token();
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(10);
-        loop {
-            match self.cache.load_gate(key.as_str(), &token, self.policy.lock_ttl, self.now()).await {
-                Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(&entry)),
-                Ok(Gate::Acquired) => return self.load_holding_lock(key, stale, token).await,
-                Ok(Gate::NotOurs) => {
-                    tracing::warn!(key = ?key.as_str(), "the Redis key of this cache key holds data that is not a cache entry; reading the store without caching");
-                    return self.load_from_store(key, None, false).await.map(bypassed);
-                }
-                Ok(Gate::Busy) => {
-                    if let Some(stale) = self.soft_timed_out(&stale, started.elapsed()) {
-                        tracing::debug!(key = ?key.as_str(), "another caller's load is slow; serving the stale value (fail-safe)");
-                        return Ok(Lookup::stale(stale));
-                    }
-                    if started.elapsed() >= self.policy.lock_wait {
-                        tracing::debug!(key = ?key.as_str(), "another process is still loading; reading the store too");
-                        return self.load_from_store(key, stale, true).await;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable during a load; reading the store directly");
-                    return self.load_from_store(key, stale, false).await.map(bypassed);
-                }
-            }
-        }
-    }
-
-    /// The stale value to serve because waiting for the store took `waited` already, if any.
-    fn soft_timed_out<'a>(&self, stale: &'a Option<CacheEntry>, waited: Duration) -> Option<&'a CacheEntry> {
-        let soft = self.policy.soft_timeout;
-        stale.as_ref().filter(|s| !soft.is_zero() && waited >= soft && self.now().as_millis() < s.stale_until_ms)
-    }
-
-    /// Reads the store while holding the load lock of `key`, and releases it when the store answered.
-    /// With a stale value to fall back on, the caller waits at most the soft timeout: the read then
-    /// goes on in the background (keeping the lock, so other processes serve their stale value too)
-    /// and caches its result when it completes.
-    async fn load_holding_lock(
-        &self,
-        key: &Key,
-        stale: Option<CacheEntry>,
-        token: String,
-    ) -> Result<Lookup, ReadError> {
-        let soft = self.policy.soft_timeout;
-        let now = self.now().as_millis();
-        let fallback = stale.clone().filter(|s| !soft.is_zero() && now < s.stale_until_ms);
-        let Some(fallback) = fallback else {
-            let result = self.load_from_store(key, stale, true).await;
-            self.unlock_quietly(key, &token).await;
-            return result;
-        };
-        let (this, owned_key) = (self.clone(), key.clone());
-        let mut load = tokio::spawn(async move {
-            let result = this.load_from_store(&owned_key, stale, true).await;
-            this.unlock_quietly(&owned_key, &token).await;
-            result
-        });
-        match tokio::time::timeout(soft, &mut load).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(stopped)) => {
-                Err(ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}"))))
-            }
-            Err(_) => {
-                tracing::warn!(key = ?key.as_str(), soft_timeout = ?soft, "store slower than the soft timeout; serving the stale value while the load goes on (fail-safe)");
-                Ok(Lookup::stale(&fallback))
-            }
-        }
-    }
-
-    async fn unlock_quietly(&self, key: &Key, token: &str) {
-        if let Err(e) = self.cache.unlock(key.as_str(), token).await {
-            tracing::debug!(key = ?key.as_str(), error = %e, "could not release the load lock; it expires by itself");
-        }
-    }
-
-    pub(crate) async fn load_bypassing_cache(&self, key: &Key) -> Result<Lookup, ReadError> {
-        self.loads.run(key.as_str(), || async { self.load_from_store(key, None, false).await.map(bypassed) }).await
-    }
-
-    /// Reads the store and, when `cache_it`, caches what it found. On a store failure, serves
-    /// `stale` if it is still within the fail-safe window.
-    pub(crate) async fn load_from_store(
-        &self,
-        key: &Key,
-        stale: Option<CacheEntry>,
-        cache_it: bool,
-    ) -> Result<Lookup, ReadError> {
-        match self.with_store_timeout("reading the store", self.store.get(key.as_str())).await {
-            Ok(record) => {
-                let (value, version) = match record {
-                    Some(record) => (record.value, record.version),
-                    None => (None, 0),
-                };
-                let entry = match &value {
-                    Some(v) => self.policy.value_entry(v.clone(), version, self.now()),
-                    None => self.policy.negative_entry(version, self.now()),
-                };
-                if cache_it {
-                    self.cache_quietly(key, &entry).await;
-                }
-                Ok(Lookup {
-                    value,
-                    version,
-                    source: Source::Store,
-                    cache: CacheStatus::Miss,
-                    cached_at_ms: None,
-                    fresh_until_ms: cache_it.then_some(entry.fresh_until_ms),
-                })
-            }
-            Err(e) => match stale.filter(|s| self.now().as_millis() < s.stale_until_ms) {
-                Some(stale) if cache_it => {
-                    tracing::warn!(key = ?key.as_str(), error = %e, version = stale.version, "store failed; serving the stale cached value (fail-safe)");
-                    let now = self.now().as_millis();
-                    let throttled = EntryWrite {
-                        value: stale.value.clone(),
-                        version: stale.version,
-                        written_at_ms: stale.written_at_ms,
-                        fresh_until_ms: (now + self.policy.fail_safe_throttle.as_millis() as u64)
-                            .min(stale.stale_until_ms),
-                        stale_until_ms: stale.stale_until_ms,
-                        fail_safe: true,
-                    };
-                    self.cache_quietly(key, &throttled).await;
-                    Ok(Lookup::stale(&stale))
-                }
-                _ => Err(ReadError::Store(e)),
-            },
-        }
-    }
-
-    /// Writes a cache entry; a failure is logged, never returned (the store already answered).
-    pub(crate) async fn cache_quietly(&self, key: &Key, entry: &EntryWrite) -> bool {
-        match self.cache.put(key.as_str(), entry, self.now()).await {
-            Ok(Put::Written) => true,
-            Ok(Put::KeptNewer) => {
-                tracing::debug!(key = ?key.as_str(), version = entry.version, "cache holds a newer version; kept it");
-                false
-            }
-            Ok(Put::NotOurs) => {
-                tracing::warn!(key = ?key.as_str(), "the Redis key of this cache key holds data that is not a cache entry; not cached");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(key = ?key.as_str(), error = %e, "could not update the cache");
-                false
-            }
-        }
-    }
-}
-
-fn bypassed(mut lookup: Lookup) -> Lookup {
-    lookup.cache = CacheStatus::Bypass;
-    lookup.fresh_until_ms = None;
-    lookup
 }

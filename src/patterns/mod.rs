@@ -1,138 +1,151 @@
-//! The caching patterns, free of HTTP and of the host's envelopes.
+//! The caching patterns, free of HTTP, of the host's envelopes and of any particular cache, store
+//! or queue: they see only the traits in `ports`.
 //!
-//! [`Patterns`] holds what every pattern shares (the cache, the store, the version clock and the
-//! cache policy); each pattern lives in its own module as methods on it:
-//! [`cache_aside`] (get-or-load), [`write_through`] (store first, then cache), [`write_behind`]
-//! (queue first, store later) with [`apply_writes`] (the consumers' side), and [`refresh_ahead`]
-//! (eager and timed refresh of read keys).
+//! One service per pattern, over a shared [`Core`] (the cache, the store, the version clock and the
+//! cache policy):
+//! * [`CacheAside`] (get-or-load) and [`RefreshAhead`] (keep read keys warm) share the read path
+//!   in [`read_path`] (single-flight, the cross-process load gate, fail-safe).
+//! * [`WriteThrough`] (store first, then cache) and [`WriteBehind`] (queue first, store later).
+//! * The write-behind queue is drained through the apply core in [`apply`], by [`QueueConsumer`]
+//!   (the Redis Stream, pulled in-process) and [`PushedBatches`] (Event Hubs batches the host
+//!   pushes to `EventHubConsumer`); both settle failures the same way, into the dead letters.
+//! * [`DeadLetterAdmin`] lists, replays and discards dead letters; [`HealthCheck`] probes what
+//!   users depend on; [`versions`] issues write versions and leases the instance's node id;
+//!   [`maintenance`] purges old tombstones.
 
-pub mod apply_writes;
+pub mod apply;
 pub mod cache_aside;
+pub mod dead_letters;
+pub mod health;
+pub mod maintenance;
+pub mod read_path;
 pub mod refresh_ahead;
-pub mod single_flight;
+mod single_flight;
+pub mod versions;
 pub mod write_behind;
 pub mod write_through;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cache::{EntryWrite, RedisCache};
-use crate::clock::{Clock, Timestamp};
-use crate::queue::WriteQueue;
-use crate::queue::dead_letter::DeadLetters;
-use crate::queue::redis_streams::RedisStreamQueue;
-use crate::settings::Settings;
-use crate::store::{Store, StoreError};
-use crate::version::HybridClock;
+pub use apply::Applier;
+pub use cache_aside::CacheAside;
+pub use dead_letters::DeadLetterAdmin;
+pub use health::HealthCheck;
+pub use read_path::{CacheStatus, Lookup, ReadError, Source};
+pub use refresh_ahead::RefreshAhead;
+pub use versions::HybridClock;
+pub use write_behind::{PushedBatches, QueueConsumer, WriteBehind};
+pub use write_through::{WriteError, WriteThrough, Written};
 
-pub use cache_aside::{CacheStatus, Lookup, ReadError, Source};
-pub use write_through::{WriteError, Written};
+use crate::domain::entry::CacheEntry;
+use crate::domain::key::Key;
+use crate::domain::time::Timestamp;
+use crate::ports::cache::Put;
+use crate::ports::store::{Applied, Change};
+use crate::ports::{Cache, DeadLetters, Leases, Store, StoreError, WriteQueue};
 
-/// Lifetimes and limits that shape every cache write.
-#[derive(Debug, Clone)]
+/// Lifetimes and limits that shape every cache write and every load.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CachePolicy {
-    /// Logical TTL of a value.
+    /// Logical TTL of a value (`CacheTtlSeconds`).
     pub ttl: Duration,
-    /// Up to this percentage is added to each TTL at random.
+    /// Up to this percentage is added to each TTL at random (`CacheTtlJitterPercent`).
     pub jitter_percent: u32,
-    /// TTL of "this key does not exist".
+    /// TTL of "this key does not exist" (`NegativeCacheTtlSeconds`).
     pub negative_ttl: Duration,
-    /// How long past its TTL a value may be served while the store fails.
+    /// How long past its TTL a value may be served while the store fails (`FailSafeMaxStaleSeconds`).
     pub fail_safe_max_stale: Duration,
     /// After the store failed and a stale value was served, how long before the store is tried again.
     pub fail_safe_throttle: Duration,
     /// Longest a store call may take before it counts as failed.
     pub store_timeout: Duration,
-    /// How long a read waits for the store when it could serve a stale value instead (fail-safe
-    /// soft timeout); zero waits for `store_timeout`.
+    /// How long a read waits for the store when it could serve a stale value instead
+    /// (`FailSafeSoftTimeoutMs`); zero waits for `store_timeout`.
     pub soft_timeout: Duration,
     /// Lifetime of the cross-process load lock.
     pub lock_ttl: Duration,
     /// How long a miss waits for another process's load before loading itself.
     pub lock_wait: Duration,
+    /// How long a negative entry outlives its TTL, so that a slow reader holding an older value
+    /// cannot cache it again right after a delete.
+    pub negative_grace: Duration,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            jitter_percent: 10,
+            negative_ttl: Duration::from_secs(30),
+            fail_safe_max_stale: Duration::from_secs(3600),
+            fail_safe_throttle: Duration::from_secs(30),
+            store_timeout: Duration::from_secs(10),
+            soft_timeout: Duration::from_millis(1000),
+            lock_ttl: Duration::from_secs(5),
+            lock_wait: Duration::from_millis(1500),
+            negative_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 impl CachePolicy {
-    /// The policy the settings describe.
-    pub fn from_settings(settings: &Settings) -> Self {
-        Self {
-            ttl: settings.cache_ttl,
-            jitter_percent: settings.ttl_jitter_percent,
-            negative_ttl: settings.negative_ttl,
-            fail_safe_max_stale: settings.fail_safe_max_stale,
-            fail_safe_throttle: settings.cache_ttl.min(Duration::from_secs(30)),
-            store_timeout: Duration::from_secs(10),
-            soft_timeout: settings.fail_safe_soft_timeout,
-            lock_ttl: Duration::from_secs(5),
-            lock_wait: Duration::from_millis(1500),
-        }
-    }
-
-    /// A cache write of `value` at `version` made at `now`, with a jittered TTL and the fail-safe
-    /// window.
-    pub fn value_entry(&self, value: Value, version: u64, now: Timestamp) -> EntryWrite {
-        let now = now.as_millis();
-        let ttl_ms = self.ttl.as_millis() as u64;
-        let jitter_ms = ttl_ms * u64::from(self.jitter_percent) / 100;
-        let fresh_until_ms = now + ttl_ms + fastrand::u64(..=jitter_ms);
-        EntryWrite {
+    /// A cache entry of `value` at `version` written at `now`, with a jittered TTL and the
+    /// fail-safe window.
+    pub fn value_entry(&self, value: Value, version: u64, now: Timestamp) -> CacheEntry {
+        let jitter_max = self.ttl * self.jitter_percent / 100;
+        let jitter = Duration::from_micros(fastrand::u64(..=u64::try_from(jitter_max.as_micros()).unwrap_or(0)));
+        let fresh_until = now.plus(self.ttl + jitter);
+        CacheEntry {
             value: Some(value),
             version,
-            written_at_ms: now,
-            fresh_until_ms,
-            stale_until_ms: fresh_until_ms + self.fail_safe_max_stale.as_millis() as u64,
+            written_at: now,
+            fresh_until,
+            stale_until: fresh_until.plus(self.fail_safe_max_stale),
             fail_safe: false,
         }
     }
 
-    /// A cache write recording that the key does not exist (as of `version`, 0 if never written).
-    /// It is kept a few seconds past its TTL so that a slow reader holding an older value cannot
-    /// re-cache it right after a delete.
-    pub fn negative_entry(&self, version: u64, now: Timestamp) -> EntryWrite {
-        let now = now.as_millis();
-        let fresh_until_ms = now + self.negative_ttl.as_millis() as u64;
-        EntryWrite {
+    /// A cache entry recording that the key does not exist (as of `version`, 0 if never written).
+    pub fn negative_entry(&self, version: u64, now: Timestamp) -> CacheEntry {
+        let fresh_until = now.plus(self.negative_ttl);
+        CacheEntry {
             value: None,
             version,
-            written_at_ms: now,
-            fresh_until_ms,
-            stale_until_ms: fresh_until_ms + 5_000,
+            written_at: now,
+            fresh_until,
+            stale_until: fresh_until.plus(self.negative_grace),
             fail_safe: false,
         }
     }
-}
 
-/// Everything the patterns share. Cheap to clone.
-#[derive(Clone)]
-pub struct Patterns {
-    pub(crate) cache: RedisCache,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) clock: Arc<HybridClock>,
-    pub(crate) policy: Arc<CachePolicy>,
-    pub(crate) loads: Arc<single_flight::SingleFlight<Result<Lookup, ReadError>>>,
-    pub(crate) queue: Arc<dyn WriteQueue>,
-    pub(crate) dead_letters: DeadLetters,
-    pub(crate) refresh: Arc<refresh_ahead::RefreshAhead>,
-    pub(crate) write_health: Arc<WriteHealth>,
+    /// The entry for what the store holds: its value, or absent (0: never written).
+    pub fn entry_for(&self, value: Option<Value>, version: u64, now: Timestamp) -> CacheEntry {
+        match value {
+            Some(value) => self.value_entry(value, version, now),
+            None => self.negative_entry(version, now),
+        }
+    }
 }
 
 /// The last store write failure, until a write succeeds again: `Health` reports the store down
-/// while writes fail, even if a small probe write still gets through (a full disk).
+/// while writes fail, even if a small probe write still gets through (a full disk). Measured on
+/// the monotonic clock: it is about how recently writes failed, not about wall time.
 #[derive(Debug, Default)]
 pub(crate) struct WriteHealth {
-    last_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    last_failure: Mutex<Option<(Instant, String)>>,
 }
 
 impl WriteHealth {
-    fn record(&self, result: &Result<crate::store::Applied, StoreError>) {
+    fn record(&self, result: &Result<Applied, StoreError>) {
         let mut last = self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match result {
             Ok(_) => *last = None,
             // Only failures of the store itself: a write refused for its content says nothing
             // about whether other writes work.
-            Err(e) if e.is_transient() => *last = Some((std::time::Instant::now(), e.to_string())),
+            Err(e) if e.is_transient() => *last = Some((Instant::now(), e.to_string())),
             Err(_) => {}
         }
     }
@@ -144,79 +157,29 @@ impl WriteHealth {
     }
 }
 
-impl Patterns {
-    /// Wires the patterns to a cache and a store, with the default write-behind queue (a Redis
-    /// Stream next to the cache), on `time`.
-    pub fn new(cache: RedisCache, store: Arc<dyn Store>, policy: CachePolicy, time: Arc<dyn Clock>) -> Self {
-        let queue = Arc::new(RedisStreamQueue::new(cache.clone()));
-        let dead_letters = DeadLetters::new(cache.clone(), time.clone());
-        Self {
-            cache,
-            store,
-            clock: Arc::new(HybridClock::new(time)),
-            policy: Arc::new(policy),
-            loads: Arc::default(),
-            queue,
-            dead_letters,
-            refresh: Arc::default(),
-            write_health: Arc::default(),
-        }
-    }
+/// What every pattern shares.
+pub(crate) struct Core {
+    pub(crate) cache: Arc<dyn Cache>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) versions: Arc<HybridClock>,
+    pub(crate) policy: CachePolicy,
+    pub(crate) write_health: WriteHealth,
+}
 
-    /// The same patterns with another write-behind queue (Event Hubs).
-    pub fn with_queue(mut self, queue: Arc<dyn WriteQueue>) -> Self {
-        self.queue = queue;
-        self
-    }
-
-    /// The write-behind queue.
-    pub fn queue(&self) -> &Arc<dyn WriteQueue> {
-        &self.queue
-    }
-
-    /// The dead-letter stream.
-    pub fn dead_letters(&self) -> &DeadLetters {
-        &self.dead_letters
-    }
-
-    /// The cache.
-    pub fn cache(&self) -> &RedisCache {
-        &self.cache
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> &CachePolicy {
-        &self.policy
-    }
-
-    /// The version clock.
-    pub fn clock(&self) -> &Arc<HybridClock> {
-        &self.clock
-    }
-
+impl Core {
     /// Now, from the injected time source.
-    pub fn now(&self) -> Timestamp {
-        self.clock.now()
-    }
-
-    /// Why store writes are failing, if the last one failed within `window` (for `Health`).
-    pub fn store_write_failure(&self, window: Duration) -> Option<String> {
-        self.write_health.failing_within(window)
+    pub(crate) fn now(&self) -> Timestamp {
+        self.versions.now()
     }
 
     /// A versioned store write under the policy's timeout, recorded for `Health`.
     pub(crate) async fn store_apply(
         &self,
-        key: &crate::key::Key,
+        key: &Key,
         version: u64,
-        change: crate::store::Change,
+        change: Change,
         what: &str,
-    ) -> Result<crate::store::Applied, StoreError> {
+    ) -> Result<Applied, StoreError> {
         let result = self.with_store_timeout(what, self.store.apply(key.as_str(), version, change)).await;
         self.write_health.record(&result);
         result
@@ -231,6 +194,94 @@ impl Patterns {
         match tokio::time::timeout(self.policy.store_timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::unavailable(format!("{what} took longer than {:?}", self.policy.store_timeout))),
+        }
+    }
+
+    /// Writes a cache entry; a failure is logged, never returned (the store already answered).
+    /// True when the entry was written.
+    pub(crate) async fn cache_quietly(&self, key: &Key, entry: &CacheEntry) -> bool {
+        match self.cache.put(key.as_str(), entry, self.now()).await {
+            Ok(Put::Written) => true,
+            Ok(Put::KeptNewer) => {
+                tracing::debug!(key = ?key.as_str(), version = entry.version, "cache holds a newer version; kept it");
+                false
+            }
+            Ok(Put::NotOurs) => {
+                tracing::warn!(key = ?key.as_str(), "the Redis key of this cache key holds data that is not a cache entry; not cached");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(key = ?key.as_str(), error = %e, "could not update the cache");
+                false
+            }
+        }
+    }
+}
+
+/// What the services are built from: the adapters behind the ports, and the policies.
+pub struct Parts {
+    /// The shared cache.
+    pub cache: Arc<dyn Cache>,
+    /// The system of record.
+    pub store: Arc<dyn Store>,
+    /// The write-behind queue (producing end).
+    pub queue: Arc<dyn WriteQueue>,
+    /// Where dead letters are kept.
+    pub dead_letters: Arc<dyn DeadLetters>,
+    /// Exclusive leases (the refresh timer's tick).
+    pub leases: Arc<dyn Leases>,
+    /// The version clock (shared with the node-id lease).
+    pub versions: Arc<HybridClock>,
+    /// How entries are cached and loaded.
+    pub policy: CachePolicy,
+    /// How refresh-ahead behaves.
+    pub refresh_ahead: refresh_ahead::RefreshAheadPolicy,
+    /// How queued writes are applied and retried.
+    pub drain: write_behind::DrainPolicy,
+}
+
+/// Every service, wired to the same core. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    /// Cache-Aside reads.
+    pub cache_aside: CacheAside,
+    /// Write-Through writes.
+    pub write_through: WriteThrough,
+    /// Write-Behind writes.
+    pub write_behind: WriteBehind,
+    /// Refresh-Ahead reads and the refresh timer.
+    pub refresh_ahead: RefreshAhead,
+    /// The apply core (queued writes into the store).
+    pub applier: Applier,
+    /// Event Hubs batches the host pushes to `EventHubConsumer`.
+    pub pushed_batches: PushedBatches,
+    /// The dead letters, for people.
+    pub dead_letters: DeadLetterAdmin,
+    /// The health probes.
+    pub health: HealthCheck,
+}
+
+impl Services {
+    /// Wires every service over `parts`.
+    pub fn new(parts: Parts) -> Self {
+        let core = Arc::new(Core {
+            cache: parts.cache.clone(),
+            store: parts.store.clone(),
+            versions: parts.versions,
+            policy: parts.policy,
+            write_health: WriteHealth::default(),
+        });
+        let read_path = read_path::ReadPath::new(core.clone());
+        let applier = Applier::new(core.clone());
+        Self {
+            cache_aside: CacheAside::new(read_path.clone()),
+            write_through: WriteThrough::new(core.clone()),
+            write_behind: WriteBehind::new(core.clone(), parts.queue.clone()),
+            refresh_ahead: RefreshAhead::new(read_path, parts.leases, parts.refresh_ahead),
+            pushed_batches: PushedBatches::new(applier.clone(), parts.dead_letters.clone(), parts.drain),
+            applier,
+            dead_letters: DeadLetterAdmin::new(parts.dead_letters.clone(), parts.queue.clone()),
+            health: HealthCheck::new(core, parts.queue, parts.dead_letters),
         }
     }
 }

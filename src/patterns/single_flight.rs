@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 /// A table of in-flight executions, keyed by string.
-pub struct SingleFlight<T> {
+pub(crate) struct SingleFlight<T> {
     inflight: Mutex<HashMap<String, Arc<OnceCell<T>>>>,
 }
 
@@ -23,7 +23,7 @@ impl<T> Default for SingleFlight<T> {
 impl<T: Clone> SingleFlight<T> {
     /// Runs `work` for `key` unless a run for `key` is already in flight, in which case its result
     /// is awaited and returned instead.
-    pub async fn run<F, Fut>(&self, key: &str, work: F) -> T
+    pub(crate) async fn run<F, Fut>(&self, key: &str, work: F) -> T
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
@@ -41,7 +41,8 @@ impl<T: Clone> SingleFlight<T> {
     }
 
     /// How many keys have a run in flight (for tests and diagnostics).
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
     }
 }

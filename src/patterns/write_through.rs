@@ -3,14 +3,16 @@
 //! A write gets the next version from the hybrid clock and is applied to the store, versioned. Only
 //! after the store accepted it is the cache updated (a delete caches a versioned "absent"), through
 //! the "never older" cache write, so racing readers and writers cannot leave an older value behind
-//! (invariants 1–3 in docs/reliability.md). If the store fails, the cache is not touched and the caller learns it.
-//! If another process wrote a newer version (clock skew), the clock moves past it and the write is
-//! retried, so the latest accepted write wins.
+//! (invariants 1–3, docs/reliability.md). If the store fails, the cache is not touched and the
+//! caller learns it. If another process wrote a newer version (clock skew), the clock moves past it
+//! and the write is retried, so the latest accepted write wins.
 
-use crate::key::Key;
-use crate::store::{Applied, Change, StoreError};
+use std::sync::Arc;
 
-use super::Patterns;
+use super::Core;
+use crate::domain::key::Key;
+use crate::domain::version::Implausible;
+use crate::ports::store::{Applied, Change, StoreError};
 
 /// How many times a write retries after finding a newer version in the store.
 const MAX_VERSION_RETRIES: usize = 5;
@@ -36,37 +38,50 @@ pub enum WriteError {
     /// The store holds a version of this key that no sane clock issued (far in the future, or past
     /// what stores hold); no write can be newer, and the clock must not follow it.
     #[error(
-        "the store holds version {current} of this key, which is not plausible ({reason}); the key cannot be written until the stored item is repaired"
+        "the store holds version {current} of this key, which is not plausible; the key cannot be written until the stored item is repaired"
     )]
     StoredVersionImplausible {
         /// The stored version.
         current: u64,
         /// Why it is not plausible.
-        reason: crate::version::Implausible,
+        #[source]
+        reason: Implausible,
     },
 }
 
-impl Patterns {
+/// The Write-Through service. Cheap to clone.
+#[derive(Clone)]
+pub struct WriteThrough {
+    core: Arc<Core>,
+}
+
+impl WriteThrough {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
     /// Write-Through of `change` to `key`.
-    pub async fn write_through(&self, key: &Key, change: Change) -> Result<Written, WriteError> {
+    pub async fn write(&self, key: &Key, change: Change) -> Result<Written, WriteError> {
         let version = self.apply_versioned(key, &change).await?;
-        let entry = match change {
-            Change::Upsert(value) => self.policy.value_entry(value, version, self.now()),
-            Change::Delete => self.policy.negative_entry(version, self.now()),
+        let value = match change {
+            Change::Upsert(value) => Some(value),
+            Change::Delete => None,
         };
-        let cached = self.cache_quietly(key, &entry).await;
+        let entry = self.core.policy.entry_for(value, version, self.core.now());
+        let cached = self.core.cache_quietly(key, &entry).await;
         Ok(Written { version, cached })
     }
 
     /// Applies `change` to the store with a fresh version, moving past newer versions it finds.
-    pub(crate) async fn apply_versioned(&self, key: &Key, change: &Change) -> Result<u64, WriteError> {
+    async fn apply_versioned(&self, key: &Key, change: &Change) -> Result<u64, WriteError> {
+        let versions = &self.core.versions;
         for _ in 0..MAX_VERSION_RETRIES {
-            let version = self.clock.next();
-            match self.store_apply(key, version, change.clone(), "writing to the store").await? {
+            let version = versions.next();
+            match self.core.store_apply(key, version, change.clone(), "writing to the store").await? {
                 Applied::Yes => return Ok(version),
                 Applied::Stale { current } | Applied::BelowWatermark { watermark: current } => {
                     tracing::debug!(key = ?key.as_str(), version, current, "store holds a newer version; moving the clock past it");
-                    if let Err(reason) = self.clock.observe(current) {
+                    if let Err(reason) = versions.observe(current) {
                         tracing::error!(key = ?key.as_str(), current, %reason, "the store holds an implausible version of this key; refusing to follow it");
                         return Err(WriteError::StoredVersionImplausible { current, reason });
                     }

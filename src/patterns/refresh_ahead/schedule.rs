@@ -9,9 +9,10 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
+
+use crate::domain::time::Timestamp;
 
 /// A parsed timer schedule.
 #[derive(Clone)]
@@ -23,7 +24,7 @@ pub struct Schedule {
 #[derive(Clone)]
 enum Kind {
     Cron(Box<Cron>),
-    /// A TimeSpan schedule: every `ms` milliseconds.
+    /// A TimeSpan schedule: every this many microseconds, counted from the epoch.
     Every(u64),
 }
 
@@ -36,21 +37,23 @@ impl fmt::Debug for Schedule {
 impl Default for Schedule {
     /// Every five minutes on the minute (`0 */5 * * * *`), the timer's default.
     fn default() -> Self {
-        Self::parse(crate::settings::RefreshAheadSettings::DEFAULT_SCHEDULE)
-            .unwrap_or(Self { text: "00:05:00".into(), kind: Kind::Every(300_000) })
+        Self::parse(Self::DEFAULT).unwrap_or(Self { text: "00:05:00".into(), kind: Kind::Every(300_000_000) })
     }
 }
 
 impl Schedule {
+    /// The default schedule (`RefreshAheadSchedule`): every five minutes, on the minute.
+    pub const DEFAULT: &'static str = "0 */5 * * * *";
+
     /// Parses an NCRONTAB expression (6 fields; 5 fields are accepted too) or a TimeSpan
     /// (`hh:mm:ss`, `d.hh:mm:ss`). The error says what is wrong, for a setting error line.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        if let Some(ms) = parse_timespan(text) {
-            return if ms == 0 {
+        if let Some(seconds) = parse_timespan(text) {
+            return if seconds == 0 {
                 Err("a TimeSpan schedule must be longer than zero".into())
             } else {
-                Ok(Self { text: text.to_string(), kind: Kind::Every(ms) })
+                Ok(Self { text: text.to_string(), kind: Kind::Every(seconds * 1_000_000) })
             };
         }
         let fields = text.split_whitespace().count();
@@ -70,37 +73,35 @@ impl Schedule {
         &self.text
     }
 
-    /// The first occurrence strictly after `after_ms` (ms since the epoch), if there is one.
-    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+    /// The first occurrence strictly after `after`, if there is one.
+    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         match &self.kind {
             Kind::Every(every) => {
-                let every = *every as i64;
-                Some((after_ms.div_euclid(every) + 1) * every)
+                let next = (after.as_micros() / every).checked_add(1)?.checked_mul(*every)?;
+                Some(Timestamp::from_micros(next))
             }
             Kind::Cron(cron) => {
-                let start = DateTime::<Utc>::from_timestamp_millis(after_ms)?;
-                cron.find_next_occurrence(&start, false).ok().map(|t| t.timestamp_millis())
+                let next = cron.find_next_occurrence(&after.to_datetime()?, false).ok()?;
+                Timestamp::from_datetime(next)
             }
         }
     }
 
-    /// The latest occurrence at or before `at_ms`: the tick a run started at `at_ms` belongs to.
-    pub fn tick_at(&self, at_ms: i64) -> Option<i64> {
+    /// The latest occurrence at or before `at`: the tick a run started at `at` belongs to.
+    pub fn tick_at(&self, at: Timestamp) -> Option<Timestamp> {
         match &self.kind {
-            Kind::Every(every) => {
-                let every = *every as i64;
-                Some(at_ms.div_euclid(every) * every)
-            }
+            Kind::Every(every) => Some(Timestamp::from_micros(at.as_micros() / every * every)),
             Kind::Cron(cron) => {
                 // Whole seconds: NCRONTAB's resolution, so every instance lands on the same tick.
-                let start = DateTime::<Utc>::from_timestamp_millis(at_ms - at_ms.rem_euclid(1000))?;
-                cron.find_previous_occurrence(&start, true).ok().map(|t| t.timestamp_millis())
+                let second = Timestamp::from_micros(at.as_micros() / 1_000_000 * 1_000_000);
+                let tick = cron.find_previous_occurrence(&second.to_datetime()?, true).ok()?;
+                Timestamp::from_datetime(tick)
             }
         }
     }
 }
 
-/// `hh:mm:ss` or `d.hh:mm:ss` in ms; `None` when `text` is not a TimeSpan.
+/// `hh:mm:ss` or `d.hh:mm:ss` in seconds; `None` when `text` is not a TimeSpan.
 fn parse_timespan(text: &str) -> Option<u64> {
     let (days, rest) = match text.split_once('.') {
         Some((d, rest)) if rest.contains(':') && !d.contains(':') => (d.parse::<u64>().ok()?, rest),
@@ -112,39 +113,43 @@ fn parse_timespan(text: &str) -> Option<u64> {
     if h > 23 || m > 59 || s > 59 {
         return None;
     }
-    Some((((days * 24 + h) * 60 + m) * 60 + s) * 1000)
+    Some(((days * 24 + h) * 60 + m) * 60 + s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const T0: i64 = 1_729_851_600_000; // 2024-10-25T10:20:00Z, a Friday
+    const T0: Timestamp = Timestamp::from_millis(1_729_851_600_000); // 2024-10-25T10:20:00Z, a Friday
+
+    fn ms(n: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(n)
+    }
 
     #[test]
     fn every_five_minutes() {
         let s = Schedule::parse("0 */5 * * * *").unwrap();
-        assert_eq!(s.next_after(T0), Some(T0 + 300_000));
-        assert_eq!(s.next_after(T0 - 1), Some(T0));
-        assert_eq!(s.tick_at(T0 + 1_500), Some(T0));
-        assert_eq!(s.tick_at(T0 + 299_999), Some(T0));
+        assert_eq!(s.next_after(T0), Some(T0.plus(ms(300_000))));
+        assert_eq!(s.next_after(T0.minus(ms(1))), Some(T0));
+        assert_eq!(s.tick_at(T0.plus(ms(1_500))), Some(T0));
+        assert_eq!(s.tick_at(T0.plus(ms(299_999))), Some(T0));
     }
 
     #[test]
     fn ncrontab_weekdays_count_from_sunday_and_combine_with_and() {
         // Fridays at 10:30:00 → the same day.
         let fri = Schedule::parse("0 30 10 * * 5").unwrap();
-        assert_eq!(fri.next_after(T0), Some(T0 + 600_000));
+        assert_eq!(fri.next_after(T0), Some(T0.plus(ms(600_000))));
         // The 25th, only when it is a Saturday: not 2024-10-25 (a Friday).
         let and = Schedule::parse("0 0 12 25 * 6").unwrap();
-        assert_ne!(and.next_after(T0), Some(T0 + 6_000_000));
+        assert_ne!(and.next_after(T0), Some(T0.plus(ms(6_000_000))));
     }
 
     #[test]
     fn timespans_and_errors() {
         let s = Schedule::parse("00:05:00").unwrap();
-        assert_eq!(s.next_after(T0), Some(T0 + 300_000));
-        assert_eq!(s.tick_at(T0 + 10), Some(T0));
+        assert_eq!(s.next_after(T0), Some(T0.plus(ms(300_000))));
+        assert_eq!(s.tick_at(T0.plus(ms(10))), Some(T0));
         assert!(Schedule::parse("1.00:00:00").is_ok());
         assert!(Schedule::parse("00:00:00").is_err());
         assert!(Schedule::parse("*/5 * * *").unwrap_err().contains("6 fields"));

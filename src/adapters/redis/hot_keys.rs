@@ -1,0 +1,189 @@
+//! What refresh-ahead needs from Redis besides plain entries: the hot-key set and entry metadata in
+//! bulk (the per-key refresh lock is a script in `scripts`).
+//!
+//! **Hot keys** live in one sorted set (`Keys::hot_set`), scored by an exponentially decayed
+//! read count ("forward decay"): a read at time `t` adds `2^((t - landmark) / half_life)`, so older
+//! reads weigh exponentially less without ever touching them, and
+//! `score / 2^((now - landmark) / half_life)` is the decayed count now. When the weights grow past
+//! 2^64 the set is rescaled once and the landmark (`keys::Keys::hot_landmark`, same cluster slot)
+//! moves. The set is trimmed to `RefreshAheadHotKeysMax` members, coldest first, in the same script,
+//! so it stays bounded. A refresh-ahead read sends the entry read and the bump in one pipeline: one
+//! round trip (on a cluster, one per node, in parallel).
+
+use std::sync::LazyLock;
+
+use redis::{RedisResult, Script};
+
+use super::connection::Connection;
+use super::{Redis, entry};
+use crate::domain::entry::CacheEntry;
+use crate::domain::time::Timestamp;
+use crate::ports::cache::{CacheError, EntryMeta, HotKeyPolicy};
+
+/// Counts one read in the hot-key set.
+///
+/// KEYS[1] hot set, KEYS[2] landmark (one slot); ARGV: now (ms), half-life (ms), max members, member.
+static BUMP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local now = tonumber(ARGV[1])
+local half = tonumber(ARGV[2])
+local landmark = tonumber(redis.call('GET', KEYS[2]) or '')
+if not landmark then
+  landmark = now
+  redis.call('SET', KEYS[2], now)
+end
+local x = (now - landmark) / half
+if x > 64 then
+  redis.call('ZUNIONSTORE', KEYS[1], 1, KEYS[1], 'WEIGHTS', 2 ^ (-x))
+  redis.call('SET', KEYS[2], now)
+  x = 0
+end
+redis.call('ZINCRBY', KEYS[1], 2 ^ x, ARGV[4])
+local n = redis.call('ZCARD', KEYS[1])
+local max = tonumber(ARGV[3])
+if n > max then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1) end
+return 1
+"#,
+    )
+});
+
+/// The hottest members with their decayed read counts, forgetting the ones that decayed to nothing.
+///
+/// KEYS[1] hot set, KEYS[2] landmark; ARGV: now (ms), half-life (ms), min reads, limit.
+/// Returns `member, count, member, count, …`, hottest first.
+static HOTTEST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local landmark = tonumber(redis.call('GET', KEYS[2]) or '')
+if not landmark then return {} end
+local scale = 2 ^ ((tonumber(ARGV[1]) - landmark) / tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.17g', scale / 1000))
+local found = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', string.format('%.17g', scale * tonumber(ARGV[3])),
+  'WITHSCORES', 'LIMIT', 0, ARGV[4])
+for i = 2, #found, 2 do found[i] = string.format('%.6g', tonumber(found[i]) / scale) end
+return found
+"#,
+    )
+});
+
+impl Redis {
+    /// Reads the entry of `key` and counts the read in the hot-key set, in one round trip (a
+    /// pipeline of `HMGET` and the bump script).
+    pub(crate) async fn get_and_bump(
+        &self,
+        key: &str,
+        policy: &HotKeyPolicy,
+        now: Timestamp,
+    ) -> Result<Option<CacheEntry>, CacheError> {
+        let keys = self.keys();
+        let mut bump = BUMP.prepare_invoke();
+        bump.key(keys.hot_set())
+            .key(keys.hot_landmark())
+            .arg(now.as_millis())
+            .arg(policy.half_life.as_millis().max(1) as u64)
+            .arg(policy.max_keys)
+            .arg(key);
+        let mut read = redis::cmd("HMGET");
+        read.arg(keys.entry(key)).arg(&entry::FIELDS[..]);
+        // The entry and the hot-key set are in different cluster slots: one pipeline on a single
+        // endpoint, two commands at once on a cluster; one round trip either way.
+        let bump_ref = &bump;
+        let (read, bumped): (RedisResult<Vec<Option<String>>>, RedisResult<i64>) = self
+            .run(|conn| async move {
+                match conn {
+                    Connection::Single(mut single) => {
+                        let mut pipe = redis::pipe();
+                        pipe.ignore_errors();
+                        pipe.add_command(read);
+                        pipe.invoke_script(bump_ref);
+                        pipe.query_async(&mut single).await
+                    }
+                    Connection::Cluster(cluster) => {
+                        let (mut first, mut second) = (cluster.clone(), cluster);
+                        let (read, bumped) =
+                            tokio::join!(read.query_async(&mut first), bump_ref.invoke_async(&mut second));
+                        Ok((read, bumped))
+                    }
+                }
+            })
+            .await?;
+        if let Err(e) = bumped {
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                // First use on this server: the script runs (and is cached there) the long way.
+                self.invoke::<i64>(&bump).await?;
+            } else {
+                tracing::debug!(error = %e, "could not count a refresh-ahead read in the hot-key set");
+            }
+        }
+        match read {
+            Ok(fields) => Ok(entry::from_fields(&fields)),
+            Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
+            Err(e) => Err(CacheError::Refused {
+                message: format!("{} answered the entry read with an error", self.target),
+                cause: Some(std::sync::Arc::new(e)),
+            }),
+        }
+    }
+
+    /// Up to `limit` hot keys whose decayed read count is at least `min_reads`, hottest first,
+    /// with their counts.
+    pub(crate) async fn hottest_keys(
+        &self,
+        policy: &HotKeyPolicy,
+        min_reads: f64,
+        limit: u64,
+        now: Timestamp,
+    ) -> Result<Vec<(String, f64)>, CacheError> {
+        let mut invocation = HOTTEST.prepare_invoke();
+        invocation
+            .key(self.keys().hot_set())
+            .key(self.keys().hot_landmark())
+            .arg(now.as_millis())
+            .arg(policy.half_life.as_millis().max(1) as u64)
+            .arg(min_reads)
+            .arg(limit.min(i64::MAX as u64));
+        let flat: Vec<String> = self.invoke(&invocation).await?;
+        Ok(flat.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].parse().unwrap_or(0.0))).collect())
+    }
+
+    /// The decayed read count of `key` in the hot-key set (0 when absent), for tests and diagnostics.
+    pub async fn hotness(&self, key: &str, policy: &HotKeyPolicy, now: Timestamp) -> Result<f64, CacheError> {
+        let hot = self.hottest_keys(policy, 0.0, u64::MAX, now).await?;
+        Ok(hot.into_iter().find(|(k, _)| k == key).map(|(_, n)| n).unwrap_or(0.0))
+    }
+
+    /// Entry metadata of `keys`, in order (`None` for a missing or unreadable entry): one pipeline
+    /// of `HMGET`s per 200 keys.
+    pub(crate) async fn entry_metadata(&self, keys: &[String]) -> Result<Vec<Option<EntryMeta>>, CacheError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(200) {
+            let cmds = chunk
+                .iter()
+                .map(|key| {
+                    let mut cmd = redis::cmd("HMGET");
+                    cmd.arg(self.keys.entry(key)).arg("ver").arg("at").arg("soft").arg("neg");
+                    cmd
+                })
+                .collect();
+            let rows = self.query_each(cmds).await?;
+            out.extend(rows.into_iter().map(|row| {
+                row.ok()
+                    .and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())
+                    .and_then(|row| parse_meta(&row))
+            }));
+        }
+        Ok(out)
+    }
+}
+
+fn parse_meta(row: &[Option<String>]) -> Option<EntryMeta> {
+    let [ver, at, soft, neg] = row else { return None };
+    let number = |f: &Option<String>| f.as_deref()?.parse::<u64>().ok();
+    Some(EntryMeta {
+        version: number(ver)?,
+        written_at: Timestamp::from_millis(number(at).unwrap_or(0)),
+        fresh_until: Timestamp::from_millis(number(soft).unwrap_or(0)),
+        negative: neg.as_deref() == Some("1"),
+    })
+}

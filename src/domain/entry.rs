@@ -1,0 +1,69 @@
+//! A cache entry: a value (or the record that a key does not exist) with the version it came from
+//! and its lifetimes. How it is laid out in Redis is the Redis adapter's business
+//! (`adapters::redis::entry`).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::domain::time::Timestamp;
+
+/// A cached entry, as read or as about to be written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheEntry {
+    /// The value; `None` for a negative entry (the key does not exist).
+    pub value: Option<Value>,
+    /// Version of the write the value came from (0 for "never existed").
+    pub version: u64,
+    /// When the entry was written.
+    pub written_at: Timestamp,
+    /// Logical expiry: after it the entry is stale and is reloaded.
+    pub fresh_until: Timestamp,
+    /// Physical expiry: no stale serving after it (fresh until + `FailSafeMaxStaleSeconds`).
+    pub stale_until: Timestamp,
+    /// True while the entry is served stale because the store is failing (fail-safe).
+    pub fail_safe: bool,
+}
+
+impl CacheEntry {
+    /// True while the entry is within its logical TTL.
+    pub fn is_fresh(&self, now: Timestamp) -> bool {
+        now < self.fresh_until
+    }
+
+    /// True while a stale entry may still be served by the fail-safe.
+    pub fn is_servable_stale(&self, now: Timestamp) -> bool {
+        now < self.stale_until
+    }
+
+    /// True for an entry that records the key's absence.
+    pub fn is_negative(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// The logical TTL the entry was written with.
+    pub fn ttl(&self) -> Duration {
+        self.fresh_until.since(self.written_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_and_ttl() {
+        let at = |ms| Timestamp::from_millis(ms);
+        let e = CacheEntry {
+            value: Some(serde_json::json!(1)),
+            version: 7,
+            written_at: at(100),
+            fresh_until: at(200),
+            stale_until: at(300),
+            fail_safe: false,
+        };
+        assert_eq!((e.ttl(), e.is_fresh(at(199)), e.is_fresh(at(200))), (Duration::from_millis(100), true, false));
+        assert!(e.is_servable_stale(at(299)) && !e.is_servable_stale(at(300)));
+        assert!(!e.is_negative());
+    }
+}

@@ -1,0 +1,74 @@
+//! Every error the patterns report, mapped to its HTTP answer in one place. Messages carry the
+//! error's causes (`outer: inner`), so the caller sees what the store or Redis said.
+
+use std::time::Duration;
+
+use super::host::{HttpReply, InvocationLog};
+use crate::domain::error_chain::Chain;
+use crate::patterns::write_behind::WriteBehindError;
+use crate::patterns::{ReadError, WriteError};
+use crate::ports::{CacheError, QueueError, StoreError};
+
+/// `503` with a `Retry-After` of the dependency's hint (whole seconds, at least 1; 5 without a hint).
+pub(crate) fn unavailable(code: &str, message: String, retry_after: Option<Duration>) -> HttpReply {
+    let seconds = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(5).max(1);
+    HttpReply::error(503, code, message).with_header("Retry-After", seconds.to_string())
+}
+
+/// A store failure: `503` with `Retry-After` for transient ones and when no store is configured,
+/// `500` when the store refused the request.
+pub(crate) fn store_failure(error: &StoreError, log: &mut InvocationLog) -> HttpReply {
+    let message = Chain(error).to_string();
+    log.warn(format!("store failure: {message}"));
+    match error {
+        StoreError::Unavailable { retry_after, .. } => unavailable("store_unavailable", message, *retry_after),
+        StoreError::Rejected { .. } => HttpReply::error(500, "store_error", message),
+        StoreError::NotConfigured(_) => unavailable("store_not_configured", message, Some(Duration::from_secs(300))),
+    }
+}
+
+/// A failed read: only the store can fail a read (a cache failure is bypassed).
+pub(crate) fn read_failure(error: &ReadError, log: &mut InvocationLog) -> HttpReply {
+    match error {
+        ReadError::Store(e) => store_failure(e, log),
+    }
+}
+
+/// A failed write-through.
+pub(crate) fn write_failure(error: &WriteError, log: &mut InvocationLog) -> HttpReply {
+    match error {
+        WriteError::Store(e) => store_failure(e, log),
+        WriteError::Contended => HttpReply::error(503, "contended", error.to_string()).with_header("Retry-After", "1"),
+        WriteError::StoredVersionImplausible { .. } => {
+            let message = Chain(error).to_string();
+            log.warn(format!("write refused: {message}"));
+            HttpReply::error(409, "stored_version_implausible", message)
+        }
+    }
+}
+
+/// A refused write-behind write: `503` + `Retry-After` when the queue is down, `413` when the
+/// event is too large for it, `500` when it refused the event for good.
+pub(crate) fn write_behind_failure(error: &WriteBehindError, log: &mut InvocationLog) -> HttpReply {
+    let error = match error {
+        WriteBehindError::Store(e) => return store_failure(e, log),
+        WriteBehindError::Queue(e) => e,
+    };
+    let message = Chain(error).to_string();
+    log.warn(format!("queue failure: {message}"));
+    match error {
+        QueueError::Unavailable { retry_after, .. } => unavailable("queue_unavailable", message, *retry_after),
+        QueueError::TooLarge(_) => HttpReply::error(413, "value_too_large", message),
+        QueueError::Rejected { .. } => HttpReply::error(500, "queue_rejected", message),
+    }
+}
+
+/// A Redis failure where Redis is the only place the answer lives (the dead letters).
+pub(crate) fn redis_failure(what: &str, error: &CacheError) -> HttpReply {
+    let message = format!("{what}: {}", Chain(error));
+    if error.is_transient() {
+        unavailable("redis_unavailable", message, None)
+    } else {
+        HttpReply::error(500, "redis_error", message)
+    }
+}

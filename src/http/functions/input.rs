@@ -1,0 +1,142 @@
+//! Reading keys and values out of requests, including the seed sample's body-only forms.
+//!
+//! Key, in order: the route's `{key}`, `?key=`, then the body: `{"Key": …}` (any casing, as the
+//! C# sample's `CacheRequest` sends it), a JSON string, or plain text.
+//! Value (writes with a key in the route or query): the body as JSON, or as a string when the
+//! `Content-Type` is `text/plain`. Body-only writes: `{"Key": …, "ValueToInsert": …}`.
+
+use serde_json::Value;
+
+use crate::domain::key::{Key, KeyError};
+use crate::http::host::{HttpCall, HttpReply};
+
+/// The key and value of a write.
+#[derive(Debug)]
+pub(super) struct KeyAndValue {
+    pub(super) key: Key,
+    pub(super) value: Value,
+}
+
+fn bad_key(e: KeyError) -> HttpReply {
+    HttpReply::error(400, "bad_key", e.to_string())
+}
+
+/// `411` when a body was sent chunked and arrived empty: the Functions host forwards a request
+/// body only when it has a `Content-Length`, so a chunked one is dropped on the way.
+fn chunked_body_dropped(call: &HttpCall) -> Option<HttpReply> {
+    let chunked = call.header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+    (chunked && call.body.is_empty()).then(|| {
+        HttpReply::error(
+            411,
+            "length_required",
+            "the body was sent chunked (no Content-Length) and the Functions host drops such bodies; send it with a Content-Length (curl: --data or --data-binary, not -T or a piped stream)",
+        )
+    })
+}
+
+fn field_any_case<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+}
+
+fn key_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The key of a read (or delete): route, query, or body.
+pub(super) fn read_key(call: &HttpCall) -> Result<Key, HttpReply> {
+    if let Some(key) = call.route_key.as_ref().or(call.query("key").map(str::to_string).as_ref()) {
+        return Key::new(key.clone()).map_err(bad_key);
+    }
+    let body =
+        std::str::from_utf8(&call.body).map_err(|_| HttpReply::error(400, "bad_body", "the body is not UTF-8 text"))?;
+    let trimmed = body.trim();
+    if trimmed.is_empty() {
+        return Err(chunked_body_dropped(call).unwrap_or_else(|| bad_key(KeyError::Empty)));
+    }
+    let key = match serde_json::from_str::<Value>(trimmed) {
+        Ok(Value::Object(map)) => field_any_case(&map, "key")
+            .and_then(key_text)
+            .ok_or_else(|| HttpReply::error(400, "bad_key", "the body is a JSON object without a \"Key\" string"))?,
+        Ok(Value::String(s)) => s,
+        Ok(Value::Number(n)) => n.to_string(),
+        // Plain text: the key itself (the seed reads the body as the key).
+        _ => trimmed.to_string(),
+    };
+    Key::new(key).map_err(bad_key)
+}
+
+/// The key and value of a write.
+pub(super) fn write_key_and_value(call: &HttpCall, max_value_bytes: usize) -> Result<KeyAndValue, HttpReply> {
+    let text =
+        std::str::from_utf8(&call.body).map_err(|_| HttpReply::error(400, "bad_body", "the body is not UTF-8 text"))?;
+    if text.trim().is_empty() {
+        return Err(chunked_body_dropped(call).unwrap_or_else(|| {
+            HttpReply::error(
+                400,
+                "bad_body",
+                "the body is empty; send the value as JSON (or as text with Content-Type: text/plain)",
+            )
+        }));
+    }
+    if let Some(key) = call.route_key.as_ref().or(call.query("key").map(str::to_string).as_ref()) {
+        let key = Key::new(key.clone()).map_err(bad_key)?;
+        let value = match serde_json::from_str::<Value>(text) {
+            Ok(value) => value,
+            Err(_) if call.content_type().is_some_and(|ct| ct.starts_with("text/plain")) => {
+                Value::String(text.to_string())
+            }
+            Err(e) => {
+                return Err(HttpReply::error(
+                    400,
+                    "bad_body",
+                    format!(
+                        "the body is not valid JSON ({e}); send a JSON value, or plain text with Content-Type: text/plain"
+                    ),
+                ));
+            }
+        };
+        check_size(&value, max_value_bytes)?;
+        return Ok(KeyAndValue { key, value });
+    }
+    let parsed: Value = serde_json::from_str(text).map_err(|e| {
+        HttpReply::error(400, "bad_body", format!("the body is not valid JSON ({e}); without a key in the route or in ?key=, send {{\"Key\": \"…\", \"ValueToInsert\": …}}"))
+    })?;
+    let Value::Object(map) = parsed else {
+        return Err(HttpReply::error(
+            400,
+            "bad_body",
+            "no key in the route or in ?key=, so the body must be {\"Key\": \"…\", \"ValueToInsert\": …} (keys `.` and `..` cannot travel in a URL path: send them with ?key=)",
+        ));
+    };
+    let key = field_any_case(&map, "key").and_then(key_text).ok_or_else(|| {
+        HttpReply::error(
+            400,
+            "bad_key",
+            "the body has no \"Key\"; send {\"Key\": \"…\", \"ValueToInsert\": …}, or put the key in the route (percent-encoded) or in ?key=",
+        )
+    })?;
+    let key = Key::new(key).map_err(bad_key)?;
+    let value = field_any_case(&map, "valueToInsert")
+        .or_else(|| field_any_case(&map, "value"))
+        .cloned()
+        .ok_or_else(|| HttpReply::error(400, "bad_body", "the body has no \"ValueToInsert\""))?;
+    check_size(&value, max_value_bytes)?;
+    Ok(KeyAndValue { key, value })
+}
+
+fn check_size(value: &Value, max_value_bytes: usize) -> Result<(), HttpReply> {
+    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > max_value_bytes {
+        return Err(HttpReply::error(
+            413,
+            "value_too_large",
+            format!("the value is {size} bytes as JSON; MaxValueBytes allows {max_value_bytes}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The functions' faces: one thin handler per function that turns an [`HttpCall`] (or a trigger's
+//! [`Invocation`]) into a service call and the service's answer (or error) into a reply. No
+//! envelope handling here (that is `host`) and no caching logic (that is `patterns`).
+
+mod cache_aside;
+mod dead_letters;
+mod event_hub_consumer;
+mod health;
+mod input;
+mod reads;
+mod refresh_ahead;
+mod refresh_timer;
+pub(crate) mod triggers;
+mod write_behind;
+mod write_through;
+
+pub use triggers::TriggerFunction;
+
+use super::AppState;
+use super::host::payload::Invocation;
+use super::host::{HttpCall, HttpReply, InvocationLog};
+use triggers::{Outputs, TriggerFailure};
+
+/// The HTTP functions this handler serves. Names are the function folder names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFunction {
+    /// `CacheAside`: `api/cache-aside/{key?}`.
+    CacheAside,
+    /// `WriteThrough`: `api/write-through/{key?}`.
+    WriteThrough,
+    /// `WriteBehind`: `api/write-behind/{key?}`.
+    WriteBehind,
+    /// `DeadLetters`: `api/dead-letters/{id?}` (admin).
+    DeadLetters,
+    /// `RefreshAheadRead`: `api/refresh-ahead/{key?}`.
+    RefreshAheadRead,
+    /// `Health`: `api/health`.
+    Health,
+}
+
+impl HttpFunction {
+    /// Every HTTP function.
+    pub const ALL: [Self; 6] = [
+        Self::CacheAside,
+        Self::WriteThrough,
+        Self::WriteBehind,
+        Self::RefreshAheadRead,
+        Self::DeadLetters,
+        Self::Health,
+    ];
+
+    /// The function (folder) name, as the host posts it in payload mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CacheAside => "CacheAside",
+            Self::WriteThrough => "WriteThrough",
+            Self::WriteBehind => "WriteBehind",
+            Self::DeadLetters => "DeadLetters",
+            Self::RefreshAheadRead => "RefreshAheadRead",
+            Self::Health => "Health",
+        }
+    }
+
+    /// The route without `{key?}` and without the `api/` prefix.
+    pub fn route_base(self) -> &'static str {
+        match self {
+            Self::CacheAside => "cache-aside",
+            Self::WriteThrough => "write-through",
+            Self::WriteBehind => "write-behind",
+            Self::DeadLetters => "dead-letters",
+            Self::RefreshAheadRead => "refresh-ahead",
+            Self::Health => "health",
+        }
+    }
+
+    /// Whether the route takes a `{key}`.
+    pub fn takes_key(self) -> bool {
+        !matches!(self, Self::Health)
+    }
+
+    /// Allowed methods, upper-case.
+    pub fn methods(self) -> &'static [&'static str] {
+        match self {
+            Self::CacheAside => &["GET", "POST"],
+            Self::WriteThrough | Self::WriteBehind => &["PUT", "POST", "DELETE"],
+            Self::DeadLetters => &["GET", "POST", "DELETE"],
+            Self::RefreshAheadRead | Self::Health => &["GET"],
+        }
+    }
+
+    /// The name of the trigger binding in `function.json`.
+    pub fn trigger_binding(self) -> &'static str {
+        "req"
+    }
+
+    /// The name of the HTTP output binding in `function.json`.
+    pub fn output_binding(self) -> &'static str {
+        "res"
+    }
+
+    /// The function called `name` (case-insensitive), if it is an HTTP function.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The function whose route `path` (after `/api/`) matches, with the raw (undecoded) key part.
+    pub fn by_route(path: &str) -> Option<(Self, Option<&str>)> {
+        Self::ALL.into_iter().find_map(|f| {
+            let base = f.route_base();
+            let rest = path.strip_prefix(base).or_else(|| {
+                // Routes are case-insensitive on the host.
+                (path.len() >= base.len()
+                    && path.is_char_boundary(base.len())
+                    && path[..base.len()].eq_ignore_ascii_case(base))
+                .then(|| &path[base.len()..])
+            })?;
+            match rest {
+                "" | "/" => Some((f, None)),
+                _ if f.takes_key() => {
+                    rest.strip_prefix('/').map(|k| (f, Some(k.trim_end_matches('/')).filter(|k| !k.is_empty())))
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// Runs `function` for `call`.
+pub(crate) async fn dispatch(
+    state: &AppState,
+    function: HttpFunction,
+    call: &HttpCall,
+    log: &mut InvocationLog,
+) -> HttpReply {
+    if !function.methods().contains(&call.method.as_str()) {
+        return HttpReply::error(
+            405,
+            "method_not_allowed",
+            format!("{} accepts {}, not {}", function.name(), function.methods().join(", "), call.method),
+        )
+        .with_header("Allow", function.methods().join(", "));
+    }
+    let services = &state.services;
+    match function {
+        HttpFunction::CacheAside => cache_aside::handle(&services.cache_aside, call, log).await,
+        HttpFunction::WriteThrough => {
+            write_through::handle(&services.write_through, state.max_value_bytes, call, log).await
+        }
+        HttpFunction::WriteBehind => {
+            write_behind::handle(&services.write_behind, state.max_value_bytes, call, log).await
+        }
+        HttpFunction::DeadLetters => dead_letters::handle(&services.dead_letters, call, log).await,
+        HttpFunction::RefreshAheadRead => refresh_ahead::handle(&services.refresh_ahead, call, log).await,
+        HttpFunction::Health => health::handle(&services.health, log).await,
+    }
+}
+
+/// Runs the non-HTTP `function` for `invocation`.
+pub(crate) async fn invoke(
+    state: &AppState,
+    function: TriggerFunction,
+    invocation: &Invocation,
+    log: &mut InvocationLog,
+) -> Result<Outputs, TriggerFailure> {
+    let services = &state.services;
+    match function {
+        TriggerFunction::EventHubConsumer => {
+            event_hub_consumer::invoke(&services.pushed_batches, invocation, log).await
+        }
+        TriggerFunction::RefreshAhead => {
+            refresh_timer::invoke(&services.refresh_ahead, function.trigger_binding(), invocation, log).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(HttpFunction::by_route("cache-aside/abc"), Some((HttpFunction::CacheAside, Some("abc"))));
+        assert_eq!(HttpFunction::by_route("Cache-Aside/a%2Fb/"), Some((HttpFunction::CacheAside, Some("a%2Fb"))));
+        assert_eq!(HttpFunction::by_route("cache-aside"), Some((HttpFunction::CacheAside, None)));
+        assert_eq!(HttpFunction::by_route("write-through/x/y"), Some((HttpFunction::WriteThrough, Some("x/y"))));
+        assert_eq!(HttpFunction::by_route("health"), Some((HttpFunction::Health, None)));
+        assert_eq!(HttpFunction::by_route("refresh-ahead/k"), Some((HttpFunction::RefreshAheadRead, Some("k"))));
+        assert_eq!(HttpFunction::by_route("health/x"), None);
+        assert_eq!(HttpFunction::by_route("cache-asidex"), None);
+        assert_eq!(HttpFunction::by_name("cacheaside"), Some(HttpFunction::CacheAside));
+    }
+}

@@ -1,0 +1,44 @@
+//! `WriteThrough`: `PUT|POST|DELETE api/write-through/{key}` (and the seed's body-only `POST`).
+
+use serde_json::json;
+
+use super::input::{read_key, write_key_and_value};
+use crate::http::errors;
+use crate::http::host::{HttpCall, HttpReply, InvocationLog};
+use crate::patterns::WriteThrough;
+use crate::ports::store::Change;
+
+pub(super) async fn handle(
+    write_through: &WriteThrough,
+    max_value_bytes: usize,
+    call: &HttpCall,
+    log: &mut InvocationLog,
+) -> HttpReply {
+    let (key, change) = if call.method == "DELETE" {
+        match read_key(call) {
+            Ok(key) => (key, Change::Delete),
+            Err(reply) => return reply,
+        }
+    } else {
+        match write_key_and_value(call, max_value_bytes) {
+            Ok(input) => (input.key, Change::Upsert(input.value)),
+            Err(reply) => return reply,
+        }
+    };
+    let written = match write_through.write(&key, change.clone()).await {
+        Ok(written) => written,
+        Err(e) => return errors::write_failure(&e, log),
+    };
+    let cache = if written.cached { "updated" } else { "bypass" };
+    let body = match change {
+        Change::Delete => {
+            log.info(format!("write-through delete {key:?}: stored at version {}, cache {cache}", written.version));
+            json!({"key": key.as_str(), "version": written.version, "deleted": true})
+        }
+        Change::Upsert(value) => {
+            log.info(format!("write-through {:?}: stored at version {}, cache {cache}", key.as_str(), written.version));
+            json!({"key": key.as_str(), "value": value, "version": written.version})
+        }
+    };
+    HttpReply::json(200, body).with_header("x-cache", cache)
+}

@@ -1,0 +1,159 @@
+//! The Functions host's wire format, and nothing else.
+//!
+//! The host reaches an HTTP function in one of two ways (docs/host-protocol.md §2): it forwards the raw
+//! HTTP request to `/api/...` ([`forwarded`]), or it posts a JSON invocation envelope to
+//! `/{FunctionName}` ([`payload`]). Both are turned into the same [`HttpCall`] here, and the
+//! handlers' [`HttpReply`] is turned back into the shape each mode needs, so both modes give the
+//! same answers. [`lenient`] holds the decoding rules for the host's quirks (double-encoded strings,
+//! arrays as JSON text, timestamps without offsets).
+
+pub mod forwarded;
+pub mod lenient;
+pub mod payload;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// An HTTP request to a function, whichever way the host delivered it.
+#[derive(Debug, Clone, Default)]
+pub struct HttpCall {
+    /// Upper-case method.
+    pub method: String,
+    /// The `{key}` route parameter, percent-decoded, if the route had one.
+    pub route_key: Option<String>,
+    /// Query parameters (a parameter given several times appears several times).
+    pub query: Vec<(String, String)>,
+    /// Headers with lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes (empty when there was none).
+    pub body: Bytes,
+}
+
+impl HttpCall {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The first query parameter called `name` (case-insensitive).
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The media type of the body, lower-cased, without parameters.
+    pub fn content_type(&self) -> Option<String> {
+        self.header("content-type").map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    }
+}
+
+/// A function's HTTP answer: status, extra headers, and a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpReply {
+    /// HTTP status code.
+    pub status: u16,
+    /// Headers besides `Content-Type: application/json`.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl HttpReply {
+    /// A JSON answer.
+    pub fn json(status: u16, body: Value) -> Self {
+        Self { status, headers: Vec::new(), body }
+    }
+
+    /// The error shape every failure uses: `{"error":{"code","message"}}`.
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self::json(status, json!({"error": {"code": code, "message": message.into()}}))
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// The body as text.
+    pub fn body_text(&self) -> String {
+        self.body.to_string()
+    }
+}
+
+/// Per-invocation log lines: returned in the envelope's `Logs` in payload mode, and always written
+/// to the process log too (the `Logs` of a failed invocation are lost).
+#[derive(Debug, Default, Clone)]
+pub struct InvocationLog {
+    lines: Vec<String>,
+}
+
+impl InvocationLog {
+    /// Records a line.
+    pub fn info(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        tracing::info!("{line}");
+        self.lines.push(line);
+    }
+
+    /// Records a warning.
+    pub fn warn(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        tracing::warn!("{line}");
+        self.lines.push(line);
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    /// Takes the lines.
+    pub fn into_lines(self) -> Vec<String> {
+        self.lines
+    }
+}
+
+/// Decodes `%XX` escapes (a path segment or URL user info). `None` when an escape is malformed
+/// (`%` not followed by two hex digits) or the result is not UTF-8. `+` stays `+`.
+pub fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let well_formed = bytes
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'%' || bytes.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
+    if !well_formed {
+        return None;
+    }
+    percent_encoding::percent_decode_str(raw).decode_utf8().ok().map(|text| text.into_owned())
+}
+
+/// Splits a query string into decoded pairs (`+` means space here, as in forms; a malformed escape
+/// is kept as it was sent).
+pub fn parse_query(raw: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c+d").as_deref(), Some("a/b c+d"));
+        assert_eq!(percent_decode("%C3%BC").as_deref(), Some("ü"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%C3"), None);
+        assert_eq!(percent_decode("50%"), None);
+        // A sign is not a hex digit (`from_str_radix` would take `%+1` as 0x01).
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%-1"), None);
+    }
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(
+            parse_query("key=a+b&x=%2F&flag"),
+            vec![("key".into(), "a b".into()), ("x".into(), "/".into()), ("flag".into(), String::new())]
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! The HTTP face the Functions host talks to.
+//!
+//! * [`server`] accepts connections (with limits on slow and greedy clients) and routes each path;
+//! * [`host`] decodes the host's two wire formats (forwarded HTTP and JSON invocation envelopes)
+//!   into one [`host::HttpCall`] and encodes the reply back;
+//! * [`functions`] holds one thin handler per function, calling the patterns' services;
+//! * [`errors`] maps every service error to its HTTP answer.
+
+mod errors;
+pub mod functions;
+pub mod host;
+pub mod server;
+
+pub use functions::{HttpFunction, TriggerFunction};
+pub use server::{Limits, misconfigured_router, router, serve};
+
+use crate::patterns::Services;
+
+/// What the handlers share: the services and the request limits. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The patterns' services.
+    pub services: Services,
+    /// `MaxValueBytes`: the largest value accepted, as serialized JSON.
+    pub max_value_bytes: usize,
+}

@@ -1,0 +1,188 @@
+//! The cache port: entries shared by every instance, with the few atomic operations the patterns
+//! build on. Each operation is one round trip; the Redis adapter (`adapters::redis`) does each in
+//! one script or pipeline.
+//!
+//! * [`Cache::put`] never replaces a newer version (invariant 2, docs/reliability.md).
+//! * [`Cache::load_gate`] / [`Cache::unlock`]: the short cross-process load lock that keeps a miss
+//!   to about one store read across instances (stampede protection).
+//! * [`Cache::get_counting_read`], [`Cache::hottest`], [`Cache::metadata`], [`Cache::refresh_gate`]:
+//!   what refresh-ahead needs (the hot-key set and the per-key refresh lock).
+//!
+//! Callers fail open: a cache error never fails a read; the store answers instead.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Cause, LockToken};
+use crate::domain::entry::CacheEntry;
+use crate::domain::time::Timestamp;
+
+/// Why a cache call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// Redis cannot be reached, did not answer in time, is failing over, or the breaker is open
+    /// after a recent failure: trying again shortly may work.
+    #[error("Redis is unavailable: {message}")]
+    Unavailable {
+        /// What went wrong.
+        message: String,
+        /// The underlying error, if there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// Redis answered with an error for this command.
+    #[error("Redis refused the command: {message}")]
+    Refused {
+        /// What went wrong.
+        message: String,
+        /// The underlying error, if there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// The client could not be set up (an unusable address, a credential that cannot be created).
+    #[error("cannot set up the Redis client: {message}")]
+    Setup {
+        /// What went wrong.
+        message: String,
+        /// The underlying error, if there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl CacheError {
+    /// An `Unavailable` error without an underlying error.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable { message: message.into(), cause: None }
+    }
+
+    /// A `Refused` error without an underlying error.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::Refused { message: message.into(), cause: None }
+    }
+
+    /// True when trying again shortly may work.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// What the load gate found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// A fresh entry is already cached (another caller loaded it).
+    Fresh(CacheEntry),
+    /// This caller holds the load lock and should read the store.
+    Acquired,
+    /// Another caller holds the load lock.
+    Busy,
+    /// A fresh-looking entry is cached but cannot be read (damaged): no lock was taken; read the
+    /// store and write the entry again.
+    Unreadable,
+    /// The key holds something that is not a cache entry: read the store, do not cache.
+    NotOurs,
+}
+
+/// What a cache write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// The entry was written.
+    Written,
+    /// The cache holds a newer version; it was kept.
+    KeptNewer,
+    /// The key holds something that is not a cache entry; it was left alone.
+    NotOurs,
+}
+
+/// What [`Cache::refresh_gate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshGate {
+    /// This caller holds the refresh lock of the key.
+    Acquired,
+    /// Another caller is refreshing the key (or failed moments ago and holds the lock as a throttle).
+    Busy,
+    /// The entry changed since it was read: someone already refreshed or rewrote it.
+    AlreadyDone,
+}
+
+/// How the hot-key set decays and how large it may grow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HotKeyPolicy {
+    /// A read counts half as much after this long.
+    pub half_life: Duration,
+    /// Most members kept.
+    pub max_keys: u64,
+}
+
+/// The parts of an entry the refresh timer needs to decide on a refresh (never the value itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Version of the cached value.
+    pub version: u64,
+    /// When the entry was written.
+    pub written_at: Timestamp,
+    /// Logical expiry.
+    pub fresh_until: Timestamp,
+    /// The entry records an absent key.
+    pub negative: bool,
+}
+
+/// The shared cache.
+#[async_trait]
+pub trait Cache: Send + Sync + std::fmt::Debug + 'static {
+    /// The entry of `key`; `None` when nothing usable is cached.
+    async fn get(&self, key: &str) -> Result<Option<CacheEntry>, CacheError>;
+
+    /// Writes `entry` unless the cache holds a newer version, or the key is not a cache entry.
+    async fn put(&self, key: &str, entry: &CacheEntry, now: Timestamp) -> Result<Put, CacheError>;
+
+    /// The cross-process stampede gate: a fresh entry if one appeared, else the load lock of `key`
+    /// for `ttl` if it is free.
+    async fn load_gate(&self, key: &str, token: &LockToken, ttl: Duration, now: Timestamp) -> Result<Gate, CacheError>;
+
+    /// Releases the load lock of `key` if `token` still holds it.
+    async fn unlock(&self, key: &str, token: &LockToken) -> Result<(), CacheError>;
+
+    /// Like [`Cache::get`], counting the read in the hot-key set, in the same round trip.
+    async fn get_counting_read(
+        &self,
+        key: &str,
+        hot_keys: &HotKeyPolicy,
+        now: Timestamp,
+    ) -> Result<Option<CacheEntry>, CacheError>;
+
+    /// Up to `limit` hot keys whose decayed read count is at least `min_reads`, hottest first,
+    /// with their counts.
+    async fn hottest(
+        &self,
+        hot_keys: &HotKeyPolicy,
+        min_reads: f64,
+        limit: u64,
+        now: Timestamp,
+    ) -> Result<Vec<(String, f64)>, CacheError>;
+
+    /// Entry metadata of `keys`, in order (`None` for a missing or unreadable entry).
+    async fn metadata(&self, keys: &[String]) -> Result<Vec<Option<EntryMeta>>, CacheError>;
+
+    /// Takes the refresh lock of `key` for `ttl`, unless the entry's write time is no longer
+    /// `observed` (`None`: the entry was missing).
+    async fn refresh_gate(
+        &self,
+        key: &str,
+        observed: Option<Timestamp>,
+        token: &LockToken,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<RefreshGate, CacheError>;
+
+    /// Releases the refresh lock of `key` if `token` still holds it.
+    async fn release_refresh(&self, key: &str, token: &LockToken) -> Result<(), CacheError>;
+
+    /// A round trip that proves the cache answers; it also closes a breaker opened by failures
+    /// (health checks must see recovery). Returns the latency.
+    async fn ping(&self) -> Result<Duration, CacheError>;
+
+    /// Where the cache points, without secrets (for logs and health).
+    fn describe(&self) -> &str;
+}

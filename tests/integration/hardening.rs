@@ -1,0 +1,789 @@
+//! Field hardening: what testing the service as an attacker and as an operator found, each as a
+//! test that failed before the fix (see `docs/reliability.md`).
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use cachepatterns::adapters::redis::ReaderConfig;
+use cachepatterns::domain::key::Key;
+use cachepatterns::domain::version::{at, issued_at};
+use cachepatterns::patterns::write_behind::DrainPolicy;
+use cachepatterns::patterns::{HybridClock, QueueConsumer};
+use cachepatterns::ports::DeadLetters;
+use cachepatterns::ports::clock::{Clock, ManualClock};
+use cachepatterns::ports::store::{Applied, Change, Store};
+use common::host::{Call, FunctionDef, MODES, Mode, send};
+use common::{Blackhole, RedisServer, TestApp};
+use serde_json::{Value, json};
+
+const WRITE_BEHIND_STREAM: &str = "\u{1f}writebehind";
+
+fn consumer(t: &TestApp, tune: impl FnOnce(&mut ReaderConfig, &mut DrainPolicy)) -> QueueConsumer {
+    common::stream_consumer(&t.app, Duration::from_millis(20), tune)
+}
+
+async fn drain(c: &QueueConsumer, redis: &RedisServer) {
+    for _ in 0..50 {
+        c.run_once().await.unwrap();
+        if redis.command(&format!("XLEN {WRITE_BEHIND_STREAM}")).unwrap().trim() == ":0" {
+            return;
+        }
+    }
+    panic!("the write-behind stream did not drain");
+}
+
+struct Functions {
+    aside: FunctionDef,
+    through: FunctionDef,
+    behind: FunctionDef,
+    dead_letters: FunctionDef,
+    health: FunctionDef,
+}
+
+fn functions() -> Functions {
+    Functions {
+        aside: FunctionDef::load("CacheAside"),
+        through: FunctionDef::load("WriteThrough"),
+        behind: FunctionDef::load("WriteBehind"),
+        dead_letters: FunctionDef::load("DeadLetters"),
+        health: FunctionDef::load("Health"),
+    }
+}
+
+/// Defect 1: a key named like an internal structure read or overwrote it, destroying acknowledged
+/// writes and dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_named_like_internal_structures_are_ordinary_keys() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    // Writes acknowledged but not applied yet (no consumer runs), and dead letters waiting.
+    for i in 0..50 {
+        let put =
+            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("acked{i}"))).json(&json!(i))).await;
+        assert_eq!(put.status, 202);
+    }
+    for i in 0..3 {
+        t.record_dead_letter(&format!("letter {i}")).await;
+    }
+    let names =
+        ["writebehind", "deadletter", "lock", "hot", "{hot}set", "{hot}landmark", "node", "appliers", "refresh-ahead"];
+    for name in names {
+        for mode in MODES {
+            let miss = send(&router, mode, &f.aside, &Call::new("GET", Some(name))).await;
+            assert_eq!(miss.status, 404, "{name:?} {mode:?}: {:?}", miss.body);
+            let put = send(&router, mode, &f.through, &Call::new("PUT", Some(name)).json(&json!({"mine": name}))).await;
+            assert_eq!(put.status, 200, "{name:?} {mode:?}: {:?}", put.body);
+            let hit = send(&router, mode, &f.aside, &Call::new("GET", Some(name))).await;
+            assert_eq!(
+                (hit.status, &hit.body["value"], hit.header("x-cache")),
+                (200, &json!({"mine": name}), Some("hit")),
+                "{name:?} {mode:?}: an ordinary, cached key"
+            );
+            let queued = send(&router, mode, &f.behind, &Call::new("PUT", Some(name)).json(&json!("later"))).await;
+            assert_eq!(queued.status, 202, "{name:?} {mode:?}: {:?}", queued.body);
+            let deleted = send(&router, mode, &f.through, &Call::new("DELETE", Some(name))).await;
+            assert_eq!(deleted.status, 200, "{name:?} {mode:?}: {:?}", deleted.body);
+        }
+    }
+    assert_eq!(t.app.dead_letters().count().await.unwrap(), 3, "no dead letter was lost");
+    drain(&consumer(&t, |_, _| {}), &redis).await;
+    for i in 0..50 {
+        let record = t.sqlite.get(&format!("acked{i}")).await.unwrap();
+        assert_eq!(record.and_then(|r| r.value), Some(json!(i)), "acknowledged write acked{i} was lost");
+    }
+    for name in names {
+        assert!(t.sqlite.get(name).await.unwrap().unwrap().is_deleted(), "{name:?}: the last write (a delete) wins");
+    }
+    let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+}
+
+fn event(key: &str, version: u64, value: Value) -> String {
+    json!({"key": key, "op": "upsert", "value": value, "version": version, "ts": "2026-11-26T00:00:00Z"}).to_string()
+}
+
+async fn event_hub_batch(router: &axum::Router, events: &[String]) -> (u16, Value) {
+    let data = serde_json::to_string(events).unwrap();
+    let envelope = json!({"Data": {"events": data}, "Metadata": {"PartitionContext": {"PartitionId": "0"}}});
+    common::host::invoke(router, "EventHubConsumer", &envelope).await
+}
+
+/// Defect 3: one event with version `i64::MAX` moved the clock past what the store holds, and every
+/// later write-through failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_implausible_event_version_is_dead_lettered_and_never_moves_the_clock() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let now = common::now();
+    let two_days_ahead = at(now.plus(Duration::from_secs(48 * 3600)));
+    let (status, reply) = event_hub_batch(
+        &router,
+        &[
+            event("poisoned", i64::MAX as u64, json!("max")),
+            event("from-the-future", two_days_ahead, json!("future")),
+            event("fine", at(now), json!("ok")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(t.sqlite.get("poisoned").await.unwrap(), None);
+    assert_eq!(t.sqlite.get("from-the-future").await.unwrap(), None);
+    assert_eq!(t.sqlite.get("fine").await.unwrap().unwrap().value, Some(json!("ok")));
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|l| l.reason.contains("implausible")), "{letters:?}");
+    // Writes of every other key go on, with versions of now.
+    let f = functions();
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("other")).json(&json!(1))).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let version = put.body["version"].as_u64().unwrap();
+    assert!(issued_at(version).since(now) < Duration::from_secs(60), "the clock did not jump: {version}");
+}
+
+/// The same class, in a store an older release already poisoned: only that key is refused.
+#[tokio::test]
+async fn a_stored_implausible_version_refuses_that_key_only() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    t.sqlite.apply("stuck", i64::MAX as u64, Change::Upsert(json!("poison"))).await.unwrap();
+    let router = t.app.router();
+    let f = functions();
+    for mode in MODES {
+        let stuck = send(&router, mode, &f.through, &Call::new("PUT", Some("stuck")).json(&json!(1))).await;
+        assert_eq!((stuck.status, &stuck.body["error"]["code"]), (409, &json!("stored_version_implausible")));
+        let other = send(&router, mode, &f.through, &Call::new("PUT", Some("other")).json(&json!(1))).await;
+        assert_eq!(other.status, 200, "{}", other.body);
+    }
+}
+
+/// Defect 6: malformed dead-letter ids and paging parameters looked like a Redis outage.
+#[tokio::test]
+async fn dead_letter_ids_and_paging_are_checked() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    for mode in MODES {
+        for method in ["GET", "POST", "DELETE"] {
+            for id in ["abc", "1-x", "\u{ff}", "1-2-3"] {
+                let reply = send(&router, mode, &f.dead_letters, &Call::new(method, Some(id))).await;
+                assert_eq!(
+                    (reply.status, &reply.body["error"]["code"]),
+                    (400, &json!("bad_id")),
+                    "{method} {id:?} {mode:?}"
+                );
+            }
+        }
+        for (name, value, code) in [
+            ("after", "\u{ff}", "bad_id"),
+            ("after", "abc", "bad_id"),
+            ("count", "abc", "bad_count"),
+            ("count", "0", "bad_count"),
+            ("count", "5000", "bad_count"),
+        ] {
+            let reply = send(&router, mode, &f.dead_letters, &Call::new("GET", None).query(name, value)).await;
+            assert_eq!((reply.status, &reply.body["error"]["code"]), (400, &json!(code)), "?{name}={value:?} {mode:?}");
+        }
+        let fine =
+            send(&router, mode, &f.dead_letters, &Call::new("GET", None).query("count", "5").query("after", "0-0"))
+                .await;
+        assert_eq!(fine.status, 200, "{}", fine.body);
+    }
+}
+
+/// Defects 5 and 7: Health said "healthy" while every write failed, with the queue key broken, and
+/// with the store file removed (whose writes were then acknowledged and lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    let get = Call::new("GET", None);
+    let health = || send(&router, Mode::Direct, &f.health, &get);
+    assert_eq!(health().await.status, 200);
+
+    // A full disk: writes fail, reads and the small probe still work.
+    t.store.set_failing_writes(true);
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("k")).json(&json!(1))).await;
+    assert_eq!(put.status, 503);
+    let report = health().await;
+    assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
+    assert!(report.body["store"]["error"].as_str().unwrap().contains("writes are failing"), "{}", report.body);
+    t.store.set_failing_writes(false);
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("k")).json(&json!(1))).await;
+    assert_eq!(put.status, 200);
+    assert_eq!(health().await.status, 200);
+
+    // The queue's key holds something else: write-behind cannot work, and Health says so.
+    redis.command(&format!("SET {WRITE_BEHIND_STREAM} x")).unwrap();
+    let queued = send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))).await;
+    assert!(queued.status >= 500, "{}", queued.body);
+    let report = health().await;
+    assert_eq!((report.status, &report.body["queue"]["status"]), (503, &json!("down")), "{}", report.body);
+    redis.command(&format!("DEL {WRITE_BEHIND_STREAM}")).unwrap();
+    let report = health().await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(report.body["queue"]["backlog"].is_object(), "the backlog is reported: {}", report.body);
+
+    // A write that has waited 20 minutes: the consumer is stuck (none runs here).
+    let twenty_minutes_ago = common::now().minus(Duration::from_secs(20 * 60)).as_millis();
+    let _: String = redis::cmd("XADD")
+        .arg(WRITE_BEHIND_STREAM)
+        .arg(format!("{twenty_minutes_ago}-0"))
+        .arg("event")
+        .arg(event("stuck", at(common::now()), json!(1)))
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    let report = health().await;
+    assert_eq!((report.status, &report.body["queue"]["status"]), (503, &json!("down")), "{}", report.body);
+    assert_eq!(report.body["queue"]["backlog"]["length"], 1, "{}", report.body);
+    redis.command(&format!("DEL {WRITE_BEHIND_STREAM}")).unwrap();
+    assert_eq!(health().await.status, 200);
+
+    // The database file is removed while the handler runs: writes are refused, not acknowledged.
+    std::fs::remove_file(t.sqlite.path()).unwrap();
+    let put = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("k")).json(&json!(2))).await;
+    assert_eq!((put.status, &put.body["error"]["code"]), (503, &json!("store_unavailable")), "{}", put.body);
+    let report = health().await;
+    assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
+}
+
+/// The slowest request seen by [`timed`] in this test binary, and how many there were.
+static SLOWEST: std::sync::Mutex<(Duration, usize)> = std::sync::Mutex::new((Duration::ZERO, 0));
+
+async fn timed(what: &str, request: impl std::future::Future<Output = common::host::Reply>) -> common::host::Reply {
+    let started = Instant::now();
+    let reply = request.await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "{what} took {took:?} with Redis not answering");
+    let mut slowest = SLOWEST.lock().unwrap();
+    *slowest = (slowest.0.max(took), slowest.1 + 1);
+    reply
+}
+
+/// Every kind of request with Redis not answering: each within about two seconds.
+async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize) {
+    t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
+    let router = t.app.router();
+    let f = functions();
+    let ahead = FunctionDef::load("RefreshAheadRead");
+    for round in 0..rounds {
+        let read =
+            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
+        assert_eq!((read.status, read.header("x-cache")), (200, Some("bypass")), "{}", read.body);
+        let read =
+            timed("a refresh-ahead read", send(&router, Mode::Payload, &ahead, &Call::new("GET", Some("k")))).await;
+        assert_eq!(read.status, 200);
+        let write = timed(
+            "a write-through",
+            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(round))),
+        )
+        .await;
+        assert_eq!(write.status, 200, "{}", write.body);
+        let queued = timed(
+            "a write-behind",
+            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))),
+        )
+        .await;
+        assert_eq!(queued.status, 503, "{}", queued.body);
+        let started = Instant::now();
+        let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
+        assert!(started.elapsed() < Duration::from_millis(2000), "Health took {:?}", started.elapsed());
+        let (slowest, requests) = *SLOWEST.lock().unwrap();
+        eprintln!("Health answered in {:?}; slowest of {requests} requests so far: {slowest:?}", started.elapsed());
+        assert_eq!((health.status, &health.body["redis"]["status"]), (503, &json!("down")));
+        // Let the breaker's 2 s window pass so that the next round reconnects again.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+    }
+}
+
+/// Defect 4: a Redis that accepts connections and never answers stalled requests for 8–10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_redis_bounds_every_request() {
+    let hole = Blackhole::start();
+    let t = TestApp::with_connection(&format!("127.0.0.1:{}", hole.port), &[]);
+    bounded_while_redis_does_not_answer(&t, 2).await;
+}
+
+/// The same with TLS asked of a plain port: the handshake never completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_to_a_plain_port_bounds_every_request() {
+    let redis = RedisServer::start();
+    let t = TestApp::with_connection(&format!("rediss://127.0.0.1:{}", redis.port), &[]);
+    bounded_while_redis_does_not_answer(&t, 1).await;
+}
+
+/// The same with the Redis process frozen (`SIGSTOP`) after it served: then it recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_redis_bounds_every_request_and_recovers() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    let warm = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("warm")).json(&json!(1))).await;
+    assert_eq!(warm.status, 200);
+    redis.pause();
+    bounded_while_redis_does_not_answer(&t, 2).await;
+    redis.resume();
+    let started = Instant::now();
+    loop {
+        let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("warm"))).await;
+        if read.header("x-cache") == Some("hit") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Defect 8: tombstones were never removed.
+#[tokio::test]
+async fn tombstones_are_purged_after_the_retention_window_and_never_resurrect() {
+    let dir = common::TempDir::new("purge");
+    let store = cachepatterns::adapters::sqlite::SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let time = ManualClock::starting_now();
+    let clock = HybridClock::new(time.clone());
+    for i in 0..500 {
+        store.apply(&format!("never-existed-{i}"), clock.next(), Change::Delete).await.unwrap();
+    }
+    store.apply("alive", clock.next(), Change::Upsert(json!(1))).await.unwrap();
+    let tombstone = clock.next();
+    store.apply("deleted", tombstone, Change::Delete).await.unwrap();
+    time.advance(Duration::from_secs(10 * 24 * 3600));
+    let recent = clock.next();
+    store.apply("recently-deleted", recent, Change::Delete).await.unwrap();
+    assert_eq!(store.purge_tombstones(time.now().minus(Duration::from_secs(24 * 3600))).await.unwrap(), 501);
+    let rows: i64 = rusqlite::Connection::open(store.path())
+        .unwrap()
+        .query_row("SELECT count(*) FROM items", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 2, "the live key and the recent tombstone remain");
+    assert_eq!(store.purge_tombstones(time.now().minus(Duration::from_secs(24 * 3600))).await.unwrap(), 0);
+    // A late write older than the purged tombstone stays refused...
+    assert!(matches!(
+        store.apply("deleted", tombstone - 1, Change::Upsert(json!("zombie"))).await.unwrap(),
+        Applied::BelowWatermark { .. }
+    ));
+    assert_eq!(store.get("deleted").await.unwrap(), None);
+    // ...while new writes go through, to it and to new keys.
+    assert_eq!(store.apply("deleted", clock.next(), Change::Upsert(json!("new"))).await.unwrap(), Applied::Yes);
+    assert_eq!(store.apply("brand-new", clock.next(), Change::Upsert(json!(1))).await.unwrap(), Applied::Yes);
+    assert!(store.get("recently-deleted").await.unwrap().unwrap().is_deleted());
+}
+
+/// A queued write older than a purged tombstone (a dead letter replayed weeks later) for a key
+/// without a record is not silently taken as superseded: it goes back to the dead letters, saying
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_older_than_the_purged_tombstones_is_dead_lettered_not_dropped() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let now = common::now();
+    let weeks_ago = at(now.minus(Duration::from_secs(40 * 24 * 3600)));
+    t.sqlite.apply("old-delete", weeks_ago + 10, Change::Delete).await.unwrap();
+    assert_eq!(t.sqlite.purge_tombstones(now.minus(Duration::from_secs(30 * 24 * 3600))).await.unwrap(), 1);
+    let (status, reply) = event_hub_batch(&router, &[event("never-seen", weeks_ago, json!("late"))]).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(t.sqlite.get("never-seen").await.unwrap(), None);
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].reason.contains("TombstoneRetentionSeconds"), "{:?}", letters[0].reason);
+}
+
+/// Defect 11: an Event Hubs batch larger than the payload cap was refused, retried, then
+/// checkpointed by the host: lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_hubs_batch_of_large_events_is_applied() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[("MaxValueBytes", "65536")]);
+    let router = t.app.router();
+    // Quotes and backslashes double at every level of escaping.
+    let value = json!("\"\\".repeat(15_000));
+    let now = common::now();
+    let events: Vec<String> = (0..100).map(|i| event(&format!("big{i}"), at(now) + i, value.clone())).collect();
+    let (status, reply) = event_hub_batch(&router, &events).await;
+    assert_eq!(status, 200, "{reply}");
+    for i in 0..100 {
+        assert_eq!(t.sqlite.get(&format!("big{i}")).await.unwrap().unwrap().value, Some(value.clone()));
+    }
+}
+
+/// Defect 12: with the store's disk full for a few minutes, 41 % of accepted writes went to dead
+/// letters. Transient failures are retried for the retry window, then dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_behind_retries_through_a_full_disk_then_dead_letters_after_the_window() {
+    let redis = RedisServer::start();
+    let time = ManualClock::starting_now();
+    let t = TestApp::on_clock(&redis.connection_string(), &[], time.clone());
+    let c = consumer(&t, |reader, drain| {
+        reader.claim_idle = Duration::ZERO;
+        drain.max_deliveries = 2;
+        drain.apply.budget = Duration::from_millis(50);
+    });
+    for i in 0..20 {
+        t.app
+            .services
+            .write_behind
+            .accept(&Key::new(format!("w{i}")).unwrap(), Change::Upsert(json!(i)))
+            .await
+            .unwrap();
+    }
+    t.store.set_failing_writes(true);
+    for _ in 0..6 {
+        c.run_once().await.unwrap();
+    }
+    assert_eq!(t.app.dead_letters().count().await.unwrap(), 0, "within the window, nothing is given up");
+    t.store.set_failing_writes(false);
+    drain(&c, &redis).await;
+    for i in 0..20 {
+        assert_eq!(t.sqlite.get(&format!("w{i}")).await.unwrap().unwrap().value, Some(json!(i)));
+    }
+    // Past the window, what still fails goes to the dead letters (nothing is dropped).
+    for i in 0..5 {
+        t.app
+            .services
+            .write_behind
+            .accept(&Key::new(format!("late{i}")).unwrap(), Change::Upsert(json!(i)))
+            .await
+            .unwrap();
+    }
+    t.store.set_failing_writes(true);
+    c.run_once().await.unwrap();
+    time.advance(Duration::from_secs(2 * 3600));
+    drain(&c, &redis).await;
+    assert_eq!(t.app.dead_letters().count().await.unwrap(), 5);
+}
+
+/// Upgrading: what an older release queued in the streams a key could reach is moved, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_release_queue_and_dead_letters_survive_the_upgrade() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let mut conn = redis.connection().await;
+    let now = common::now();
+    for i in 0..3 {
+        let _: String = redis::cmd("XADD")
+            .arg("writebehind")
+            .arg("*")
+            .arg("event")
+            .arg(event(&format!("legacy{i}"), at(now) + i, json!(i)))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // The old consumer group, with one entry pending at a consumer that is gone.
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("writebehind")
+        .arg("appliers")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("appliers")
+        .arg("old-instance")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("writebehind")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("deadletter")
+        .arg("*")
+        .arg("event")
+        .arg("old poison")
+        .arg("reason")
+        .arg("not a write event")
+        .arg("source")
+        .arg("stream writebehind entry 1-0")
+        .arg("attempts")
+        .arg(1)
+        .arg("failedAt")
+        .arg("2026-01-01T00:00:00.000Z")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZADD").arg("hot\u{1f}refresh-ahead").arg(1).arg("x").query_async(&mut conn).await.unwrap();
+
+    let moved = cachepatterns::adapters::redis::migrate::move_legacy(&t.app.redis, t.app.dead_letters()).await.unwrap();
+    assert_eq!((moved.events, moved.dead_letters), (3, 1));
+    for old in ["writebehind", "deadletter", "hot\u{1f}refresh-ahead"] {
+        let kind: String = redis::cmd("TYPE").arg(old).query_async(&mut conn).await.unwrap();
+        assert_eq!(kind, "none", "{old:?} is gone");
+    }
+    // An instance of the old release still running (a rolling upgrade) queues one more: the next
+    // pass moves it too.
+    let _: String = redis::cmd("XADD")
+        .arg("writebehind")
+        .arg("*")
+        .arg("event")
+        .arg(event("legacy3", at(now) + 3, json!(3)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let again = cachepatterns::adapters::redis::migrate::move_legacy(&t.app.redis, t.app.dead_letters()).await.unwrap();
+    assert_eq!((again.events, again.dead_letters), (1, 0));
+    // Under memory pressure nothing moves and nothing is lost.
+    let _: i64 = redis::cmd("XADD")
+        .arg("writebehind")
+        .arg("*")
+        .arg("event")
+        .arg(event("legacy4", at(now) + 4, json!(4)))
+        .query_async(&mut conn)
+        .await
+        .map(|_: String| 0)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query_async(&mut conn).await.unwrap();
+    assert!(cachepatterns::adapters::redis::migrate::move_legacy(&t.app.redis, t.app.dead_letters()).await.is_err());
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut conn).await.unwrap();
+    let len: i64 = redis::cmd("XLEN").arg("writebehind").query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 1, "the entry is still in the old stream");
+    let last = cachepatterns::adapters::redis::migrate::move_legacy(&t.app.redis, t.app.dead_letters()).await.unwrap();
+    assert_eq!(last.events, 1);
+    drain(&consumer(&t, |_, _| {}), &redis).await;
+    for i in 0..5 {
+        assert_eq!(t.sqlite.get(&format!("legacy{i}")).await.unwrap().unwrap().value, Some(json!(i)));
+    }
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!((letters.len(), letters[0].event.as_str(), letters[0].attempts), (1, "old poison", 1));
+    // And the key named like the old stream is an ordinary key again.
+    let router = t.app.router();
+    let f = functions();
+    let put =
+        send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("writebehind")).json(&json!("mine"))).await;
+    assert_eq!(put.status, 200);
+    let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("writebehind"))).await;
+    assert_eq!((read.body["value"].clone(), read.header("x-cache")), (json!("mine"), Some("hit")));
+}
+
+/// Defect 2 in one process: two instances at the same microsecond used to issue the same version.
+#[tokio::test]
+async fn two_instances_at_the_same_instant_issue_different_versions() {
+    let redis = RedisServer::start();
+    let time = ManualClock::starting_now();
+    let a = TestApp::on_clock(&redis.connection_string(), &[], time.clone());
+    let b = TestApp::on_clock(&redis.connection_string(), &[], time.clone());
+    for t in [&a, &b] {
+        let mut lease = cachepatterns::patterns::versions::NodeLease::new(
+            std::sync::Arc::new(t.app.redis.clone()),
+            t.app.versions.clone(),
+        );
+        lease.refresh().await.unwrap();
+    }
+    assert_ne!(a.app.versions.node(), b.app.versions.node(), "leases are exclusive");
+    let key = Key::new("same").unwrap();
+    let wb = a.app.services.write_behind.accept(&key, Change::Upsert(json!("A"))).await.unwrap();
+    let wt = b.app.services.write_through.write(&key, Change::Upsert(json!("B"))).await.unwrap();
+    assert_ne!(wb.version, wt.version);
+    assert_eq!(issued_at(wb.version), issued_at(wt.version), "the same instant");
+    let _ = time.now();
+}
+
+/// Defect 9: half-sent headers or bodies held a connection for minutes, and bodies in memory had
+/// no bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_greedy_clients_cannot_hold_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let limits = cachepatterns::http::Limits {
+        header_read_timeout: Duration::from_millis(300),
+        body_read_timeout: Duration::from_millis(1500),
+        in_flight_body_budget: 100_000,
+        budget_wait: Duration::from_millis(100),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = t.app.router_with(limits);
+    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending()));
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let read_all = |mut s: tokio::net::TcpStream| async move {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the server let go").ok();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+
+    // Headers that never end: the connection is closed.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    read_all(slow).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "held for {:?}", started.elapsed());
+
+    // A body that never arrives: 408.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"PUT /api/write-through/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let answer = read_all(slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Bodies in memory at once are bounded: of three large uploads that fit two at a time, one
+    // waits, then is told to come back; the other two are read (and time out, as they never end).
+    let mut uploads = Vec::new();
+    for _ in 0..3 {
+        let mut upload = connect().await.unwrap();
+        upload
+            .write_all(b"PUT /api/write-through/big HTTP/1.1\r\nHost: x\r\nContent-Length: 45000\r\n\r\n\"")
+            .await
+            .unwrap();
+        uploads.push(tokio::spawn(read_all(upload)));
+    }
+    let mut statuses = Vec::new();
+    for upload in uploads {
+        let answer = upload.await.unwrap();
+        statuses.push(answer.split(' ').nth(1).unwrap_or("").to_string());
+        if answer.contains(" 503 ") {
+            assert!(answer.contains("busy"), "{answer}");
+        }
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["408", "408", "503"]);
+}
+
+/// Defect 12 on Event Hubs: a batch the store refuses for now is handed back to the host's retry
+/// policy (the trigger checkpoints only after it), and dead-lettered once older than the window or
+/// on the policy's last retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_hub_batches_are_retried_by_the_host_while_the_store_refuses_writes() {
+    let redis = RedisServer::start();
+    let time = ManualClock::starting_now();
+    let t = TestApp::builder(&redis.connection_string(), &[])
+        .clock(time.clone())
+        .tune(|settings| settings.write_behind.apply.budget = Duration::from_millis(100))
+        .build();
+    let router = t.app.router();
+    let envelope = |key: &str, enqueued_ms: u64, retry: Option<(i64, i64)>| {
+        let events = serde_json::to_string(&[event(key, at(time.now()), json!(key))]).unwrap();
+        let enqueued = chrono::DateTime::from_timestamp_millis(enqueued_ms as i64)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S%.3f")
+            .to_string();
+        let mut metadata = json!({
+            "PartitionContext": {"PartitionId": "1"},
+            "EnqueuedTimeUtcArray": serde_json::to_string(&[enqueued]).unwrap(),
+            "SequenceNumberArray": "[7]",
+        });
+        if let Some((count, max)) = retry {
+            metadata["RetryContext"] = json!({"RetryCount": count, "MaxRetryCount": max});
+        }
+        json!({"Data": {"events": events}, "Metadata": metadata})
+    };
+    t.store.set_failing_writes(true);
+    let now_ms = time.now().as_millis();
+    // Fresh batch: the host is asked to retry; nothing is dead-lettered.
+    for retry in [None, Some((3, -1))] {
+        let (status, _) = common::host::invoke(&router, "EventHubConsumer", &envelope("fresh", now_ms, retry)).await;
+        assert_eq!(status, 500, "retry {retry:?}");
+    }
+    assert_eq!(t.app.dead_letters().count().await.unwrap(), 0);
+    // The store is back: the retry applies it.
+    t.store.set_failing_writes(false);
+    let (status, _) =
+        common::host::invoke(&router, "EventHubConsumer", &envelope("fresh", now_ms, Some((4, -1)))).await;
+    assert_eq!(status, 200);
+    assert_eq!(t.sqlite.get("fresh").await.unwrap().unwrap().value, Some(json!("fresh")));
+    // Older than the window, or the policy's last retry: dead-lettered, and the invocation succeeds.
+    t.store.set_failing_writes(true);
+    let two_hours_ago = now_ms - 2 * 3600 * 1000;
+    let (status, _) =
+        common::host::invoke(&router, "EventHubConsumer", &envelope("old", two_hours_ago, Some((9, -1)))).await;
+    assert_eq!(status, 200);
+    let (status, _) = common::host::invoke(&router, "EventHubConsumer", &envelope("last", now_ms, Some((5, 5)))).await;
+    assert_eq!(status, 200);
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|l| l.reason.contains("full")), "{letters:?}");
+}
+
+/// Defect 7: with SQLite's `-shm` file made immutable, one write killed the process with `SIGBUS`
+/// and no log line. Writes are refused (`503`) instead, and go through again once it is writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unwritable_sqlite_shared_memory_file_refuses_writes_instead_of_crashing() {
+    let redis = RedisServer::start();
+    let dir = common::TempDir::new("shm");
+    let store = dir.path().join("store.db");
+    let handler = common::process::Handler::start(&[
+        ("RedisCache", &redis.connection_string()),
+        ("LocalStorePath", &store.display().to_string()),
+    ]);
+    assert_eq!(handler.request("PUT", "/api/write-through/a", Some("1")).unwrap().0, 200);
+    let shm = dir.path().join("store.db-shm");
+    let chattr = |flag: &str| std::process::Command::new("chattr").arg(flag).arg(&shm).status().map(|s| s.success());
+    if !matches!(chattr("+i"), Ok(true)) {
+        eprintln!("SKIPPED: `chattr +i` is not available here (needs root and a filesystem that supports it)");
+        return;
+    }
+    let refused = handler.request("PUT", "/api/write-through/b", Some("\"big enough to touch the shared memory\""));
+    let health = handler.request("GET", "/api/health", None);
+    // Reads touch the shared memory too: served without the store (404 here), never a crash.
+    let read = handler.request("GET", "/api/cache-aside/never-cached", None);
+    let _ = chattr("-i");
+    assert!(matches!(read, Ok((503, _))), "{read:?}");
+    let (status, body) = refused.expect("the handler is still there");
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("store_unavailable")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("store.db-shm"), "{body}");
+    assert_eq!(health.unwrap().0, 503);
+    assert_eq!(handler.request("PUT", "/api/write-through/b", Some("2")).unwrap().0, 200);
+}
+
+/// A Redis that answers every command just under the deadline never trips the breaker, and a
+/// request sends several commands: the request's total time on Redis is bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_redis_bounds_each_request_in_all() {
+    let redis = RedisServer::start();
+    let proxy = common::SlowProxy::start(redis.port, Duration::from_millis(800));
+    let t = TestApp::with_connection(&format!("127.0.0.1:{}", proxy.port), &[("syncTimeout", "1000")]);
+    t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
+    let router = t.app.router();
+    let f = functions();
+    for round in 0..3 {
+        let read =
+            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
+        assert_eq!(read.status, 200, "{}", read.body);
+        let queued = timed(
+            "a write-behind",
+            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("q{round}"))).json(&json!(1))),
+        )
+        .await;
+        assert!(queued.status == 202 || queued.status == 503, "{}", queued.body);
+        let write = timed(
+            "a write-through",
+            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(1))),
+        )
+        .await;
+        assert_eq!(write.status, 200, "{}", write.body);
+    }
+}
+
+/// `EventHubConsumer` retries without bound: an invocation that can never be read must not be
+/// failed (the host would retry it for ever, then drop it). It is dead-lettered, and succeeds.
+#[tokio::test]
+async fn an_unreadable_event_hubs_invocation_is_dead_lettered_not_retried_for_ever() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/EventHubConsumer")
+        .header("Content-Type", "application/json")
+        .body(axum::body::Body::from("{not an envelope"))
+        .unwrap();
+    let (status, _, body) = common::host::raw(&router, request).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!((letters.len(), letters[0].event.as_str()), (1, "{not an envelope"));
+    assert!(letters[0].reason.contains("could not be read"), "{:?}", letters[0].reason);
+}

@@ -1,0 +1,25 @@
+//! The integration tests, in one binary (one link of the Azure and AMQP stacks instead of one per
+//! file). Each module is one area; `common` holds the support they share: real `redis-server`
+//! processes (one node or a cluster), the SDK's in-memory Cosmos emulator, host-shaped requests
+//! built from the `function.json` files, and stores that fail on demand.
+//!
+//! `CACHEPATTERNS_TEST_REDIS=cluster` runs the Redis-backed modules against a three-master cluster
+//! instead of a single node (`scripts/test.sh` does both).
+
+mod common;
+
+mod binary;
+mod cluster;
+mod eventhubs_amqp;
+mod hardening;
+mod http_api;
+mod infra;
+mod invariants;
+mod keys;
+mod properties;
+mod redis_entra_id;
+mod refresh_ahead;
+mod scale_out;
+mod store_cosmos;
+mod store_sqlite;
+mod write_behind;

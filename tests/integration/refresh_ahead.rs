@@ -1,0 +1,579 @@
+//! Refresh-Ahead on a real Redis and a real store: eager refresh on read, the hot-key set, the
+//! timer and its host payloads, and the fail-safe on every read path.
+//!
+//! Every test runs against each store [`stores`] returns (SQLite, and Cosmos DB on the SDK's in-memory
+//! emulator), through the `Store` trait only. Time-dependent behaviour uses TTLs of 1–3 s.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::Router;
+use cachepatterns::adapters::sqlite::SqliteStore;
+use cachepatterns::domain::entry::CacheEntry;
+use cachepatterns::domain::key::Key;
+use cachepatterns::ports::Cache;
+use cachepatterns::ports::clock::{Clock, ManualClock};
+use cachepatterns::ports::store::{Applied, Change, Record, Store, StoreError};
+use cachepatterns::startup::{Application, Plugs};
+use chrono::{DateTime, SecondsFormat};
+use common::host::{self, Call, FunctionDef, MODES, Mode};
+use common::{FaultyStore, RedisServer, TempDir};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// The stores every test runs against, each fresh: SQLite and Cosmos DB (in-memory emulator).
+async fn stores(dir: &TempDir) -> Vec<(&'static str, Arc<dyn Store>)> {
+    vec![
+        ("sqlite", Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("sqlite store"))),
+        ("cosmos", common::cosmos::in_memory_store().await),
+    ]
+}
+
+/// One handler process: an app, its router, and the counting store behind it.
+struct Process {
+    app: Application,
+    router: Router,
+    store: Arc<FaultyStore>,
+}
+
+impl Process {
+    fn new(redis: &RedisServer, store: Arc<FaultyStore>, extra: &[(&str, &str)], time: Arc<dyn Clock>) -> Self {
+        let settings = common::settings(&redis.connection_string(), extra);
+        let plugs = Plugs { store: store.clone(), clock: time, queue: None };
+        let app = Application::assemble(settings, plugs).expect("the app wires up");
+        Self { router: app.router(), app, store }
+    }
+
+    /// A process on its own over `backing` (counted), and a sibling sharing its Redis and store.
+    fn pair(redis: &RedisServer, backing: Arc<dyn Store>, extra: &[(&str, &str)]) -> (Self, Self) {
+        Self::pair_on(redis, backing, extra, cachepatterns::ports::clock::system())
+    }
+
+    /// Like [`Process::pair`], both on the time source `time`.
+    fn pair_on(
+        redis: &RedisServer,
+        backing: Arc<dyn Store>,
+        extra: &[(&str, &str)],
+        time: Arc<dyn Clock>,
+    ) -> (Self, Self) {
+        let store = FaultyStore::new(backing);
+        (Self::new(redis, store.clone(), extra, time.clone()), Self::new(redis, store, extra, time))
+    }
+
+    async fn write(&self, key: &str, value: Value) -> u64 {
+        let key = Key::new(key).unwrap();
+        self.app.services.write_through.write(&key, Change::Upsert(value)).await.expect("write-through").version
+    }
+
+    async fn read(&self, mode: Mode, function: &str, key: &str) -> host::Reply {
+        host::send(&self.router, mode, &FunctionDef::load(function), &Call::new("GET", Some(key))).await
+    }
+
+    async fn entry(&self, key: &str) -> CacheEntry {
+        self.app.redis.get(key).await.expect("redis").expect("a cached entry")
+    }
+
+    async fn settle(&self) {
+        wait_until("background refreshes to finish", || self.app.services.refresh_ahead.refreshes_in_flight() == 0)
+            .await;
+    }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_served(reply: &host::Reply, value: &Value, source: &str, x_cache: &str) {
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(&reply.body["value"], value, "{:?}", reply.body);
+    assert_eq!(reply.body["source"], source, "{:?}", reply.body);
+    assert_eq!(reply.header("x-cache"), Some(x_cache), "{:?}", reply.headers);
+}
+
+const SHORT_TTL: [(&str, &str); 3] =
+    [("CacheTtlSeconds", "2"), ("CacheTtlJitterPercent", "0"), ("RefreshAheadFactor", "0.5")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eager_refresh_fires_once_per_key_per_window_across_processes() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-eager");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let (a, b) = Process::pair(&redis, backing, &SHORT_TTL);
+        for mode in MODES {
+            let key = format!("{store_name}-eager-{mode:?}");
+            a.write(&key, json!({"v": 1})).await;
+            let before = a.store.gets();
+            assert_served(&a.read(mode, "RefreshAheadRead", &key).await, &json!({"v": 1}), "cache", "hit");
+            for window in 1..=2 {
+                // Past 0.5 × 2 s: every read now is eligible to start a refresh.
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+                let reads = (0..40).map(|i| {
+                    let process = if i % 2 == 0 { &a } else { &b };
+                    process.read(mode, "RefreshAheadRead", &key)
+                });
+                for reply in futures_util::future::join_all(reads).await {
+                    assert_served(&reply, &json!({"v": 1}), "cache", "hit");
+                }
+                a.settle().await;
+                b.settle().await;
+                assert_eq!(
+                    a.store.gets() - before,
+                    window,
+                    "{store_name} {mode:?}: one store read per window for 40 concurrent reads in two processes"
+                );
+                // The refreshed entry is young again: more reads start nothing.
+                for _ in 0..10 {
+                    assert_served(&b.read(mode, "RefreshAheadRead", &key).await, &json!({"v": 1}), "cache", "hit");
+                }
+                b.settle().await;
+                assert_eq!(a.store.gets() - before, window);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-hit");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let (a, _) = Process::pair(&redis, backing, &[]);
+        let key = format!("{store_name}-hit");
+        a.write(&key, json!("warm")).await;
+        a.read(Mode::Direct, "RefreshAheadRead", &key).await; // loads the script
+        let policy = a.app.services.refresh_ahead.policy().hot_keys;
+        let before = a.app.redis.hotness(&key, &policy, common::now()).await.unwrap();
+        redis.reset_stats();
+        let gets = a.store.gets();
+        let round_trips = a.app.redis.round_trips();
+        assert_served(&a.read(Mode::Payload, "RefreshAheadRead", &key).await, &json!("warm"), "cache", "hit");
+        assert_eq!(a.app.redis.round_trips() - round_trips, 1, "a hit is one round trip to Redis");
+        let calls = redis.command_calls();
+        eprintln!("Redis commands for one refresh-ahead hit (script body included): {calls:?}");
+        assert_eq!((calls.get("hmget"), calls.get("evalsha")), (Some(&1), Some(&1)), "{calls:?}");
+        let top_level: Vec<_> = calls
+            .keys()
+            .filter(|c| {
+                !["evalsha", "hmget", "get", "set", "zincrby", "zcard", "info", "config|resetstat"]
+                    .contains(&c.as_str())
+            })
+            .collect();
+        assert!(
+            top_level.is_empty(),
+            "a hit pipelines one HMGET of the entry and one EVALSHA (whose script bumps the hot-key set), nothing else: {calls:?}"
+        );
+        assert_eq!(a.store.gets(), gets, "a hit never reads the store");
+        let after = a.app.redis.hotness(&key, &policy, common::now()).await.unwrap();
+        assert!((after - before - 1.0).abs() < 0.01, "the read counted once: {before} → {after}");
+    }
+}
+
+/// A store whose reads can be held after they read (so a refresh carries an old value).
+struct HeldStore {
+    inner: Arc<dyn Store>,
+    hold: watch::Sender<bool>,
+    held: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for HeldStore {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        let record = self.inner.get(key).await;
+        let mut rx = self.hold.subscribe();
+        if *rx.borrow() {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            let _ = rx.wait_for(|hold| !hold).await;
+        }
+        record
+    }
+
+    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
+        self.inner.apply(key, version, change).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_racing_a_write_through_never_wins() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-race");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let held = Arc::new(HeldStore { inner: backing, hold: watch::Sender::new(false), held: AtomicUsize::new(0) });
+        let (a, _) = Process::pair(&redis, held.clone(), &SHORT_TTL);
+        let key = format!("{store_name}-race");
+        a.write(&key, json!("old")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        held.hold.send_replace(true);
+        // The read answers at once with the old value; its refresh reads "old" and is held.
+        assert_served(&a.read(Mode::Direct, "RefreshAheadRead", &key).await, &json!("old"), "cache", "hit");
+        wait_until("the refresh to read the store", || held.held.load(Ordering::SeqCst) == 1).await;
+        let newer = a.write(&key, json!("new")).await;
+        held.hold.send_replace(false);
+        a.settle().await;
+        let entry = a.entry(&key).await;
+        assert_eq!((entry.value, entry.version), (Some(json!("new")), newer), "{store_name}: the refresh lost");
+        let reply = a.read(Mode::Payload, "RefreshAheadRead", &key).await;
+        assert_served(&reply, &json!("new"), "cache", "hit");
+        assert_eq!(reply.body["version"], json!(newer));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_refresh_keeps_the_old_value_and_is_not_retried_at_once() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-failed");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let (a, _) = Process::pair(&redis, backing, &SHORT_TTL);
+        let key = format!("{store_name}-failed");
+        let version = a.write(&key, json!([1, 2])).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        a.store.set_failing(true);
+        for mode in MODES {
+            assert_served(&a.read(mode, "RefreshAheadRead", &key).await, &json!([1, 2]), "cache", "hit");
+            a.settle().await;
+        }
+        assert_eq!(a.store.gets(), 1, "{store_name}: one attempt; the kept lock throttles the next");
+        let entry = a.entry(&key).await;
+        assert_eq!((entry.value, entry.version, entry.fail_safe), (Some(json!([1, 2])), version, false));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_key_set_decays_and_stays_bounded() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-hot");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let extra = [("RefreshAheadHotKeysMax", "10"), ("RefreshAheadHotKeysHalfLifeSeconds", "1")];
+        let time = ManualClock::starting_now();
+        let (a, _) = Process::pair_on(&redis, backing, &extra, time.clone());
+        let policy = a.app.services.refresh_ahead.policy().hot_keys;
+        let cache = &a.app.redis;
+        let old = format!("{store_name}-old");
+        for _ in 0..4 {
+            a.read(Mode::Direct, "RefreshAheadRead", &old).await;
+        }
+        time.advance(Duration::from_secs(2));
+        let new = format!("{store_name}-new");
+        for _ in 0..2 {
+            // Absent keys answer 404 and still count.
+            assert_eq!(a.read(Mode::Payload, "RefreshAheadRead", &new).await.status, 404);
+        }
+        let (old_reads, new_reads) = (
+            cache.hotness(&old, &policy, time.now()).await.unwrap(),
+            cache.hotness(&new, &policy, time.now()).await.unwrap(),
+        );
+        assert!((0.999..1.001).contains(&old_reads), "4 reads two half-lives ago count 1: {old_reads}");
+        assert!((1.999..2.001).contains(&new_reads), "2 reads now count 2: {new_reads}");
+        for i in 0..30 {
+            a.read(Mode::Direct, "RefreshAheadRead", &format!("{store_name}-many-{i}")).await;
+        }
+        let all = cache.hottest(&policy, 0.0, 1000, time.now()).await.unwrap();
+        assert_eq!(all.len(), 10, "bounded by RefreshAheadHotKeysMax: {all:?}");
+
+        // Weights grow as 2^(half-lives since the landmark); far past it the set is rescaled
+        // instead of overflowing. 100 half-lives later, reads must still count exactly.
+        time.advance(Duration::from_secs(100));
+        let fresh = format!("{store_name}-after-rescale");
+        for _ in 0..3 {
+            a.read(Mode::Direct, "RefreshAheadRead", &fresh).await;
+        }
+        let reads = cache.hotness(&fresh, &policy, time.now()).await.unwrap();
+        assert!((2.999..3.001).contains(&reads), "3 reads count 3 after the rescale: {reads}");
+        let landmark = "\u{1f}{hot}landmark";
+        let moved: String =
+            redis::cmd("GET").arg(landmark).query_async(&mut redis.connection().await).await.expect("landmark");
+        assert_eq!(moved.parse::<u64>().unwrap(), time.now().as_millis(), "the landmark moved to now");
+    }
+}
+
+// ---- the timer ----
+
+fn iso(ms: i64, fraction: bool) -> String {
+    let t = DateTime::from_timestamp_millis(ms).unwrap();
+    let base = t.to_rfc3339_opts(SecondsFormat::Secs, false);
+    if fraction { base.replacen("+00:00", ".0105419+00:00", 1) } else { base }
+}
+
+fn now_ms() -> i64 {
+    common::now().as_millis() as i64
+}
+
+/// The `TimerInfo` the host sends, as docs/host-protocol.md §5.1 shows it.
+fn timer_info(next_ms: Option<i64>, past_due: Value) -> Value {
+    let status = match next_ms {
+        Some(next) => {
+            json!({"Last": iso(next - 300_000, true), "Next": iso(next, false), "LastUpdated": iso(next - 300_000, true)})
+        }
+        None => Value::Null,
+    };
+    json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": status, "IsPastDue": past_due})
+}
+
+/// Posts a timer invocation built from `RefreshAhead/function.json` and returns its `Logs`.
+async fn run_timer(router: &Router, timer: Option<Value>) -> Vec<String> {
+    let def = FunctionDef::load("RefreshAhead");
+    assert_eq!(def.json["bindings"][0]["type"], "timerTrigger");
+    let mut data = serde_json::Map::new();
+    if let Some(timer) = timer {
+        data.insert(def.trigger.clone(), timer);
+    }
+    let envelope = json!({"Data": data, "Metadata": {"sys": {"MethodName": def.name, "UtcNow": iso(now_ms(), true), "RandGuid": "7c1f0e55-7a8e-4f4e-9d25-5b1d2c3a4b5c"}}});
+    let (status, reply) = host::invoke(router, &def.name, &envelope).await;
+    assert_eq!(status, 200, "a timer run answers 200: {reply}");
+    assert_eq!(reply["ReturnValue"], Value::Null);
+    assert!(reply["Outputs"].is_object(), "{reply}");
+    reply["Logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect()
+}
+
+/// `(refreshed, skipped, failed)` from a timer run's `Logs`.
+fn counts(logs: &[String]) -> (usize, usize, usize) {
+    let line = logs.iter().find(|l| l.contains("refreshed")).unwrap_or_else(|| panic!("no counts in {logs:?}"));
+    let number_before = |word: &str| -> usize {
+        let at = line.find(word).unwrap_or_else(|| panic!("no {word:?} in {line}"));
+        line[..at].trim_end().rsplit([' ', ':']).next().unwrap().parse().unwrap()
+    };
+    (number_before(" refreshed"), number_before(" skipped"), number_before(" failed"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_timer_refreshes_hot_keys_that_expire_before_the_next_run_and_skips_cold_ones() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-timer");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let extra = [("CacheTtlSeconds", "3"), ("CacheTtlJitterPercent", "0"), ("RefreshAheadFactor", "0")];
+        let (a, _) = Process::pair(&redis, backing, &extra);
+        let hot: Vec<String> = (0..2).map(|i| format!("{store_name}-hot-{i}")).collect();
+        let (cold_once, cold_aside) = (format!("{store_name}-cold-once"), format!("{store_name}-cold-aside"));
+        for key in hot.iter().chain([&cold_once, &cold_aside]) {
+            a.write(key, json!(key)).await;
+        }
+        for key in &hot {
+            for _ in 0..3 {
+                a.read(Mode::Direct, "RefreshAheadRead", key).await;
+            }
+        }
+        a.read(Mode::Direct, "RefreshAheadRead", &cold_once).await; // 1 read < RefreshAheadHotMinReads (2)
+        for _ in 0..5 {
+            a.read(Mode::Direct, "CacheAside", &cold_aside).await; // Cache-Aside reads are not tracked
+        }
+        let written_at: Vec<_> =
+            futures_util::future::join_all(hot.iter().map(|k| a.entry(k))).await.iter().map(|e| e.written_at).collect();
+        assert_eq!(a.store.gets(), 0);
+
+        // Next run in 10 s: the 3 s entries expire before it.
+        let logs = run_timer(&a.router, Some(timer_info(Some(now_ms() + 10_000), json!(false)))).await;
+        assert_eq!(counts(&logs), (2, 0, 0), "{store_name}: {logs:?}");
+        assert_eq!(a.store.gets(), 2, "only the hot keys were read");
+        for (key, before) in hot.iter().zip(written_at) {
+            assert!(a.entry(key).await.written_at > before, "{key} was rewritten");
+        }
+
+        // Next run in 2 s (whole seconds, as the host writes it): the refreshed 3 s entries outlive it.
+        let logs = run_timer(&a.router, Some(timer_info(Some(now_ms() + 2_000), json!(false)))).await;
+        assert_eq!(counts(&logs), (0, 2, 0), "{store_name}: {logs:?}");
+        assert_eq!(a.store.gets(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_concurrent_timer_runs_refresh_each_key_once() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-timer-pair");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let extra = [("CacheTtlSeconds", "3"), ("RefreshAheadFactor", "0"), ("RefreshAheadHotMinReads", "0.5")];
+        let (a, b) = Process::pair(&redis, backing, &extra);
+        let keys: Vec<String> = (0..6).map(|i| format!("{store_name}-pair-{i}")).collect();
+        for key in &keys {
+            a.write(key, json!(1)).await;
+            a.read(Mode::Payload, "RefreshAheadRead", key).await;
+        }
+        a.store.set_delay(Duration::from_millis(200));
+        let timer = timer_info(Some(now_ms() + 10_000), json!(false));
+        let (logs_a, logs_b) =
+            tokio::join!(run_timer(&a.router, Some(timer.clone())), run_timer(&b.router, Some(timer)));
+        let (ca, cb) = (counts(&logs_a), counts(&logs_b));
+        assert_eq!(ca.0 + cb.0, keys.len(), "{store_name}: {logs_a:?} {logs_b:?}");
+        assert_eq!(a.store.gets(), keys.len(), "each key read from the store once");
+        assert!(
+            logs_a.iter().chain(&logs_b).any(|l| l.contains("another instance")),
+            "one run stood aside: {logs_a:?} {logs_b:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_timer_payload_the_host_sends_runs() {
+    let mut redis = RedisServer::start();
+    let dir = TempDir::new("ra-timer-payloads");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let extra = [("CacheTtlSeconds", "3600"), ("RefreshAheadHotMinReads", "0.5")];
+        let (a, _) = Process::pair(&redis, backing, &extra);
+        let key = format!("{store_name}-payloads");
+        a.write(&key, json!("v")).await;
+        a.read(Mode::Direct, "RefreshAheadRead", &key).await;
+        let now = now_ms();
+        let tick = now - now.rem_euclid(300_000);
+        let scheduled = timer_info(Some(tick), json!(false));
+        let first_run = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": {"Last": "0001-01-01T00:00:00+00:00", "Next": iso(tick + 300_000, false), "LastUpdated": "0001-01-01T00:00:00+00:00"}, "IsPastDue": false});
+        let variants = [
+            ("scheduled", Some(scheduled.clone())),
+            ("ScheduleStatus null", Some(timer_info(None, json!(false)))),
+            ("first run (year 1)", Some(first_run)),
+            ("past due", Some(timer_info(Some(tick - 600_000), json!(true)))),
+            ("past due as text", Some(timer_info(Some(tick - 600_000), json!("True")))),
+            // Portal Test/Run: the host ignores the input and builds the TimerInfo itself; here it
+            // arrives JSON-encoded as a string, and with the next tick as Next.
+            ("portal run", Some(Value::String(timer_info(Some(tick + 300_000), json!(false)).to_string()))),
+            ("no timer binding", None),
+            ("unreadable timer", Some(json!("\"\""))),
+        ];
+        for (name, timer) in variants {
+            // Drop the cached entry: the hot key is due.
+            redis.command(&format!("DEL {key}")).unwrap();
+            let gets = a.store.gets();
+            let logs = run_timer(&a.router, timer).await;
+            assert_eq!(counts(&logs), (1, 0, 0), "{store_name} {name}: {logs:?}");
+            assert_eq!(a.store.gets(), gets + 1, "{name}");
+            assert_eq!(a.entry(&key).await.value, Some(json!("v")), "{name}");
+            if name.starts_with("past due") {
+                assert!(logs[0].contains("past due"), "{logs:?}");
+            }
+            // A second run of the same tick finds the entry fresh (an hour) and skips it.
+            assert_eq!(counts(&run_timer(&a.router, Some(scheduled.clone())).await), (0, 1, 0), "{name}");
+        }
+    }
+    // Redis down: still a 200 envelope (a retry would not help), with the reason in Logs.
+    redis.stop();
+    let (a, _) = Process::pair(&redis, stores(&dir).await.remove(0).1, &[]);
+    let logs = run_timer(&a.router, Some(timer_info(None, json!(false)))).await;
+    assert_eq!(counts(&logs), (0, 0, 0));
+    assert!(logs[0].contains("unavailable"), "{logs:?}");
+}
+
+// ---- fail-safe ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fail_safe_serves_stale_while_the_store_fails_and_stops_after_the_window() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-failsafe");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let extra = [
+            ("CacheTtlSeconds", "1"),
+            ("CacheTtlJitterPercent", "0"),
+            ("FailSafeMaxStaleSeconds", "2"),
+            ("RefreshAheadFactor", "0"),
+        ];
+        let (a, _) = Process::pair(&redis, backing, &extra);
+        let cases: Vec<(&str, Mode, String)> = ["CacheAside", "RefreshAheadRead"]
+            .into_iter()
+            .flat_map(|f| MODES.map(|m| (f, m, format!("{store_name}-fs-{f}-{m:?}"))))
+            .collect();
+        for (_, _, key) in &cases {
+            a.write(key, json!({"k": key})).await;
+        }
+        let written = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        a.store.set_failing(true);
+        for (function, mode, key) in &cases {
+            let reply = a.read(*mode, function, key).await;
+            assert_served(&reply, &json!({"k": key}), "stale", "stale");
+        }
+        let attempts = a.store.gets();
+        assert_eq!(attempts, cases.len(), "one store attempt per key");
+        for (function, mode, key) in &cases {
+            assert_served(&a.read(*mode, function, key).await, &json!({"k": key}), "stale", "stale");
+        }
+        assert_eq!(a.store.gets(), attempts, "the failing store is not retried at once");
+        // Past TTL (1 s) + FailSafeMaxStaleSeconds (2 s): nothing stale is left to serve.
+        tokio::time::sleep(Duration::from_millis(3200).saturating_sub(written.elapsed())).await;
+        for (function, mode, key) in &cases {
+            let reply = a.read(*mode, function, key).await;
+            assert_eq!(reply.status, 503, "{function} {mode:?}: {:?}", reply.body);
+            assert!(reply.header("retry-after").is_some());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_store_gets_the_soft_timeout_then_the_load_completes_in_the_background() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-soft");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let extra = [
+            ("CacheTtlSeconds", "1"),
+            ("CacheTtlJitterPercent", "0"),
+            ("RefreshAheadFactor", "0"),
+            ("FailSafeSoftTimeoutMs", "200"),
+        ];
+        let (a, b) = Process::pair(&redis, backing, &extra);
+        for (function, mode) in [("CacheAside", Mode::Direct), ("RefreshAheadRead", Mode::Payload)] {
+            let key = format!("{store_name}-soft-{function}");
+            a.write(&key, json!("v1")).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            a.store.set_delay(Duration::from_millis(900));
+            let gets = a.store.gets();
+            let started = Instant::now();
+            assert_served(&a.read(mode, function, &key).await, &json!("v1"), "stale", "stale");
+            assert!(started.elapsed() < Duration::from_millis(700), "answered after the soft timeout");
+            // Another process meanwhile: the load lock is still held, so it serves stale too.
+            assert_served(&b.read(mode, function, &key).await, &json!("v1"), "stale", "stale");
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            a.store.set_delay(Duration::ZERO);
+            assert_served(&b.read(mode, function, &key).await, &json!("v1"), "cache", "hit");
+            assert_eq!(a.store.gets(), gets + 1, "{function}: one store read, finished in the background");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_reads_go_to_the_store() {
+    let mut redis = RedisServer::start();
+    let dir = TempDir::new("ra-bypass");
+    for (store_name, backing) in stores(&dir).await {
+        // Each store starts from a running, empty Redis (the previous round stopped it).
+        redis.restart();
+        let (a, _) = Process::pair(&redis, backing, &[]);
+        let key = format!("{store_name}-bypass");
+        a.write(&key, json!("from the store")).await;
+        redis.stop();
+        for mode in MODES {
+            let reply = a.read(mode, "RefreshAheadRead", &key).await;
+            assert_served(&reply, &json!("from the store"), "store", "bypass");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Several handler processes on one Redis and one store, as Azure runs the app when it scales out.
+//!
+//! Each round sends one write per process to the same key at the same moment (a barrier releases
+//! them together): write-through and write-behind, upserts and deletes, mixed. After the
+//! write-behind queue has drained, every key must hold, in the store and in the cache, the write
+//! with the highest version any `2xx` answer reported, and no two `2xx` answers for one key may
+//! report the same version (DESIGN invariants 1, 2 and 4).
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use common::RedisServer;
+use common::process::{Handler, sqlite_row};
+use serde_json::{Value, json};
+
+/// What one `2xx` write answer reported.
+#[derive(Debug, Clone, PartialEq)]
+struct Ack {
+    key: String,
+    version: u64,
+    /// The value written, `None` for a delete.
+    value: Option<Value>,
+    what: String,
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+const KEYS: [&str; 4] = ["k0", "k1", "writebehind", "deadletter"];
+
+fn conflicting_writes(processes: usize, rounds: usize) {
+    let redis = RedisServer::start();
+    let store_dir = common::TempDir::new("scale-out");
+    let store_path = store_dir.path().join("shared.db");
+    let redis_cs = redis.connection_string();
+    let store = store_path.display().to_string();
+    let handlers: Vec<Arc<Handler>> = (0..processes)
+        .map(|_| Arc::new(Handler::start(&[("RedisCache", &redis_cs), ("LocalStorePath", &store)])))
+        .collect();
+    // Every process holds its version node-id lease before the writes start.
+    let started = Instant::now();
+    loop {
+        let leases = redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
+        if leases.starts_with(&format!("*{processes}\r\n")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "node-id leases not taken: {leases:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let barrier = Arc::new(Barrier::new(processes));
+    let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let threads: Vec<_> = (0..processes)
+        .map(|p| {
+            let (handler, barrier, acks, failures) =
+                (handlers[p].clone(), barrier.clone(), acks.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (p as u64 + 1));
+                for round in 0..rounds {
+                    let key = KEYS[round % KEYS.len()];
+                    let pattern = if rng.next().is_multiple_of(2) { "write-through" } else { "write-behind" };
+                    let delete = rng.next().is_multiple_of(4);
+                    let value = json!(format!("p{p}-r{round}"));
+                    let path = format!("/api/{pattern}/{key}");
+                    barrier.wait();
+                    let answer = if delete {
+                        handler.request("DELETE", &path, None)
+                    } else {
+                        handler.request("PUT", &path, Some(&value.to_string()))
+                    };
+                    match answer {
+                        Ok((status, body)) if (200..300).contains(&status) => {
+                            let version = body["version"].as_u64().expect("a write answer carries its version");
+                            let what = format!(
+                                "{} {pattern} by process {p} in round {round}",
+                                if delete { "delete" } else { "put" }
+                            );
+                            acks.lock().unwrap().push(Ack {
+                                key: key.to_string(),
+                                version,
+                                value: (!delete).then_some(value),
+                                what,
+                            });
+                        }
+                        Ok((status, body)) => failures.lock().unwrap().push(format!("{path}: {status} {body}")),
+                        Err(e) => failures.lock().unwrap().push(format!("{path}: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("a writer thread panicked");
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} writes failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    let acks = acks.lock().unwrap().clone();
+    assert_eq!(acks.len(), processes * rounds);
+
+    // No two acknowledged writes of one key share a version.
+    let mut seen: HashMap<(String, u64), String> = HashMap::new();
+    for ack in &acks {
+        if let Some(first) = seen.insert((ack.key.clone(), ack.version), ack.what.clone()) {
+            panic!("{} and {} both answered version {} for {:?}", first, ack.what, ack.version, ack.key);
+        }
+    }
+
+    // Quiescence: the write-behind stream is empty once every entry was applied and acknowledged.
+    let started = Instant::now();
+    loop {
+        let len = redis.command("XLEN \u{1f}writebehind").expect("XLEN");
+        if len.trim() == ":0" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the write-behind queue did not drain: {len}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    for key in KEYS {
+        let expected = acks.iter().filter(|a| a.key == key).max_by_key(|a| a.version).expect("writes to every key");
+        let (text, version, deleted) = sqlite_row(&store_path, key).expect("the store has the key");
+        let stored = if deleted { None } else { text.map(|t| serde_json::from_str::<Value>(&t).unwrap()) };
+        assert_eq!(
+            (version, &stored),
+            (expected.version, &expected.value),
+            "store of {key:?} must hold the highest acknowledged write ({})",
+            expected.what
+        );
+        let fields = redis.command(&format!("HMGET {key} ver data neg")).expect("HMGET");
+        let lines: Vec<&str> = fields.lines().collect();
+        // *3, $len, ver, $len|$-1, data|..., ...
+        let cached_version: u64 = lines[2].parse().expect("a cached version");
+        assert_eq!(cached_version, expected.version, "cache of {key:?} must hold version of {}", expected.what);
+        match &expected.value {
+            Some(value) => assert_eq!(lines[4], value.to_string(), "cached value of {key:?}"),
+            None => assert!(fields.contains("\r\n1\r\n"), "{key:?} is cached as absent: {fields:?}"),
+        }
+    }
+    eprintln!("{processes} processes: {} acknowledged conflicting writes over {} keys", acks.len(), KEYS.len());
+}
+
+#[test]
+fn two_processes_conflicting_writes_agree_in_cache_and_store() {
+    conflicting_writes(2, 3000);
+}
+
+#[test]
+fn three_processes_conflicting_writes_agree_in_cache_and_store() {
+    conflicting_writes(3, 2000);
+}
