@@ -8,6 +8,7 @@
 
 mod common;
 
+mod architecture;
 mod binary;
 mod cluster;
 mod eventhubs_amqp;
