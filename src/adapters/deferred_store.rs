@@ -19,7 +19,7 @@ use crate::ports::store::{Applied, Change, Record, Store, StoreError};
 
 /// No store: every call answers [`StoreError::NotConfigured`].
 #[derive(Debug, Clone)]
-pub struct UnconfiguredStore {
+pub(crate) struct UnconfiguredStore {
     why: String,
 }
 
@@ -58,7 +58,7 @@ impl Store for UnconfiguredStore {
 }
 
 /// A store that connects in the background and stands in for it until then.
-pub struct DeferredStore {
+pub(crate) struct DeferredStore {
     ready: OnceLock<Arc<dyn Store>>,
     waiting: Mutex<String>,
     kind: &'static str,

@@ -16,7 +16,7 @@ use azure_identity::{
 
 /// Which identity authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
+pub(crate) enum Identity {
     /// A user-assigned managed identity, by client id.
     UserAssigned(String),
     /// The app's system-assigned managed identity.
@@ -27,7 +27,7 @@ pub enum Identity {
 
 impl Identity {
     /// Picks the identity for `client_id`, given whether a managed identity endpoint exists.
-    pub fn choose(client_id: Option<&str>, managed_identity_endpoint: bool) -> Self {
+    pub(crate) fn choose(client_id: Option<&str>, managed_identity_endpoint: bool) -> Self {
         match (client_id, managed_identity_endpoint) {
             (Some(id), _) => Self::UserAssigned(id.to_string()),
             (None, true) => Self::SystemAssigned,
@@ -36,7 +36,7 @@ impl Identity {
     }
 
     /// Picks the identity for `client_id` in this process's environment.
-    pub fn for_client_id(client_id: Option<&str>) -> Self {
+    pub(crate) fn for_client_id(client_id: Option<&str>) -> Self {
         Self::choose(client_id, managed_identity_endpoint())
     }
 

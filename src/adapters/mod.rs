@@ -8,7 +8,7 @@
 //! * [`identity`]: Entra ID credentials; [`tls`]: the process's TLS provider.
 
 pub mod cosmos;
-pub mod deferred_store;
+pub(crate) mod deferred_store;
 pub mod event_hubs;
 pub mod identity;
 pub mod redis;

@@ -83,7 +83,7 @@ pub struct Settings {
 
 impl Settings {
     /// `FUNCTIONS_CUSTOMHANDLER_PORT` alone (read first: the port is bound before anything else).
-    pub fn port_from_env() -> Result<u16, SettingsError> {
+    pub(crate) fn port_from_env() -> Result<u16, SettingsError> {
         let get = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         port(&get)
     }

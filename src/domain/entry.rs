@@ -32,12 +32,12 @@ impl CacheEntry {
     }
 
     /// True while a stale entry may still be served by the fail-safe.
-    pub fn is_servable_stale(&self, now: Timestamp) -> bool {
+    pub(crate) fn is_servable_stale(&self, now: Timestamp) -> bool {
         now < self.stale_until
     }
 
     /// True for an entry that records the key's absence.
-    pub fn is_negative(&self) -> bool {
+    pub(crate) fn is_negative(&self) -> bool {
         self.value.is_none()
     }
 

@@ -16,7 +16,7 @@ impl Timestamp {
     pub const EPOCH: Self = Self(0);
 
     /// From microseconds since the epoch.
-    pub const fn from_micros(micros: u64) -> Self {
+    pub(crate) const fn from_micros(micros: u64) -> Self {
         Self(micros)
     }
 
@@ -63,7 +63,7 @@ impl Timestamp {
     /// Parses an ISO 8601 / RFC 3339 time as hosts and SDKs write it: with `Z` or an offset, or
     /// with none (taken as UTC), `T` or a space between date and time, any number of fractional
     /// digits. `None` for anything else, and for times before the epoch (the year-1 "never").
-    pub fn parse_iso8601(text: &str) -> Option<Self> {
+    pub(crate) fn parse_iso8601(text: &str) -> Option<Self> {
         let text = text.trim();
         if let Ok(t) = DateTime::parse_from_rfc3339(text) {
             return Self::from_datetime(t.with_timezone(&Utc));
@@ -75,7 +75,7 @@ impl Timestamp {
     }
 
     /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-26T07:13:00.123Z`.
-    pub fn rfc3339(self) -> String {
+    pub(crate) fn rfc3339(self) -> String {
         self.to_datetime()
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
             .unwrap_or_else(|| format!("@{}ms", self.as_millis()))

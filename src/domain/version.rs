@@ -23,17 +23,17 @@ use std::time::Duration;
 use crate::domain::time::Timestamp;
 
 /// Bits of a version that name the instance that issued it.
-pub const NODE_BITS: u32 = 11;
+pub(crate) const NODE_BITS: u32 = 11;
 /// How many node ids there are.
-pub const NODE_COUNT: u64 = 1 << NODE_BITS;
+pub(crate) const NODE_COUNT: u64 = 1 << NODE_BITS;
 /// The largest version any store holds (SQLite integers and Event Hubs longs are `i64`).
-pub const MAX_VERSION: u64 = i64::MAX as u64;
+pub(crate) const MAX_VERSION: u64 = i64::MAX as u64;
 /// How far ahead of this instance's clock another writer's version may be and still be trusted.
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(24 * 3600);
 
 /// Versions below this are of the older layout (plain microseconds); versions of this layout are
 /// above it from 1971 on, so the two never overlap.
-pub const OLD_LAYOUT_LIMIT: u64 = 1 << 56;
+pub(crate) const OLD_LAYOUT_LIMIT: u64 = 1 << 56;
 
 /// When `version` was issued, in either layout.
 pub fn issued_at(version: u64) -> Timestamp {
@@ -68,7 +68,7 @@ pub enum Implausible {
 }
 
 /// Checks that `version` could have been issued by a sane instance by `now`.
-pub fn is_plausible(version: u64, now: Timestamp) -> Result<(), Implausible> {
+pub(crate) fn is_plausible(version: u64, now: Timestamp) -> Result<(), Implausible> {
     if version > MAX_VERSION {
         return Err(Implausible::TooLarge(version));
     }

@@ -12,7 +12,8 @@ pub mod host;
 pub mod server;
 
 pub use functions::{HttpFunction, TriggerFunction};
-pub use server::{Limits, misconfigured_router, router, serve};
+pub(crate) use server::misconfigured_router;
+pub use server::{Limits, router, serve};
 
 use crate::patterns::Services;
 

@@ -76,7 +76,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
 /// take every function down): `GET /` answers, Health says what is wrong, every function answers
 /// `503 misconfigured`, and `EventHubConsumer` invocations fail so that the host keeps them for
 /// when the configuration is fixed.
-pub fn misconfigured_router(problem: String) -> Router {
+pub(crate) fn misconfigured_router(problem: String) -> Router {
     let problem: Arc<str> = Arc::from(problem);
     Router::new().fallback(move |request: Request| {
         let problem = problem.clone();

@@ -67,7 +67,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// True when the delivery needs nothing more (it can be acknowledged).
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self, Self::Applied | Self::Stale | Self::Superseded)
     }
 }
@@ -112,7 +112,7 @@ pub struct Applier {
 
 /// How a batch was settled, delivery by delivery (indices into the batch).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settled {
+pub(crate) struct Settled {
     /// The counts.
     pub report: ApplyReport,
     /// Deliveries that need nothing more: applied, stale, superseded, or recorded as dead letters.
@@ -136,13 +136,13 @@ impl Applier {
     }
 
     /// Whether there is a store to apply to at all (`Err` without one: leave the writes queued).
-    pub fn ready(&self) -> Result<(), crate::ports::StoreError> {
+    pub(crate) fn ready(&self) -> Result<(), crate::ports::StoreError> {
         self.core.store.configured()
     }
 
     /// Applies a batch, then settles each delivery: what failed for good, and what failed for now
     /// when `may_retry` says it may not be retried any more, is recorded in `dead_letters`.
-    pub async fn apply_and_settle(
+    pub(crate) async fn apply_and_settle(
         &self,
         deliveries: &[Delivery],
         options: ApplyOptions,

@@ -20,7 +20,7 @@ pub struct Page {
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Replay {
+pub(crate) struct Replay {
     /// Replayed and removed.
     pub replayed: Vec<DeadLetterId>,
     /// Not replayed (or replayed but not removed), with the reason.
@@ -61,7 +61,7 @@ impl DeadLetterAdmin {
     }
 
     /// Replays the dead letter `id`; `None` if it was not there.
-    pub async fn replay_one(&self, id: &DeadLetterId) -> Result<Option<Replay>, CacheError> {
+    pub(crate) async fn replay_one(&self, id: &DeadLetterId) -> Result<Option<Replay>, CacheError> {
         match self.dead_letters.get(id).await? {
             Some(letter) => Ok(Some(self.replay(vec![letter]).await)),
             None => Ok(None),
@@ -69,7 +69,7 @@ impl DeadLetterAdmin {
     }
 
     /// Replays the oldest `count` dead letters.
-    pub async fn replay_oldest(&self, count: usize) -> Result<Replay, CacheError> {
+    pub(crate) async fn replay_oldest(&self, count: usize) -> Result<Replay, CacheError> {
         let letters = self.dead_letters.list(count, None).await?;
         Ok(self.replay(letters).await)
     }

@@ -11,7 +11,7 @@ use crate::domain::error_chain::Chain;
 use crate::ports::{Clock, Store};
 
 /// How often old tombstones are purged.
-pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
+pub(crate) const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Purges tombstones older than `retention` every [`PURGE_EVERY`] until `shutdown`.
 pub async fn purge_tombstones(

@@ -17,7 +17,7 @@ pub mod apply;
 pub mod cache_aside;
 pub mod dead_letters;
 pub mod health;
-pub mod maintenance;
+pub(crate) mod maintenance;
 pub mod read_path;
 pub mod refresh_ahead;
 mod single_flight;
@@ -122,7 +122,7 @@ impl CachePolicy {
     }
 
     /// The entry for what the store holds: its value, or absent (0: never written).
-    pub fn entry_for(&self, value: Option<Value>, version: u64, now: Timestamp) -> CacheEntry {
+    pub(crate) fn entry_for(&self, value: Option<Value>, version: u64, now: Timestamp) -> CacheEntry {
         match value {
             Some(value) => self.value_entry(value, version, now),
             None => self.negative_entry(version, now),

@@ -25,9 +25,9 @@ use crate::ports::leases::{LeaseName, Leases};
 use crate::ports::{CacheError, Clock, LockToken};
 
 /// How long a lease lasts without renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(90);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(90);
 /// How often the holder renews it.
-pub const RENEW_EVERY: Duration = Duration::from_secs(20);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// How soon to try again after the lease store failed.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// Random ids tried before giving up for one round (the space is 2048).
@@ -64,7 +64,7 @@ impl HybridClock {
     }
 
     /// Switches to the node id `node` (leased); the next versions carry it.
-    pub fn set_node(&self, node: u64) {
+    pub(crate) fn set_node(&self, node: u64) {
         self.node.store(node % NODE_COUNT, Ordering::Relaxed);
     }
 
@@ -88,7 +88,7 @@ impl HybridClock {
 
     /// Remembers a version produced elsewhere so that the next one is newer. An implausible version
     /// (see [`is_plausible`]) is refused and leaves the clock alone.
-    pub fn observe(&self, version: u64) -> Result<(), Implausible> {
+    pub(crate) fn observe(&self, version: u64) -> Result<(), Implausible> {
         is_plausible(version, self.clock.now())?;
         self.last.fetch_max(version, Ordering::AcqRel);
         Ok(())
@@ -108,11 +108,6 @@ impl NodeLease {
     /// A lease for `versions`, taken from `leases`.
     pub fn new(leases: Arc<dyn Leases>, versions: Arc<HybridClock>) -> Self {
         Self { leases, versions, token: LockToken::random(), held: None }
-    }
-
-    /// The node id held, if any.
-    pub fn held(&self) -> Option<u64> {
-        self.held
     }
 
     /// Renews the held id, or takes one (the clock's provisional id first, then random ones), and

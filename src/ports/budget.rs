@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How long one request may wait on the cache in all, over all its calls.
-pub const REQUEST_BUDGET: Duration = Duration::from_secs(2);
+pub(crate) const REQUEST_BUDGET: Duration = Duration::from_secs(2);
 
 tokio::task_local! {
     /// When the current request's budget runs out.
@@ -18,11 +18,11 @@ tokio::task_local! {
 }
 
 /// Runs `work` (one request) with a budget of [`REQUEST_BUDGET`].
-pub async fn with_request_budget<F: Future>(work: F) -> F::Output {
+pub(crate) async fn with_request_budget<F: Future>(work: F) -> F::Output {
     BUDGET_ENDS.scope(Instant::now() + REQUEST_BUDGET, work).await
 }
 
 /// What is left of the current request's budget; `None` outside a request (background work).
-pub fn remaining() -> Option<Duration> {
+pub(crate) fn remaining() -> Option<Duration> {
     BUDGET_ENDS.try_with(|ends| ends.saturating_duration_since(Instant::now())).ok()
 }

@@ -29,7 +29,7 @@ pub use store::{Store, StoreError};
 
 /// The underlying error behind a port's error, kept as its `source()` for logs; shared so that
 /// one failure can be handed to every caller waiting on it.
-pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A random token that names the holder of a lock or lease: 128 bits, as hex.
 #[derive(Debug, Clone, PartialEq, Eq)]

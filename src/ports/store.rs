@@ -96,7 +96,7 @@ impl StoreError {
     }
 
     /// An [`StoreError::Unavailable`] caused by `cause`.
-    pub fn unavailable_because(
+    pub(crate) fn unavailable_because(
         message: impl Into<String>,
         cause: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
@@ -109,7 +109,10 @@ impl StoreError {
     }
 
     /// A [`StoreError::Rejected`] caused by `cause`.
-    pub fn rejected_because(message: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn rejected_because(
+        message: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self::Rejected { message: message.into(), cause: Some(Arc::new(cause)) }
     }
 

@@ -12,6 +12,7 @@ use cachepatterns::domain::key::Key;
 use cachepatterns::patterns::{CacheStatus, Source};
 use cachepatterns::ports::Cache;
 use cachepatterns::ports::cache::Put;
+use cachepatterns::ports::clock::ManualClock;
 use cachepatterns::ports::store::{Change, Store};
 use common::host::{Call, FunctionDef, MODES, Mode, send};
 use common::{RedisServer, TestApp};
@@ -164,7 +165,12 @@ async fn a_slow_load_cannot_overwrite_a_newer_write_through() {
         let patterns = t.app.services.clone();
         tokio::spawn(async move { patterns.cache_aside.get(&key("race")).await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the reader has its answer from the store (and is held with it), write a newer value.
+    let started = std::time::Instant::now();
+    while t.store.reads_done() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the reader never read the store");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let second = t.app.services.write_through.write(&key("race"), Change::Upsert(json!("new"))).await.unwrap();
     assert!(second.version > first.version);
     let stale_read = reader.await.unwrap();
@@ -199,7 +205,8 @@ async fn the_store_never_goes_backwards_even_with_a_far_ahead_writer() {
 #[tokio::test]
 async fn absent_keys_are_cached_negatively() {
     let redis = RedisServer::start();
-    let t = TestApp::new(&redis, &[("NegativeCacheTtlSeconds", "1")]);
+    let time = ManualClock::starting_now();
+    let t = TestApp::on_clock(&redis.connection_string(), &[("NegativeCacheTtlSeconds", "1")], time.clone());
     let first = t.app.services.cache_aside.get(&key("nobody")).await.unwrap();
     assert_eq!((first.value.clone(), first.cache), (None, CacheStatus::Miss));
     let second = t.app.services.cache_aside.get(&key("nobody")).await.unwrap();
@@ -207,7 +214,7 @@ async fn absent_keys_are_cached_negatively() {
     assert_eq!(t.store.gets(), 1, "the absence was remembered");
     // Someone writes the store directly: the negative entry hides it until it expires.
     t.sqlite.apply("nobody", 5, Change::Upsert(json!("here now"))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    time.advance(Duration::from_millis(1100));
     let third = t.app.services.cache_aside.get(&key("nobody")).await.unwrap();
     assert_eq!((third.value, third.cache), (Some(json!("here now")), CacheStatus::Miss));
 }
@@ -290,14 +297,16 @@ async fn redis_down_reads_bypass_to_the_store_and_recover() {
 #[tokio::test]
 async fn store_down_serves_stale_within_the_fail_safe_window_then_503() {
     let redis = RedisServer::start();
-    let t = TestApp::new(
-        &redis,
+    let time = ManualClock::starting_now();
+    let t = TestApp::on_clock(
+        &redis.connection_string(),
         &[("CacheTtlSeconds", "1"), ("CacheTtlJitterPercent", "0"), ("FailSafeMaxStaleSeconds", "2")],
+        time.clone(),
     );
     let router = t.app.router();
     let aside = FunctionDef::load("CacheAside");
     let written = t.app.services.write_through.write(&key("k"), Change::Upsert(json!("kept"))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    time.advance(Duration::from_millis(1100));
     t.store.set_failing(true);
     for mode in MODES {
         let stale = send(&router, mode, &aside, &Call::new("GET", Some("k"))).await;
@@ -308,7 +317,7 @@ async fn store_down_serves_stale_within_the_fail_safe_window_then_503() {
     let lookup = t.app.services.cache_aside.get(&key("k")).await.unwrap();
     assert_eq!(lookup.source, Source::Stale);
     // Past the fail-safe window there is nothing to serve.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    time.advance(Duration::from_millis(2100));
     let gone = send(&router, Mode::Direct, &aside, &Call::new("GET", Some("k"))).await;
     assert_eq!(gone.status, 503);
     assert!(gone.header("retry-after").is_some());

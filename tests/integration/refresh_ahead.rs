@@ -2,7 +2,8 @@
 //! timer and its host payloads, and the fail-safe on every read path.
 //!
 //! Every test runs against each store [`stores`] returns (SQLite, and Cosmos DB on the SDK's in-memory
-//! emulator), through the `Store` trait only. Time-dependent behaviour uses TTLs of 1–3 s.
+//! emulator), through the `Store` trait only. Time passes on an injected clock (`ManualClock`):
+//! no test waits for a TTL to run out.
 
 use crate::common;
 
@@ -108,7 +109,8 @@ async fn eager_refresh_fires_once_per_key_per_window_across_processes() {
     for (store_name, backing) in stores(&dir).await {
         // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
         redis.command("FLUSHALL").expect("FLUSHALL");
-        let (a, b) = Process::pair(&redis, backing, &SHORT_TTL);
+        let time = ManualClock::starting_now();
+        let (a, b) = Process::pair_on(&redis, backing, &SHORT_TTL, time.clone());
         for mode in MODES {
             let key = format!("{store_name}-eager-{mode:?}");
             a.write(&key, json!({"v": 1})).await;
@@ -116,7 +118,7 @@ async fn eager_refresh_fires_once_per_key_per_window_across_processes() {
             assert_served(&a.read(mode, "RefreshAheadRead", &key).await, &json!({"v": 1}), "cache", "hit");
             for window in 1..=2 {
                 // Past 0.5 × 2 s: every read now is eligible to start a refresh.
-                tokio::time::sleep(Duration::from_millis(1100)).await;
+                time.advance(Duration::from_millis(1100));
                 let reads = (0..40).map(|i| {
                     let process = if i % 2 == 0 { &a } else { &b };
                     process.read(mode, "RefreshAheadRead", &key)
@@ -220,10 +222,11 @@ async fn a_refresh_racing_a_write_through_never_wins() {
         // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
         redis.command("FLUSHALL").expect("FLUSHALL");
         let held = Arc::new(HeldStore { inner: backing, hold: watch::Sender::new(false), held: AtomicUsize::new(0) });
-        let (a, _) = Process::pair(&redis, held.clone(), &SHORT_TTL);
+        let time = ManualClock::starting_now();
+        let (a, _) = Process::pair_on(&redis, held.clone(), &SHORT_TTL, time.clone());
         let key = format!("{store_name}-race");
         a.write(&key, json!("old")).await;
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        time.advance(Duration::from_millis(1100));
         held.hold.send_replace(true);
         // The read answers at once with the old value; its refresh reads "old" and is held.
         assert_served(&a.read(Mode::Direct, "RefreshAheadRead", &key).await, &json!("old"), "cache", "hit");
@@ -246,10 +249,11 @@ async fn a_failed_refresh_keeps_the_old_value_and_is_not_retried_at_once() {
     for (store_name, backing) in stores(&dir).await {
         // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
         redis.command("FLUSHALL").expect("FLUSHALL");
-        let (a, _) = Process::pair(&redis, backing, &SHORT_TTL);
+        let time = ManualClock::starting_now();
+        let (a, _) = Process::pair_on(&redis, backing, &SHORT_TTL, time.clone());
         let key = format!("{store_name}-failed");
         let version = a.write(&key, json!([1, 2])).await;
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        time.advance(Duration::from_millis(1100));
         a.store.set_failing(true);
         for mode in MODES {
             assert_served(&a.read(mode, "RefreshAheadRead", &key).await, &json!([1, 2]), "cache", "hit");
@@ -496,7 +500,8 @@ async fn fail_safe_serves_stale_while_the_store_fails_and_stops_after_the_window
             ("FailSafeMaxStaleSeconds", "2"),
             ("RefreshAheadFactor", "0"),
         ];
-        let (a, _) = Process::pair(&redis, backing, &extra);
+        let time = ManualClock::starting_now();
+        let (a, _) = Process::pair_on(&redis, backing, &extra, time.clone());
         let cases: Vec<(&str, Mode, String)> = ["CacheAside", "RefreshAheadRead"]
             .into_iter()
             .flat_map(|f| MODES.map(|m| (f, m, format!("{store_name}-fs-{f}-{m:?}"))))
@@ -504,8 +509,7 @@ async fn fail_safe_serves_stale_while_the_store_fails_and_stops_after_the_window
         for (_, _, key) in &cases {
             a.write(key, json!({"k": key})).await;
         }
-        let written = Instant::now();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        time.advance(Duration::from_millis(1100));
         a.store.set_failing(true);
         for (function, mode, key) in &cases {
             let reply = a.read(*mode, function, key).await;
@@ -518,7 +522,7 @@ async fn fail_safe_serves_stale_while_the_store_fails_and_stops_after_the_window
         }
         assert_eq!(a.store.gets(), attempts, "the failing store is not retried at once");
         // Past TTL (1 s) + FailSafeMaxStaleSeconds (2 s): nothing stale is left to serve.
-        tokio::time::sleep(Duration::from_millis(3200).saturating_sub(written.elapsed())).await;
+        time.advance(Duration::from_millis(2100));
         for (function, mode, key) in &cases {
             let reply = a.read(*mode, function, key).await;
             assert_eq!(reply.status, 503, "{function} {mode:?}: {:?}", reply.body);
@@ -540,11 +544,12 @@ async fn a_slow_store_gets_the_soft_timeout_then_the_load_completes_in_the_backg
             ("RefreshAheadFactor", "0"),
             ("FailSafeSoftTimeoutMs", "200"),
         ];
-        let (a, b) = Process::pair(&redis, backing, &extra);
+        let time = ManualClock::starting_now();
+        let (a, b) = Process::pair_on(&redis, backing, &extra, time.clone());
         for (function, mode) in [("CacheAside", Mode::Direct), ("RefreshAheadRead", Mode::Payload)] {
             let key = format!("{store_name}-soft-{function}");
             a.write(&key, json!("v1")).await;
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            time.advance(Duration::from_millis(1100));
             a.store.set_delay(Duration::from_millis(900));
             let gets = a.store.gets();
             let started = Instant::now();
@@ -552,7 +557,12 @@ async fn a_slow_store_gets_the_soft_timeout_then_the_load_completes_in_the_backg
             assert!(started.elapsed() < Duration::from_millis(700), "answered after the soft timeout");
             // Another process meanwhile: the load lock is still held, so it serves stale too.
             assert_served(&b.read(mode, function, &key).await, &json!("v1"), "stale", "stale");
-            tokio::time::sleep(Duration::from_millis(1000)).await;
+            // The load finishes in the background and caches what the store said.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !a.entry(&key).await.is_fresh(time.now()) {
+                assert!(Instant::now() < deadline, "the background load did not complete");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             a.store.set_delay(Duration::ZERO);
             assert_served(&b.read(mode, function, &key).await, &json!("v1"), "cache", "hit");
             assert_eq!(a.store.gets(), gets + 1, "{function}: one store read, finished in the background");

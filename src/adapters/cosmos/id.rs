@@ -30,7 +30,7 @@ const MAX_ENCODED_BYTES: usize = 180;
 const ENCODED_PREFIX: &str = "~";
 const HASHED_PREFIX: &str = "~~";
 /// Length of every hashed id: the prefix and 43 characters of base64url (32 bytes).
-pub const HASHED_ID_LEN: usize = 45;
+pub(crate) const HASHED_ID_LEN: usize = 45;
 
 /// The Cosmos item id (and partition key value) for `key`.
 pub fn item_id(key: &str) -> String {
@@ -45,7 +45,7 @@ pub fn item_id(key: &str) -> String {
 
 /// The key an id stands for, when the id alone says it (plain and encoded ids); `None` for hashed
 /// ids, whose key is only in the document.
-pub fn key_of(id: &str) -> Option<String> {
+pub(crate) fn key_of(id: &str) -> Option<String> {
     if id.starts_with(HASHED_PREFIX) {
         None
     } else if let Some(encoded) = id.strip_prefix(ENCODED_PREFIX) {
@@ -57,7 +57,7 @@ pub fn key_of(id: &str) -> Option<String> {
 
 /// True for the ids of the store's own items: `~~` followed by anything but a hashed id's 43
 /// characters. No key maps to such an id.
-pub fn is_reserved(id: &str) -> bool {
+pub(crate) fn is_reserved(id: &str) -> bool {
     id.starts_with(HASHED_PREFIX) && id.len() != HASHED_ID_LEN
 }
 

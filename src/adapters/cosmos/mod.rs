@@ -88,7 +88,7 @@ use crate::ports::clock::SystemClock;
 use crate::ports::store::{Applied, Change, Record, Store, StoreError};
 
 /// Reads and conditional writes one apply may make before it gives up on a hot key.
-pub const MAX_ATTEMPTS: u32 = 16;
+pub(crate) const MAX_ATTEMPTS: u32 = 16;
 /// Longest a single store call may take, SDK retries included, before it counts as unavailable.
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest start-up may wait for the account (client, database and container checks).
@@ -104,7 +104,7 @@ const HEALTH_ID: &str = "~~health";
 const WATERMARK_ID: &str = "~~tombstone-watermark";
 /// Most tombstones one [`Store::purge_tombstones`] call removes; a larger backlog goes over the
 /// next calls (the service purges hourly).
-pub const MAX_PURGE_PER_CALL: usize = 10_000;
+pub(crate) const MAX_PURGE_PER_CALL: usize = 10_000;
 /// Tombstones deleted under one [`CALL_DEADLINE`].
 const PURGE_BATCH: usize = 200;
 /// Items per page of the purge query.

@@ -30,16 +30,16 @@ use crate::domain::write_event::{Op, WriteEvent};
 use crate::ports::{QueueError, WriteQueue};
 
 /// The content type of every event the handler sends.
-pub const CONTENT_TYPE: &str = "application/json";
+pub(crate) const CONTENT_TYPE: &str = "application/json";
 
 /// Event Hubs refuses partition keys longer than this (UTF-16 code units, as the service counts).
-pub const MAX_PARTITION_KEY_LEN: usize = 128;
+pub(crate) const MAX_PARTITION_KEY_LEN: usize = 128;
 
 /// How long one publish may take, connecting included, before it counts as unavailable.
-pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the health probe waits for the service.
-pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One write event as Event Hubs gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,12 +128,12 @@ pub enum Failure {
 
 impl Failure {
     /// Whether the connection should be dropped and made anew on the next publish.
-    pub fn breaks_connection(&self) -> bool {
+    pub(crate) fn breaks_connection(&self) -> bool {
         matches!(self, Failure::TimedOut(_) | Failure::Connection(_) | Failure::Other(_))
     }
 
     /// The error the write-behind caller sees. `namespace` and `hub` make the messages actionable.
-    pub fn into_queue_error(self, namespace: &str, hub: &str) -> QueueError {
+    pub(crate) fn into_queue_error(self, namespace: &str, hub: &str) -> QueueError {
         let unavailable = |message: String, retry_after: Duration| QueueError::Unavailable {
             message,
             retry_after: Some(retry_after),

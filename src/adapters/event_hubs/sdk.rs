@@ -37,7 +37,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The identity the settings and environment select, for the start-up log line.
-pub fn describe_identity(settings: &EventHubSettings) -> String {
+pub(crate) fn describe_identity(settings: &EventHubSettings) -> String {
     Identity::for_client_id(settings.client_id.as_deref()).describe()
 }
 
@@ -83,7 +83,7 @@ impl SdkSender {
     }
 
     /// Opens the connection in the background so the first publish does not pay for it.
-    pub fn warm_up(self: &Arc<Self>) {
+    pub(crate) fn warm_up(self: &Arc<Self>) {
         let sender = self.clone();
         tokio::spawn(async move {
             if let Err(failure) = sender.client().await {
@@ -257,7 +257,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Classifies an SDK error. The SDK nests errors (an AMQP error inside an `azure_core::Error`
 /// inside an `EventHubsError`, and back); this follows the nesting to the most specific cause.
-pub fn failure_of(error: &EventHubsError) -> Failure {
+pub(crate) fn failure_of(error: &EventHubsError) -> Failure {
     match &error.kind {
         HubErrorKind::AmqpError(e) => from_amqp(e),
         HubErrorKind::AzureCore(e) => from_core(e),

@@ -22,7 +22,7 @@ fn as_text(value: &redis::Value) -> Option<String> {
 
 impl Redis {
     /// Reads the entry of `key` in one round trip. `Ok(None)` when nothing (usable) is cached.
-    pub async fn get_entry(&self, key: &str) -> Result<Option<CacheEntry>, CacheError> {
+    pub(crate) async fn get_entry(&self, key: &str) -> Result<Option<CacheEntry>, CacheError> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.keys.entry(key)).arg(&entry::FIELDS[..]);
         let fields = self
@@ -39,7 +39,7 @@ impl Redis {
     }
 
     /// Writes `entry` unless Redis holds a newer version, or the key is not a cache entry.
-    pub async fn put_entry(&self, key: &str, entry: &CacheEntry, now: Timestamp) -> Result<Put, CacheError> {
+    pub(crate) async fn put_entry(&self, key: &str, entry: &CacheEntry, now: Timestamp) -> Result<Put, CacheError> {
         let data = entry.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
         let stale_until = entry.stale_until.max(entry.fresh_until).max(now.plus(Duration::from_millis(1)));
         let mut invocation = scripts::PUT_IF_NOT_OLDER.prepare_invoke();

@@ -43,7 +43,7 @@ type Latest = Option<Result<BasicAuth, String>>;
 /// A stream of fresh Redis credentials from an Entra ID token credential. Cheap to clone; the
 /// background refresh stops when the last clone is dropped.
 #[derive(Clone)]
-pub struct EntraIdCredentials {
+pub(crate) struct EntraIdCredentials {
     latest: watch::Receiver<Latest>,
     _refresher: Arc<AbortOnDrop>,
 }
@@ -100,7 +100,7 @@ async fn refresh_forever(credential: Arc<dyn TokenCredential>, refresh: TokenRef
 }
 
 /// The `oid` claim of a JWT access token: the user name Azure Cache for Redis expects.
-pub fn object_id(token: &str) -> Result<String, String> {
+pub(crate) fn object_id(token: &str) -> Result<String, String> {
     let payload = token.split('.').nth(1).ok_or("the access token is not a JWT")?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))

@@ -15,7 +15,7 @@
 //! instance can move what they hold (see `migrate`).
 
 /// The separator that starts every internal key name.
-pub const INTERNAL: char = '\u{1f}';
+pub(crate) const INTERNAL: char = '\u{1f}';
 
 /// Key names for one `RedisInstanceName`.
 #[derive(Debug, Clone)]
@@ -40,7 +40,8 @@ impl Keys {
     }
 
     /// The cache key a Redis key holds, if it is a cache entry's key.
-    pub fn cache_key<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
+    #[cfg(test)]
+    fn cache_key<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
         redis_key.strip_prefix(self.prefix.as_str()).filter(|k| !k.is_empty() && !k.starts_with(INTERNAL))
     }
 
@@ -50,32 +51,32 @@ impl Keys {
     }
 
     /// The write-behind stream.
-    pub fn write_behind_stream(&self) -> String {
+    pub(crate) fn write_behind_stream(&self) -> String {
         self.internal("writebehind")
     }
 
     /// The dead-letter stream.
-    pub fn dead_letter_stream(&self) -> String {
+    pub(crate) fn dead_letter_stream(&self) -> String {
         self.internal("deadletter")
     }
 
     /// The hot-key sorted set of refresh-ahead (same slot as [`Keys::hot_landmark`]).
-    pub fn hot_set(&self) -> String {
+    pub(crate) fn hot_set(&self) -> String {
         self.internal("{hot}set")
     }
 
     /// The decay landmark of the hot-key set.
-    pub fn hot_landmark(&self) -> String {
+    pub(crate) fn hot_landmark(&self) -> String {
         self.internal("{hot}landmark")
     }
 
     /// The refresh-ahead timer's lock for the tick at `tick_ms`.
-    pub fn tick_lock(&self, tick_ms: u64) -> String {
+    pub(crate) fn tick_lock(&self, tick_ms: u64) -> String {
         self.internal(&format!("refresh-ahead{INTERNAL}tick{INTERNAL}{tick_ms}"))
     }
 
     /// The lease on version node id `node`.
-    pub fn node_lease(&self, node: u64) -> String {
+    pub(crate) fn node_lease(&self, node: u64) -> String {
         self.internal(&format!("node{INTERNAL}{node}"))
     }
 

@@ -21,12 +21,12 @@ use crate::ports::{CacheError, LockToken};
 
 /// How often an instance looks for old streams again (older instances may still be writing to
 /// them during a rolling upgrade).
-pub const EVERY: Duration = Duration::from_secs(60);
+pub(crate) const EVERY: Duration = Duration::from_secs(60);
 /// How soon to look again after Redis failed.
 const AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Moves what an older release left behind, now and every [`EVERY`], until `shutdown`.
-pub async fn keep_moving(redis: Redis, dead_letters: RedisDeadLetters, shutdown: CancellationToken) {
+pub(crate) async fn keep_moving(redis: Redis, dead_letters: RedisDeadLetters, shutdown: CancellationToken) {
     loop {
         let pause = match move_legacy(&redis, &dead_letters).await {
             Ok(_) => EVERY,

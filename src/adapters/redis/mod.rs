@@ -234,7 +234,7 @@ impl Redis {
     }
 
     /// The Redis type of a key (`none` when absent).
-    pub async fn key_type(&self, redis_key: &str) -> Result<String, CacheError> {
+    pub(crate) async fn key_type(&self, redis_key: &str) -> Result<String, CacheError> {
         let mut cmd = redis::cmd("TYPE");
         cmd.arg(redis_key);
         self.query(cmd).await

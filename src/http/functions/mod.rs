@@ -40,7 +40,7 @@ pub enum HttpFunction {
 
 impl HttpFunction {
     /// Every HTTP function.
-    pub const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::CacheAside,
         Self::WriteThrough,
         Self::WriteBehind,
@@ -62,7 +62,7 @@ impl HttpFunction {
     }
 
     /// The route without `{key?}` and without the `api/` prefix.
-    pub fn route_base(self) -> &'static str {
+    pub(crate) fn route_base(self) -> &'static str {
         match self {
             Self::CacheAside => "cache-aside",
             Self::WriteThrough => "write-through",
@@ -74,7 +74,7 @@ impl HttpFunction {
     }
 
     /// Whether the route takes a `{key}`.
-    pub fn takes_key(self) -> bool {
+    pub(crate) fn takes_key(self) -> bool {
         !matches!(self, Self::Health)
     }
 
@@ -94,17 +94,17 @@ impl HttpFunction {
     }
 
     /// The name of the HTTP output binding in `function.json`.
-    pub fn output_binding(self) -> &'static str {
+    pub(crate) fn output_binding(self) -> &'static str {
         "res"
     }
 
     /// The function called `name` (case-insensitive), if it is an HTTP function.
-    pub fn by_name(name: &str) -> Option<Self> {
+    pub(crate) fn by_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
     }
 
     /// The function whose route `path` (after `/api/`) matches, with the raw (undecoded) key part.
-    pub fn by_route(path: &str) -> Option<(Self, Option<&str>)> {
+    pub(crate) fn by_route(path: &str) -> Option<(Self, Option<&str>)> {
         Self::ALL.into_iter().find_map(|f| {
             let base = f.route_base();
             let rest = path.strip_prefix(base).or_else(|| {

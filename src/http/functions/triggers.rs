@@ -30,7 +30,7 @@ pub enum TriggerFunction {
 
 impl TriggerFunction {
     /// Every non-HTTP function.
-    pub const ALL: [Self; 2] = [Self::EventHubConsumer, Self::RefreshAhead];
+    pub(crate) const ALL: [Self; 2] = [Self::EventHubConsumer, Self::RefreshAhead];
 
     /// The function (folder) name.
     pub fn name(self) -> &'static str {
@@ -49,7 +49,7 @@ impl TriggerFunction {
     }
 
     /// The non-HTTP function called `name` (case-insensitive), if there is one.
-    pub fn by_name(name: &str) -> Option<Self> {
+    pub(crate) fn by_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
     }
 }

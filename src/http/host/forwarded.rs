@@ -17,15 +17,15 @@ use bytes::Bytes;
 use super::{HttpCall, parse_query, percent_decode};
 
 /// The header the host's reverse proxy adds (its invocation id).
-pub const PROXY_HEADER: &str = "x-ms-invocation-id";
+pub(crate) const PROXY_HEADER: &str = "x-ms-invocation-id";
 
 /// Why the key in a path cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the key in the path is not valid percent-encoded UTF-8")]
-pub struct BadPathKey;
+pub(crate) struct BadPathKey;
 
 /// The key a path segment names, for a request with `headers`.
-pub fn route_key(raw: &str, headers: &HeaderMap) -> Result<String, BadPathKey> {
+pub(crate) fn route_key(raw: &str, headers: &HeaderMap) -> Result<String, BadPathKey> {
     let decoded = percent_decode(raw).ok_or(BadPathKey)?;
     Ok(if headers.contains_key(PROXY_HEADER) { decoded.replace("%2F", "/").replace("%2f", "/") } else { decoded })
 }

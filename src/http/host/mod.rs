@@ -48,7 +48,7 @@ impl HttpCall {
 
 /// A function's HTTP answer: status, extra headers, and a JSON body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HttpReply {
+pub(crate) struct HttpReply {
     /// HTTP status code.
     pub status: u16,
     /// Headers besides `Content-Type: application/json`.
@@ -69,7 +69,7 @@ impl HttpReply {
     }
 
     /// Adds a header.
-    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+    pub(crate) fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_string(), value.into()));
         self
     }
@@ -83,7 +83,7 @@ impl HttpReply {
 /// Per-invocation log lines: returned in the envelope's `Logs` in payload mode, and always written
 /// to the process log too (the `Logs` of a failed invocation are lost).
 #[derive(Debug, Default, Clone)]
-pub struct InvocationLog {
+pub(crate) struct InvocationLog {
     lines: Vec<String>,
 }
 
@@ -96,26 +96,21 @@ impl InvocationLog {
     }
 
     /// Records a warning.
-    pub fn warn(&mut self, line: impl Into<String>) {
+    pub(crate) fn warn(&mut self, line: impl Into<String>) {
         let line = line.into();
         tracing::warn!("{line}");
         self.lines.push(line);
     }
 
-    /// The lines so far.
-    pub fn lines(&self) -> &[String] {
-        &self.lines
-    }
-
     /// Takes the lines.
-    pub fn into_lines(self) -> Vec<String> {
+    pub(crate) fn into_lines(self) -> Vec<String> {
         self.lines
     }
 }
 
 /// Decodes `%XX` escapes (a path segment or URL user info). `None` when an escape is malformed
 /// (`%` not followed by two hex digits) or the result is not UTF-8. `+` stays `+`.
-pub fn percent_decode(raw: &str) -> Option<String> {
+pub(crate) fn percent_decode(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let well_formed = bytes
         .iter()
@@ -129,7 +124,7 @@ pub fn percent_decode(raw: &str) -> Option<String> {
 
 /// Splits a query string into decoded pairs (`+` means space here, as in forms; a malformed escape
 /// is kept as it was sent).
-pub fn parse_query(raw: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(raw: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
 }
 

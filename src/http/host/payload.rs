@@ -129,7 +129,7 @@ fn split_url(url: &str) -> (&str, &str) {
 }
 
 /// The key after `/{prefix}/{route_base}/` in a request path, percent-decoded.
-pub fn key_from_path(path: &str, route_base: &str) -> Option<String> {
+pub(crate) fn key_from_path(path: &str, route_base: &str) -> Option<String> {
     let lower = path.to_ascii_lowercase();
     let marker = format!("/{}/", route_base.to_ascii_lowercase());
     let at = lower.find(&marker)?;
@@ -150,7 +150,7 @@ fn header_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
 }
 
 /// The `res` output object for an HTTP answer.
-pub fn http_output(reply: &HttpReply) -> Value {
+pub(crate) fn http_output(reply: &HttpReply) -> Value {
     let mut headers = Map::new();
     headers.insert("Content-Type".into(), Value::String("application/json; charset=utf-8".into()));
     for (name, value) in &reply.headers {

@@ -93,7 +93,7 @@ impl Drop for InFlight {
 
 /// What one key's refresh did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refreshed {
+pub(crate) enum Refreshed {
     /// The store was read and the cache rewritten (or found to hold a newer version already).
     Yes,
     /// Not needed or not ours: someone else is refreshing, or already did.

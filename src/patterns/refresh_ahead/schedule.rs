@@ -43,7 +43,7 @@ impl Default for Schedule {
 
 impl Schedule {
     /// The default schedule (`RefreshAheadSchedule`): every five minutes, on the minute.
-    pub const DEFAULT: &'static str = "0 */5 * * * *";
+    pub(crate) const DEFAULT: &'static str = "0 */5 * * * *";
 
     /// Parses an NCRONTAB expression (6 fields; 5 fields are accepted too) or a TimeSpan
     /// (`hh:mm:ss`, `d.hh:mm:ss`). The error says what is wrong, for a setting error line.
@@ -74,7 +74,7 @@ impl Schedule {
     }
 
     /// The first occurrence strictly after `after`, if there is one.
-    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         match &self.kind {
             Kind::Every(every) => {
                 let next = (after.as_micros() / every).checked_add(1)?.checked_mul(*every)?;
@@ -88,7 +88,7 @@ impl Schedule {
     }
 
     /// The latest occurrence at or before `at`: the tick a run started at `at` belongs to.
-    pub fn tick_at(&self, at: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn tick_at(&self, at: Timestamp) -> Option<Timestamp> {
         match &self.kind {
             Kind::Every(every) => Some(Timestamp::from_micros(at.as_micros() / every * every)),
             Kind::Cron(cron) => {

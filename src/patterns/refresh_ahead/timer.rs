@@ -63,7 +63,7 @@ pub struct TimerReport {
 
 impl RefreshAhead {
     /// The plan of a run starting now, given the host's `ScheduleStatus.Next`.
-    pub fn plan(&self, status_next: Option<Timestamp>) -> TimerPlan {
+    pub(crate) fn plan(&self, status_next: Option<Timestamp>) -> TimerPlan {
         TimerPlan::new(&self.policy.schedule, self.now(), status_next)
     }
 

@@ -80,7 +80,7 @@ impl WriteBehind {
     }
 
     /// The queue's kind, for logs (`redis-streams`, `eventhubs`).
-    pub fn queue_kind(&self) -> &'static str {
+    pub(crate) fn queue_kind(&self) -> &'static str {
         self.queue.kind()
     }
 

@@ -112,7 +112,12 @@ impl PushedBatches {
 
     /// Keeps an invocation that could not even be read (a broken envelope) as a dead letter, so it
     /// is neither retried for ever nor dropped; `kept` is what could be kept of it.
-    pub async fn keep_unreadable(&self, kept: &str, reason: &str, source: &str) -> Result<DeadLetterId, CacheError> {
+    pub(crate) async fn keep_unreadable(
+        &self,
+        kept: &str,
+        reason: &str,
+        source: &str,
+    ) -> Result<DeadLetterId, CacheError> {
         let id = self.dead_letters.record(Failed { event: kept, reason, source, attempts: 1 }).await?;
         tracing::warn!(%id, source, "unreadable invocation kept as a dead letter");
         Ok(id)

@@ -537,6 +537,8 @@ pub fn make_certificates(dir: &Path) {
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub gets: AtomicUsize,
+    /// Reads that have their answer from the inner store (even if it is still held back).
+    reads_done: AtomicUsize,
     pub applies: AtomicUsize,
     failing: AtomicBool,
     failing_writes: AtomicBool,
@@ -549,6 +551,7 @@ impl FaultyStore {
         Arc::new(Self {
             inner,
             gets: AtomicUsize::new(0),
+            reads_done: AtomicUsize::new(0),
             applies: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             failing_writes: AtomicBool::new(false),
@@ -581,6 +584,11 @@ impl FaultyStore {
         self.gets.load(Ordering::SeqCst)
     }
 
+    /// How many reads have their answer from the inner store.
+    pub fn reads_done(&self) -> usize {
+        self.reads_done.load(Ordering::SeqCst)
+    }
+
     pub fn applies(&self) -> usize {
         self.applies.load(Ordering::SeqCst)
     }
@@ -607,6 +615,7 @@ impl Store for FaultyStore {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.before_call().await?;
         let result = self.inner.get(key).await;
+        self.reads_done.fetch_add(1, Ordering::SeqCst);
         let delay = self.get_return_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
