@@ -37,19 +37,20 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The build without Event Hubs (no OpenSSL) must stay clean too.
 cargo clippy --all-targets --locked --no-default-features -- -D warnings
-# The Bicep check (tests/infra.rs) parses infra/ with tree-sitter-bicep from PyPI.
+# The Bicep check (tests/integration/infra.rs) parses infra/ with tree-sitter-bicep from PyPI.
 if ! python3 -c "import tree_sitter, tree_sitter_bicep" 2>/dev/null; then
   echo "test.sh: installing tree-sitter and tree-sitter-bicep (pip) for the Bicep check"
   python3 -m pip install -q tree-sitter tree-sitter-bicep 2>/dev/null \
     || python3 -m pip install -q --user tree-sitter tree-sitter-bicep \
     || { echo "test.sh: install them first: python3 -m pip install tree-sitter tree-sitter-bicep" >&2; exit 1; }
 fi
-cargo test --all-targets --locked
-# What differs without the feature: start-up with an Event Hubs setting, and the lib's own tests.
-cargo test --locked --no-default-features --lib --test binary
-# The same end-to-end suites once more against a three-master Redis Cluster instead of one node.
-CACHEPATTERNS_TEST_REDIS=cluster cargo test --locked --test http_api --test invariants --test write_behind \
-  --test refresh_ahead --test keys --test hardening --test redis_entra_id --test scale_out
+# The unit tests and the one integration-test binary, against a single Redis node.
+cargo test --locked --tests
+# The Redis-backed suites again, in the same binary, against a three-master Redis Cluster.
+CACHEPATTERNS_TEST_REDIS=cluster cargo test --locked --test integration -- \
+  http_api:: invariants:: write_behind:: refresh_ahead:: keys:: hardening:: redis_entra_id:: scale_out::
+# What differs without the `eventhubs` feature: start-up with an Event Hubs setting says how to get it.
+cargo test --locked --no-default-features --lib -- without_the_event_hubs_feature
 # The deployment package: the portable release binary (glibc 2.28, OpenSSL built in) and
 # dist/functionapp.zip, then its checks (exact files, modes, NEEDED libraries, newest GLIBC_x.y).
 scripts/package.sh

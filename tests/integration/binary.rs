@@ -143,17 +143,6 @@ fn event_hubs_settings_switch_write_behind_to_event_hubs() {
     assert!(stderr.contains("EventHubConnection") && !stderr.contains("s3cr+t"), "{stderr}");
 }
 
-#[cfg(not(feature = "eventhubs"))]
-#[test]
-fn without_the_eventhubs_feature_an_event_hubs_setting_stops_start_up() {
-    let (code, stderr) = failed_start(&[
-        ("RedisCache", "localhost"),
-        ("EventHubConnection__fullyQualifiedNamespace", "ns.servicebus.windows.net"),
-    ]);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("without the `eventhubs` cargo feature"), "{stderr}");
-}
-
 /// On Azure with no store setting the handler must not exit (the host would give up and take every
 /// function down) nor write under the read-only app root: it runs degraded and says why.
 #[test]
