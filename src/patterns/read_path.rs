@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::Value;
 
 use super::Core;
@@ -138,7 +139,12 @@ impl ReadPath {
     async fn gated_load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
         let token = LockToken::random();
         let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(10);
+        // Polls for the other caller's load: 10 ms, doubling to 100 ms, until `lock_wait`.
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(100))
+            .without_max_times()
+            .build();
         loop {
             match self.core.cache.load_gate(key.as_str(), &token, self.core.policy.lock_ttl, self.core.now()).await {
                 Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(&entry)),
@@ -160,8 +166,7 @@ impl ReadPath {
                         tracing::debug!(key = ?key.as_str(), "another process is still loading; reading the store too");
                         return self.load_from_store(key, stale, true).await;
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(100));
+                    tokio::time::sleep(pauses.next().unwrap_or(Duration::from_millis(100))).await;
                 }
                 Err(e) => {
                     tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable during a load; reading the store directly");

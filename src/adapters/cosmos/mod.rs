@@ -71,6 +71,7 @@ use azure_data_cosmos::{
     CosmosRuntimeBuilder, FeedScope, Query, RoutingStrategy,
 };
 use azure_data_cosmos_driver::error::status_codes;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -314,9 +315,10 @@ impl CosmosStore {
         charges: &mut Charges<'_>,
     ) -> Result<Applied, StoreError> {
         let id = document.id;
+        let mut pauses = contention_pauses();
         for attempt in 1..=MAX_ATTEMPTS {
             if attempt > 2 {
-                back_off(attempt).await;
+                tokio::time::sleep(pauses.next().unwrap_or_default()).await;
             }
             match self.read::<StoredDocument>(id, charges).await? {
                 None => {
@@ -394,9 +396,10 @@ impl CosmosStore {
     /// concurrency as the apply loop: `create` (409: someone else did) or `replace` with `If-Match`
     /// (412: someone else raised it meanwhile), then read and decide again.
     async fn raise_watermark(&self, to: u64, charges: &mut Charges<'_>) -> Result<(), StoreError> {
+        let mut pauses = contention_pauses();
         for attempt in 1..=MAX_ATTEMPTS {
             if attempt > 2 {
-                back_off(attempt).await;
+                tokio::time::sleep(pauses.next().unwrap_or_default()).await;
             }
             let document = WatermarkDocument { id: WATERMARK_ID.to_string(), watermark: Value::String(to.to_string()) };
             let outcome = match self.watermark(charges).await? {
@@ -544,10 +547,15 @@ struct ProbeDocument {
     updated_at: String,
 }
 
-/// A short jittered pause between attempts on a contended item, so racing writers spread out.
-async fn back_off(attempt: u32) {
-    let jitter = fastrand::u64(..1000);
-    tokio::time::sleep(Duration::from_micros(u64::from(attempt) * 500 + jitter)).await;
+/// Short jittered pauses between attempts on a contended item (from 1 ms, doubling to 8 ms), so
+/// racing writers spread out.
+fn contention_pauses() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(1))
+        .with_max_delay(Duration::from_millis(8))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// The document as written.
