@@ -40,7 +40,7 @@ fn function_json_files_match_the_design() {
         serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/host.json")).unwrap())
             .unwrap();
     assert_eq!(host["version"], "2.0");
-    // The invocation payload carries every key intact; legacy forwarding loses some (tests/keys.rs).
+    // The invocation payload carries every key intact; legacy forwarding loses some (keys.rs).
     assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], false);
     assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "handler");
     assert_eq!(host["extensionBundle"]["version"], "[4.*, 5.0.0)");

@@ -4,7 +4,7 @@
 //! them together): write-through and write-behind, upserts and deletes, mixed. After the
 //! write-behind queue has drained, every key must hold, in the store and in the cache, the write
 //! with the highest version any `2xx` answer reported, and no two `2xx` answers for one key may
-//! report the same version (DESIGN invariants 1, 2 and 4).
+//! report the same version (invariants 1, 2 and 4, docs/reliability.md).
 
 use crate::common;
 

@@ -11,7 +11,7 @@
 //! the handler's multi-threaded one. fe2o3-amqp 0.14.1 records a sent delivery as unsettled only
 //! *after* handing its transfer to the session engine; on a multi-threaded runtime the engine can
 //! process the service's `accepted` disposition in between, drop it, and leave the send waiting
-//! forever (`tests/eventhubs_amqp.rs` reproduces this). On one thread the two steps cannot
+//! forever (`tests/integration/eventhubs_amqp.rs` reproduces this). On one thread the two steps cannot
 //! interleave. Sends on one link are serialized by the SDK anyway, so one thread costs nothing.
 
 use std::sync::{Arc, Mutex};

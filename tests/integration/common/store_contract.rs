@@ -232,7 +232,7 @@ async fn probe_write_succeeds(store: Arc<dyn Store>, ns: String) {
     assert_eq!(store.get(&format!("{ns}after-probe")).await.unwrap(), None);
 }
 
-/// The scenario of `tests/hardening.rs`, on any store: 500 old tombstones plus one, a live key and
+/// The scenario of `hardening.rs`, on any store: 500 old tombstones plus one, a live key and
 /// a recent tombstone; the purge removes exactly the 501 old ones, a late older write to a purged key
 /// stays refused, new writes go through.
 async fn tombstones_are_purged_after_the_retention_window_and_never_resurrect(store: Arc<dyn Store>, ns: String) {
