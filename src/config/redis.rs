@@ -140,6 +140,17 @@ fn parse_stackexchange(raw: &str) -> Result<RedisTarget, SettingsError> {
 /// A `redis://` or `rediss://` URL, read by the Redis client's own URL parser (percent-escapes in
 /// the user and password included). Its error is not repeated: it may hold the password.
 fn parse_url(raw: &str) -> Result<RedisTarget, SettingsError> {
+    // The two mistakes worth their own words; the client's parser judges the rest.
+    let rest = raw.split_once("://").map_or("", |(_, rest)| rest);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let database = path.split(['?', '#']).next().unwrap_or("");
+    if !database.is_empty() && database.parse::<i64>().is_err() {
+        return Err(SettingsError::new(REDIS_CACHE, "URL path must be a database number, e.g. redis://host:6379/0"));
+    }
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if host_port.rsplit_once(':').is_some_and(|(_, port)| port == "0") {
+        return Err(SettingsError::new(REDIS_CACHE, "has a port that is not a number from 1 to 65535"));
+    }
     let info = raw.into_connection_info().map_err(|_| {
         SettingsError::new(
             REDIS_CACHE,
@@ -215,6 +226,16 @@ mod tests {
         assert_eq!(t.password.as_deref(), Some("x=y"));
         let plain = parse("localhost").unwrap();
         assert_eq!((plain.port, plain.tls), (6379, false));
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let err = parse("redis://host:6379/db0").unwrap_err();
+        assert!(err.problem.contains("database number"), "{err}");
+        let err = parse("redis://host:0").unwrap_err();
+        assert!(err.problem.contains("port"), "{err}");
+        let err = parse("rediss://u:s3cret@host:notaport").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

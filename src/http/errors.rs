@@ -63,12 +63,11 @@ pub(crate) fn write_behind_failure(error: &WriteBehindError, log: &mut Invocatio
     }
 }
 
-/// A Redis failure where Redis is the only place the answer lives (the dead letters).
-pub(crate) fn redis_failure(what: &str, error: &CacheError) -> HttpReply {
-    let message = format!("{what}: {}", Chain(error));
+/// A failed dead-letter call (the dead letters live in Redis only).
+pub(crate) fn dead_letters_failure(error: &CacheError) -> HttpReply {
     if error.is_transient() {
-        unavailable("redis_unavailable", message, None)
+        unavailable("redis_unavailable", format!("the dead-letter stream cannot be read: {}", Chain(error)), None)
     } else {
-        HttpReply::error(500, "redis_error", message)
+        HttpReply::error(500, "redis_error", format!("Redis refused the dead-letter command: {}", Chain(error)))
     }
 }

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Core;
+use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
 use crate::domain::version::is_plausible;
@@ -162,7 +163,7 @@ impl Applier {
                     settled.retry.push((index, reason.clone()));
                     continue;
                 }
-                Outcome::Failed { reason, attempts, .. } => (reason.clone(), delivery.deliveries.max(*attempts)),
+                Outcome::Failed { reason, .. } => (reason.clone(), delivery.deliveries),
                 _ => continue,
             };
             match self.dead_letter(dead_letters, delivery, &reason, attempts).await {
@@ -192,7 +193,7 @@ impl Applier {
             }
             Err(e) => {
                 tracing::error!(source = ?delivery.source, error = %crate::domain::error_chain::Chain(&e), "could not record a dead letter; the write is kept");
-                Err(e.to_string())
+                Err(Chain(&e).to_string())
             }
         }
     }
@@ -213,7 +214,7 @@ impl Applier {
                 Err(why) => Err(EventError::ImplausibleVersion(why)),
             });
             match parsed {
-                Err(e) => outcomes[i] = Some(Outcome::Poison { reason: e.to_string() }),
+                Err(e) => outcomes[i] = Some(Outcome::Poison { reason: Chain(&e).to_string() }),
                 Ok((event, key)) => {
                     parsed_keys[i] = Some(event.key.clone());
                     match newest.get(&event.key) {
@@ -249,7 +250,7 @@ impl Applier {
                 Ok((key, index, outcome)) => {
                     by_key.insert(key, (index, outcome));
                 }
-                Err(e) => tracing::error!(error = %e, "an apply task failed"),
+                Err(e) => tracing::error!(error = %Chain(&e), "an apply task failed"),
             }
         }
         for (i, slot) in outcomes.iter_mut().enumerate() {
@@ -321,12 +322,12 @@ impl Applier {
                 }
                 Err(e) if e.is_transient() => {
                     let Some(pause) = pauses.next().filter(|pause| Instant::now() + *pause < deadline) else {
-                        return Outcome::Failed { reason: e.to_string(), transient: true, attempts };
+                        return Outcome::Failed { reason: Chain(&e).to_string(), transient: true, attempts };
                     };
-                    tracing::debug!(key = ?key.as_str(), attempts, error = %e, "store failed; retrying the queued write");
+                    tracing::debug!(key = ?key.as_str(), attempts, error = %Chain(&e), "store failed; retrying the queued write");
                     tokio::time::sleep(pause).await;
                 }
-                Err(e) => return Outcome::Failed { reason: e.to_string(), transient: e.is_transient(), attempts },
+                Err(e) => return Outcome::Failed { reason: Chain(&e).to_string(), transient: e.is_transient(), attempts },
             }
         }
     }

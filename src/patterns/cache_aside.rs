@@ -4,6 +4,7 @@
 //! goes through the shared [`read_path`](super::read_path) (stampede protection, fail-safe).
 
 use super::read_path::{Lookup, ReadError, ReadPath};
+use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
 
 /// The Cache-Aside service. Cheap to clone.
@@ -24,7 +25,7 @@ impl CacheAside {
             Ok(Some(entry)) if entry.is_fresh(core.now()) => Ok(Lookup::from_entry(&entry)),
             Ok(stale) => self.read.load(key, stale).await,
             Err(e) => {
-                tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable; reading the store directly");
+                tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "cache unavailable; reading the store directly");
                 self.read.load_bypassing_cache(key).await
             }
         }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::domain::error_chain::Chain;
 use crate::domain::write_event::WriteEvent;
 use crate::ports::dead_letters::{DeadLetter, DeadLetterId};
 use crate::ports::{CacheError, DeadLetters, WriteQueue};
@@ -85,13 +86,13 @@ impl DeadLetterAdmin {
                 }
             };
             if let Err(e) = self.queue.publish(&event).await {
-                replay.failed.push((letter.id, e.to_string()));
+                replay.failed.push((letter.id, Chain(&e).to_string()));
                 continue;
             }
             match self.dead_letters.remove(&letter.id).await {
                 Ok(_) => replay.replayed.push(letter.id),
                 // Published but not removed: a later replay publishes it again, which is harmless.
-                Err(e) => replay.failed.push((letter.id, format!("replayed, but not removed: {e}"))),
+                Err(e) => replay.failed.push((letter.id, format!("replayed, but not removed: {}", Chain(&e)))),
             }
         }
         tracing::info!(replayed = replay.replayed.len(), not_replayed = replay.failed.len(), "dead letters replayed");

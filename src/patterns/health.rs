@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Core;
+use crate::domain::error_chain::Chain;
 use crate::ports::queue::Backlog;
 use crate::ports::{DeadLetters, WriteQueue};
 
@@ -95,7 +96,7 @@ impl HealthCheck {
         let target = self.core.cache.describe();
         match bounded(self.core.cache.ping()).await {
             Ok(Ok(latency)) => Probe { up: true, name: target.to_string(), latency: Some(latency), error: None },
-            Ok(Err(e)) => down(target, e.to_string()),
+            Ok(Err(e)) => down(target, Chain(&e).to_string()),
             Err(e) => down(target, e),
         }
     }
@@ -110,7 +111,7 @@ impl HealthCheck {
                     Probe { up: true, name: store.kind().to_string(), latency: Some(started.elapsed()), error: None }
                 }
             },
-            Ok(Err(e)) => down(store.kind(), e.to_string()),
+            Ok(Err(e)) => down(store.kind(), Chain(&e).to_string()),
             Err(e) => down(store.kind(), e),
         }
     }
@@ -137,7 +138,7 @@ impl HealthCheck {
                     None => Probe { up: true, name: kind.to_string(), latency: None, error: None },
                 }
             }
-            Ok(Err(e)) => down(kind, e.to_string()),
+            Ok(Err(e)) => down(kind, Chain(&e).to_string()),
             Err(e) => down(kind, e),
         };
         QueueProbe { probe, backlog, dead_letters }

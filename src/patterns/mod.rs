@@ -40,6 +40,7 @@ pub use versions::HybridClock;
 pub use write_behind::{PushedBatches, QueueConsumer, WriteBehind};
 pub use write_through::{WriteError, WriteThrough, Written};
 
+use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
@@ -145,7 +146,7 @@ impl WriteHealth {
             Ok(_) => *last = None,
             // Only failures of the store itself: a write refused for its content says nothing
             // about whether other writes work.
-            Err(e) if e.is_transient() => *last = Some((Instant::now(), e.to_string())),
+            Err(e) if e.is_transient() => *last = Some((Instant::now(), Chain(e).to_string())),
             Err(_) => {}
         }
     }
@@ -211,7 +212,7 @@ impl Core {
                 false
             }
             Err(e) => {
-                tracing::warn!(key = ?key.as_str(), error = %e, "could not update the cache");
+                tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "could not update the cache");
                 false
             }
         }

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::Core;
 use super::single_flight::SingleFlight;
+use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
@@ -169,7 +170,7 @@ impl ReadPath {
                     tokio::time::sleep(pauses.next().unwrap_or(Duration::from_millis(100))).await;
                 }
                 Err(e) => {
-                    tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable during a load; reading the store directly");
+                    tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "cache unavailable during a load; reading the store directly");
                     return self.load_from_store(key, stale, false).await.map(bypassed);
                 }
             }
@@ -220,7 +221,7 @@ impl ReadPath {
 
     async fn unlock_quietly(&self, key: &Key, token: &LockToken) {
         if let Err(e) = self.core.cache.unlock(key.as_str(), token).await {
-            tracing::debug!(key = ?key.as_str(), error = %e, "could not release the load lock; it expires by itself");
+            tracing::debug!(key = ?key.as_str(), error = %Chain(&e), "could not release the load lock; it expires by itself");
         }
     }
 
@@ -255,7 +256,7 @@ impl ReadPath {
             }
             Err(e) => match stale.filter(|s| s.is_servable_stale(core.now())) {
                 Some(stale) if cache_it => {
-                    tracing::warn!(key = ?key.as_str(), error = %e, version = stale.version, "store failed; serving the stale cached value (fail-safe)");
+                    tracing::warn!(key = ?key.as_str(), error = %Chain(&e), version = stale.version, "store failed; serving the stale cached value (fail-safe)");
                     // Keep serving it without asking the store again for the throttle's length.
                     let throttled = CacheEntry {
                         fresh_until: core.now().plus(core.policy.fail_safe_throttle).min(stale.stale_until),

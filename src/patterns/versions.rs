@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::error_chain::Chain;
 use crate::domain::time::Timestamp;
 use crate::domain::version::{Implausible, MAX_VERSION, NODE_BITS, NODE_COUNT, is_plausible};
 use crate::ports::leases::{LeaseName, Leases};
@@ -141,7 +142,7 @@ impl NodeLease {
             let pause = match self.refresh().await {
                 Ok(_) => RENEW_EVERY,
                 Err(e) => {
-                    tracing::debug!(error = %e, "could not lease a version node id yet; retrying");
+                    tracing::debug!(error = %Chain(&e), "could not lease a version node id yet; retrying");
                     RETRY_AFTER_FAILURE
                 }
             };
@@ -153,7 +154,7 @@ impl NodeLease {
         if let Some(id) = self.held
             && let Err(e) = self.leases.release(LeaseName::VersionNode(id), &self.token).await
         {
-            tracing::debug!(node = id, error = %e, "could not give the node id back; it expires by itself");
+            tracing::debug!(node = id, error = %Chain(&e), "could not give the node id back; it expires by itself");
         }
     }
 }

@@ -175,8 +175,9 @@ impl Application {
         &self.dead_letters
     }
 
-    /// An in-process consumer of the write-behind stream, reading over a connection of its own
-    /// (blocking reads must not stall the shared one) whose deadline outlasts the block time.
+    /// An in-process consumer of the write-behind stream, reading (and recording dead letters) over
+    /// a connection of its own (blocking reads must not stall the shared one) whose deadline outlasts
+    /// the block time.
     pub fn write_behind_consumer(
         &self,
         reader: ReaderConfig,
@@ -187,13 +188,11 @@ impl Application {
             .deadline(deadline)
             .build()
             .map_err(StartupError::Cache)?;
+        // Dead letters go over the same connection: what the consumer gives up on is recorded even
+        // while request traffic has the shared connection's breaker open.
+        let dead_letters = RedisDeadLetters::new(connection.clone(), self.clock.clone());
         let reader = RedisStreamReader::new(connection, reader);
-        Ok(QueueConsumer::new(
-            self.services.applier.clone(),
-            Arc::new(reader),
-            Arc::new(self.dead_letters.clone()),
-            policy,
-        ))
+        Ok(QueueConsumer::new(self.services.applier.clone(), Arc::new(reader), Arc::new(dead_letters), policy))
     }
 
     /// Starts the work that runs beside the requests: the version node-id lease, the consumer of the

@@ -79,7 +79,6 @@ fn references(file: &str, text: &str) -> Vec<Vec<String>> {
     let is_mod_file = file.ends_with("mod.rs") || file == "lib.rs" || file == "main.rs";
     let code = code(text);
     let mut found = Vec::new();
-    let bytes: Vec<char> = code.chars().collect();
     let word_at = |i: usize, word: &str| code[i..].starts_with(word) && (i == 0 || !is_ident(bytes_at(&code, i - 1)));
     let mut i = 0;
     while i < code.len() {
@@ -100,22 +99,71 @@ fn references(file: &str, text: &str) -> Vec<Vec<String>> {
             i += 1;
             continue;
         };
-        let rest = &code[i + skip..];
-        let path: Vec<String> = rest
-            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-            .next()
-            .unwrap_or("")
-            .split("::")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        let mut full = base;
-        full.extend(path);
-        found.push(full);
+        let rest: Vec<char> = code[i + skip..].chars().collect();
+        for path in use_tree(&rest, &mut 0) {
+            let mut full = base.clone();
+            full.extend(path);
+            found.push(full);
+        }
         i += skip;
     }
-    let _ = bytes;
     found
+}
+
+/// The paths of a use tree at `text[*at..]`: `a::b::{c, d::{e, f}}` gives `a::b::c`, `a::b::d::e`
+/// and `a::b::d::f`; a plain path ends at the first character that cannot continue it.
+fn use_tree(text: &[char], at: &mut usize) -> Vec<Vec<String>> {
+    let mut prefix = Vec::new();
+    loop {
+        while text.get(*at).is_some_and(|c| c.is_whitespace()) {
+            *at += 1;
+        }
+        if text.get(*at) == Some(&'{') {
+            *at += 1;
+            let mut paths = Vec::new();
+            loop {
+                for tail in use_tree(text, at) {
+                    let mut path = prefix.clone();
+                    path.extend(tail);
+                    paths.push(path);
+                }
+                while text.get(*at).is_some_and(|c| c.is_whitespace()) {
+                    *at += 1;
+                }
+                match text.get(*at) {
+                    Some(',') => *at += 1,
+                    Some('}') => {
+                        *at += 1;
+                        return paths;
+                    }
+                    _ => return paths,
+                }
+                while text.get(*at).is_some_and(|c| c.is_whitespace()) {
+                    *at += 1;
+                }
+                if text.get(*at) == Some(&'}') {
+                    *at += 1;
+                    return paths;
+                }
+            }
+        }
+        let start = *at;
+        while text.get(*at).is_some_and(|c| is_ident(*c)) {
+            *at += 1;
+        }
+        if *at == start {
+            return vec![prefix];
+        }
+        let segment: String = text[start..*at].iter().collect();
+        if segment != "self" {
+            prefix.push(segment);
+        }
+        if text.get(*at) == Some(&':') && text.get(*at + 1) == Some(&':') {
+            *at += 2;
+        } else {
+            return vec![prefix];
+        }
+    }
 }
 
 fn bytes_at(code: &str, i: usize) -> char {
@@ -225,6 +273,10 @@ fn the_checker_reads_paths_from_code_not_from_comments_or_strings() {
         found,
         vec![vec!["ports".to_string(), "store".into(), "Store".into()], vec!["patterns".into(), "Core".into()]]
     );
+    // Groups are expanded, nested ones too.
+    let grouped = references("patterns/apply.rs", "use crate::{http::X, ports::{cache::Cache, self}};\nuse super::{read_path, Core};");
+    let names: Vec<String> = grouped.iter().map(|p| p.join("::")).collect();
+    assert_eq!(names, ["http::X", "ports::cache::Cache", "ports", "patterns::read_path", "patterns::Core"]);
     let known: BTreeSet<String> = ["ports/store.rs", "ports/mod.rs", "patterns/mod.rs"].map(String::from).into();
     assert_eq!(file_of(&found[0], &known).as_deref(), Some("ports/store.rs"));
     assert_eq!(file_of(&found[1], &known).as_deref(), Some("patterns/mod.rs"));

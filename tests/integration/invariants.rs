@@ -306,6 +306,9 @@ async fn store_down_serves_stale_within_the_fail_safe_window_then_503() {
     let router = t.app.router();
     let aside = FunctionDef::load("CacheAside");
     let written = t.app.services.write_through.write(&key("k"), Change::Upsert(json!("kept"))).await.unwrap();
+    // Redis itself deletes the entry once the fail-safe window is over (TTL + max stale = 3 s).
+    let pttl: i64 = redis.command("PTTL k").unwrap().trim().trim_start_matches(':').parse().unwrap();
+    assert!(pttl > 0 && pttl <= 3000, "the entry expires in Redis at the end of its fail-safe window: {pttl} ms");
     time.advance(Duration::from_millis(1100));
     t.store.set_failing(true);
     for mode in MODES {
@@ -348,4 +351,23 @@ async fn health_reports_each_dependency() {
     let down = send(&router, Mode::Payload, &health, &Call::new("GET", None)).await;
     assert_eq!((down.status, down.body["store"]["status"].as_str()), (503, Some("down")));
     let _ = Arc::clone(&t.store);
+}
+
+/// A damaged entry (fresh by its times, its value unreadable) is no lock: the miss reloads it from
+/// the store and writes it again at once, instead of waiting on a load nobody is doing.
+#[tokio::test]
+async fn a_damaged_entry_is_reloaded_and_repaired_without_waiting() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    t.sqlite.apply("damaged", 5, Change::Upsert(json!("good"))).await.unwrap();
+    let far = common::now().as_millis() + 3_600_000;
+    redis.command(&format!("HSET damaged data not-json ver 1 at 0 soft {far} hard {far}")).unwrap();
+    let round_trips = t.app.redis.round_trips();
+    let lookup = t.app.services.cache_aside.get(&key("damaged")).await.unwrap();
+    assert_eq!((lookup.value, lookup.source), (Some(json!("good")), Source::Store));
+    // The read, the gate, the repair: no polling for a lock that is not there.
+    assert_eq!(t.app.redis.round_trips() - round_trips, 3, "one read, one gate, one write");
+    let repaired = t.app.redis.get("damaged").await.unwrap().expect("the entry was written again");
+    assert_eq!((repaired.value, repaired.version), (Some(json!("good")), 5));
+    assert_eq!(t.store.gets(), 1);
 }

@@ -66,9 +66,9 @@ impl EntraIdCredentials {
 }
 
 async fn refresh_forever(credential: Arc<dyn TokenCredential>, refresh: TokenRefresh, tx: watch::Sender<Latest>) {
-    // After a failure: 1 s, doubling up to a minute.
+    // After a failure: 2 s, doubling up to a minute.
     let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
+        .with_min_delay(Duration::from_secs(2))
         .with_max_delay(Duration::from_secs(60))
         .without_max_times();
     let mut failures = backoff.build();

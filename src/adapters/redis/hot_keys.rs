@@ -16,6 +16,7 @@ use redis::{RedisResult, Script};
 
 use super::connection::Connection;
 use super::{Redis, entry};
+use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::{CacheError, EntryMeta, HotKeyPolicy};
@@ -113,7 +114,7 @@ impl Redis {
                 // First use on this server: the script runs (and is cached there) the long way.
                 self.invoke::<i64>(&bump).await?;
             } else {
-                tracing::debug!(error = %e, "could not count a refresh-ahead read in the hot-key set");
+                tracing::debug!(error = %Chain(&e), "could not count a refresh-ahead read in the hot-key set");
             }
         }
         match read {

@@ -23,7 +23,7 @@ use crate::ports::{CacheError, LockToken};
 /// them during a rolling upgrade).
 pub(crate) const EVERY: Duration = Duration::from_secs(60);
 /// How soon to look again after Redis failed.
-const AFTER_FAILURE: Duration = Duration::from_secs(5);
+const AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Moves what an older release left behind, now and every [`EVERY`], until `shutdown`.
 pub(crate) async fn keep_moving(redis: Redis, dead_letters: RedisDeadLetters, shutdown: CancellationToken) {
@@ -91,7 +91,7 @@ pub async fn move_legacy(cache: &Redis, dead_letters: &RedisDeadLetters) -> Resu
     let mut moved = moved;
     let result = move_all(cache, dead_letters, &mut moved).await;
     if let Err(e) = cache.give_back_lease(&lock, &token).await {
-        tracing::debug!(error = %e, "could not release the migration lock; it expires by itself");
+        tracing::debug!(error = %Chain(&e), "could not release the migration lock; it expires by itself");
     }
     result.map(|()| moved)
 }

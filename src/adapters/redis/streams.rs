@@ -40,14 +40,15 @@ impl RedisStreamQueue {
     }
 }
 
-fn queue_error(e: CacheError) -> QueueError {
-    match e {
+/// A failed Redis call on the stream, as a queue error saying `what` failed.
+fn queue_error(what: &'static str) -> impl Fn(CacheError) -> QueueError {
+    move |e| match e {
         CacheError::Unavailable { .. } => QueueError::Unavailable {
-            message: "Redis cannot take the write now".into(),
+            message: what.into(),
             retry_after: Some(Duration::from_secs(2)),
             cause: Some(Arc::new(e)),
         },
-        other => QueueError::Rejected { message: "Redis refused the write".into(), cause: Some(Arc::new(other)) },
+        other => QueueError::Rejected { message: what.into(), cause: Some(Arc::new(other)) },
     }
 }
 
@@ -56,11 +57,11 @@ impl WriteQueue for RedisStreamQueue {
     async fn publish(&self, event: &WriteEvent) -> Result<(), QueueError> {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&self.key).arg("*").arg("event").arg(event.to_json());
-        self.redis.query::<String>(cmd).await.map(|_| ()).map_err(queue_error)
+        self.redis.query::<String>(cmd).await.map(|_| ()).map_err(queue_error("Redis did not take the write"))
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        let kind = self.redis.key_type(&self.key).await.map_err(queue_error)?;
+        let kind = self.redis.key_type(&self.key).await.map_err(queue_error("cannot check the write-behind stream"))?;
         match kind.as_str() {
             "stream" | "none" => Ok(()),
             other => Err(QueueError::rejected(format!(
@@ -71,7 +72,7 @@ impl WriteQueue for RedisStreamQueue {
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>, QueueError> {
-        backlog(&self.redis, &self.key).await.map(Some).map_err(queue_error)
+        backlog(&self.redis, &self.key).await.map(Some).map_err(queue_error("cannot read the write-behind backlog"))
     }
 
     fn kind(&self) -> &'static str {
@@ -84,9 +85,10 @@ fn added_at(id: &str) -> Option<Timestamp> {
     id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).map(Timestamp::from_millis)
 }
 
-/// The `event` field of a stream entry; empty when it has none (poison, to be dead-lettered).
+/// The `event` field of a stream entry; empty when it has none or it is not UTF-8 text (poison,
+/// to be dead-lettered rather than applied with replacement characters).
 pub(crate) fn event_field(entry: &StreamId) -> String {
-    entry.get::<Vec<u8>>("event").map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
+    entry.get::<Vec<u8>>("event").and_then(|bytes| String::from_utf8(bytes).ok()).unwrap_or_default()
 }
 
 /// The backlog of the stream `key`: its length, pending count and oldest entry, in one pipeline.
@@ -244,16 +246,17 @@ impl RedisStreamReader {
 #[async_trait]
 impl QueueReader for RedisStreamReader {
     async fn next_batch(&self) -> Result<Vec<Pulled>, QueueError> {
-        self.ensure_group().await.map_err(queue_error)?;
-        let claimed = self.claim_idle().await.map_err(queue_error)?;
+        let reading = queue_error("cannot read the write-behind stream");
+        self.ensure_group().await.map_err(&reading)?;
+        let claimed = self.claim_idle().await.map_err(&reading)?;
         if !claimed.is_empty() {
             return Ok(claimed);
         }
-        self.read_new().await.map_err(queue_error)
+        self.read_new().await.map_err(&reading)
     }
 
     async fn settle(&self, ids: &[String]) -> Result<(), QueueError> {
-        self.acknowledge(ids).await.map_err(queue_error)
+        self.acknowledge(ids).await.map_err(queue_error("cannot acknowledge write-behind entries"))
     }
 
     fn source_of(&self, message: &Pulled) -> String {

@@ -8,13 +8,11 @@
 
 use serde_json::{Value, json};
 
-use crate::http::errors::redis_failure;
+use crate::http::errors::dead_letters_failure;
 use crate::http::host::{HttpCall, HttpReply, InvocationLog};
 use crate::patterns::DeadLetterAdmin;
 use crate::patterns::dead_letters::Replay;
 use crate::ports::dead_letters::DeadLetterId;
-
-const CANNOT_READ: &str = "the dead-letter stream cannot be used";
 
 pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
     let count = match call.query("count") {
@@ -47,12 +45,12 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
                 let next = page.items.last().map(|d| Value::String(d.id.to_string())).unwrap_or(Value::Null);
                 HttpReply::json(200, json!({"total": page.total, "items": page.items, "next": next}))
             }
-            Err(e) => redis_failure(CANNOT_READ, &e),
+            Err(e) => dead_letters_failure(&e),
         },
         ("GET", Some(id)) => match admin.get(&id).await {
             Ok(Some(item)) => HttpReply::json(200, json!(item)),
             Ok(None) => not_found(&id),
-            Err(e) => redis_failure(CANNOT_READ, &e),
+            Err(e) => dead_letters_failure(&e),
         },
         ("DELETE", Some(id)) => match admin.discard(&id).await {
             Ok(true) => {
@@ -60,7 +58,7 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
                 HttpReply::json(200, json!({"discarded": id}))
             }
             Ok(false) => not_found(&id),
-            Err(e) => redis_failure(CANNOT_READ, &e),
+            Err(e) => dead_letters_failure(&e),
         },
         ("DELETE", None) => {
             HttpReply::error(400, "bad_key", "name the dead letter to discard: DELETE api/dead-letters/{id}")
@@ -68,11 +66,11 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
         (_, Some(id)) => match admin.replay_one(&id).await {
             Ok(Some(replay)) => replay_reply(&replay, true, log),
             Ok(None) => not_found(&id),
-            Err(e) => redis_failure(CANNOT_READ, &e),
+            Err(e) => dead_letters_failure(&e),
         },
         (_, None) => match admin.replay_oldest(count).await {
             Ok(replay) => replay_reply(&replay, false, log),
-            Err(e) => redis_failure(CANNOT_READ, &e),
+            Err(e) => dead_letters_failure(&e),
         },
     }
 }

@@ -94,10 +94,12 @@ pub(super) async fn invoke(
     {
         log.info(format!("retry {count} of this batch (at most {max}; -1: unbounded)"));
     }
+    let deliveries = retry.map_or(1, |(count, _)| u64::try_from(count).unwrap_or(0) + 1);
     let deliveries = event_bodies(invocation)
         .into_iter()
         .enumerate()
-        .map(|(i, raw)| Delivery { raw, source: source(invocation, i), deliveries: 1, enqueued_at: None })
+        // Each retry of the host's policy delivers the batch again.
+        .map(|(i, raw)| Delivery { raw, source: source(invocation, i), deliveries, enqueued_at: None })
         .collect();
     let batch = PushedBatch { deliveries, retry, oldest_enqueued: oldest_enqueued(invocation) };
     let outcome = batches.apply(&batch).await?;

@@ -26,7 +26,7 @@ pub(super) async fn handle(health: &HealthCheck, log: &mut InvocationLog) -> Htt
         Some(backlog) => json!({
             "length": backlog.length,
             "pending": backlog.pending,
-            "oldest": backlog.oldest.map(|t| t.rfc3339()),
+            "oldestMs": backlog.oldest.map(|t| t.as_millis()),
         }),
         None => Value::Null,
     };

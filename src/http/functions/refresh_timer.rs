@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::triggers::{Outputs, TriggerFailure};
+use crate::domain::error_chain::Chain;
 use crate::domain::time::Timestamp;
 use crate::http::host::InvocationLog;
 use crate::http::host::lenient::{self, field};
@@ -62,7 +63,8 @@ pub(super) async fn invoke(
             whole_seconds(plan.next_run)
         )),
         Err(e) => log.warn(format!(
-            "refresh-ahead timer{late}: the cache is unavailable ({e}); 0 refreshed, 0 skipped, 0 failed; the next run tries again"
+            "refresh-ahead timer{late}: the cache is unavailable ({}); 0 refreshed, 0 skipped, 0 failed; the next run tries again",
+            Chain(&e)
         )),
     }
     Ok(Map::new())

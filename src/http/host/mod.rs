@@ -122,10 +122,21 @@ pub(crate) fn percent_decode(raw: &str) -> Option<String> {
     percent_encoding::percent_decode_str(raw).decode_utf8().ok().map(|text| text.into_owned())
 }
 
-/// Splits a query string into decoded pairs (`+` means space here, as in forms; a malformed escape
-/// is kept as it was sent).
+/// Splits a query string into decoded pairs (`+` means space here, as in forms). A part with a
+/// malformed escape, or whose escapes do not decode to UTF-8, is kept exactly as it was sent: a
+/// lossy decoding would make `?key=%FF` and `?key=%FE` the same key.
 pub(crate) fn parse_query(raw: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |part: &str| {
+                let spaced = part.replace('+', " ");
+                percent_decode(&spaced).unwrap_or(spaced)
+            };
+            (decode(name), decode(value))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -150,5 +161,9 @@ mod tests {
             parse_query("key=a+b&x=%2F&flag"),
             vec![("key".into(), "a b".into()), ("x".into(), "/".into()), ("flag".into(), String::new())]
         );
+        // Not decodable: kept as sent, so two different keys stay two keys.
+        assert_eq!(parse_query("key=%FF"), vec![("key".into(), "%FF".into())]);
+        assert_eq!(parse_query("key=%FE"), vec![("key".into(), "%FE".into())]);
+        assert_eq!(parse_query("key=a%20b%zz"), vec![("key".into(), "a%20b%zz".into())]);
     }
 }

@@ -84,12 +84,12 @@ impl Invocation {
 
         let headers = field(&req, "Headers").and_then(lenient::object).map(header_pairs).unwrap_or_default();
         let query = match field(&req, "Query").and_then(lenient::object) {
-            Some(map) => map.iter().filter_map(|(k, v)| scalar_or_joined(v).map(|v| (k.clone(), v))).collect(),
+            Some(map) => map.iter().filter_map(|(k, v)| plain_or_joined(v).map(|v| (k.clone(), v))).collect(),
             None => parse_query(url_query),
         };
         let route_key = field(&req, "Params")
             .and_then(lenient::object)
-            .and_then(|params| field(&params, "key").and_then(lenient::text))
+            .and_then(|params| field(&params, "key").and_then(plain_text))
             // ASP.NET decodes route values except `%2F`, which it leaves escaped.
             .map(|k| k.replace("%2F", "/").replace("%2f", "/"))
             .filter(|k| !k.is_empty())
@@ -136,6 +136,26 @@ pub(crate) fn key_from_path(path: &str, route_base: &str) -> Option<String> {
     let rest = &path[at + marker.len()..];
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() { None } else { percent_decode(rest) }
+}
+
+/// A route or query value. `req` reaches the handler as one object, so the strings inside it are
+/// plain text: taken as they are, never unwrapped as JSON (a key may well look like JSON: `"x"`,
+/// `[1,2]`, `007`).
+fn plain_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A query value: plain text, or several values comma-joined.
+fn plain_or_joined(value: &Value) -> Option<String> {
+    match value {
+        Value::Array(items) => Some(items.iter().filter_map(plain_text).collect::<Vec<_>>().join(",")),
+        other => plain_text(other),
+    }
 }
 
 fn scalar_or_joined(value: &Value) -> Option<String> {

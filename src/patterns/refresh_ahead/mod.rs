@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::read_path::{Lookup, ReadError, ReadPath};
+use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
@@ -142,7 +143,7 @@ impl RefreshAhead {
             }
             Ok(stale) => self.read.load(key, stale).await,
             Err(e) => {
-                tracing::warn!(key = ?key.as_str(), error = %e, "cache unavailable; reading the store directly");
+                tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "cache unavailable; reading the store directly");
                 self.read.load_bypassing_cache(key).await
             }
         }
@@ -187,22 +188,22 @@ impl RefreshAhead {
         match gate {
             Ok(RefreshGate::Acquired) => {}
             Ok(RefreshGate::Busy | RefreshGate::AlreadyDone) => return Refreshed::Skipped,
-            Err(e) => return Refreshed::Failed(e.to_string()),
+            Err(e) => return Refreshed::Failed(Chain(&e).to_string()),
         }
         let record = match core.with_store_timeout("refreshing from the store", core.store.get(key.as_str())).await {
             Ok(record) => record,
             // The lock stays until it expires: the next attempt waits that long.
-            Err(e) => return Refreshed::Failed(e.to_string()),
+            Err(e) => return Refreshed::Failed(Chain(&e).to_string()),
         };
         let (value, version) = record.map(|r| (r.value, r.version)).unwrap_or((None, 0));
         let entry = core.policy.entry_for(value, version, core.now());
         let written = core.cache.put(key.as_str(), &entry, core.now()).await;
         if let Err(e) = core.cache.release_refresh(key.as_str(), &token).await {
-            tracing::debug!(key = ?key.as_str(), error = %e, "could not release the refresh lock; it expires by itself");
+            tracing::debug!(key = ?key.as_str(), error = %Chain(&e), "could not release the refresh lock; it expires by itself");
         }
         match written {
             Ok(_) => Refreshed::Yes,
-            Err(e) => Refreshed::Failed(e.to_string()),
+            Err(e) => Refreshed::Failed(Chain(&e).to_string()),
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{RefreshAhead, Refreshed, Schedule};
+use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::EntryMeta;
@@ -78,7 +79,7 @@ impl RefreshAhead {
         }
         let report = self.refresh_due_hot_keys(plan).await;
         if let Err(e) = self.leases.release(lease, &token).await {
-            tracing::debug!(error = %e, "could not release the timer lease; it expires by itself");
+            tracing::debug!(error = %Chain(&e), "could not release the timer lease; it expires by itself");
         }
         report
     }
@@ -116,7 +117,7 @@ impl RefreshAhead {
                     report.failed += 1
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "a timer refresh task stopped");
+                    tracing::warn!(error = %Chain(&e), "a timer refresh task stopped");
                     report.failed += 1
                 }
             }

@@ -75,7 +75,7 @@ impl QueueConsumer {
     /// taken: the messages wait until there is one.
     pub async fn run_once(&self) -> Result<ApplyReport, QueueError> {
         if let Err(e) = self.applier.ready() {
-            tracing::debug!(error = %e, "write-behind consumer idle: no store to apply to");
+            tracing::debug!(error = %Chain(&e), "write-behind consumer idle: no store to apply to");
             return Ok(ApplyReport::default());
         }
         let batch = self.reader.next_batch().await?;
