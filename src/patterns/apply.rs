@@ -327,7 +327,9 @@ impl Applier {
                     tracing::debug!(key = ?key.as_str(), attempts, error = %Chain(&e), "store failed; retrying the queued write");
                     tokio::time::sleep(pause).await;
                 }
-                Err(e) => return Outcome::Failed { reason: Chain(&e).to_string(), transient: e.is_transient(), attempts },
+                Err(e) => {
+                    return Outcome::Failed { reason: Chain(&e).to_string(), transient: e.is_transient(), attempts };
+                }
             }
         }
     }

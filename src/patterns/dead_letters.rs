@@ -12,7 +12,7 @@ use crate::ports::{CacheError, DeadLetters, WriteQueue};
 
 /// A page of dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
+pub(crate) struct Page {
     /// How many dead letters there are in all (the page's length if they could not be counted).
     pub total: u64,
     /// The dead letters, oldest first.
@@ -41,19 +41,19 @@ impl DeadLetterAdmin {
     }
 
     /// Up to `count` dead letters after `after`, and the total.
-    pub async fn list(&self, count: usize, after: Option<&DeadLetterId>) -> Result<Page, CacheError> {
+    pub(crate) async fn list(&self, count: usize, after: Option<&DeadLetterId>) -> Result<Page, CacheError> {
         let items = self.dead_letters.list(count, after).await?;
         let total = self.dead_letters.count().await.unwrap_or(items.len() as u64);
         Ok(Page { total, items })
     }
 
     /// The dead letter `id`.
-    pub async fn get(&self, id: &DeadLetterId) -> Result<Option<DeadLetter>, CacheError> {
+    pub(crate) async fn get(&self, id: &DeadLetterId) -> Result<Option<DeadLetter>, CacheError> {
         self.dead_letters.get(id).await
     }
 
     /// Discards the dead letter `id`; false if it was not there.
-    pub async fn discard(&self, id: &DeadLetterId) -> Result<bool, CacheError> {
+    pub(crate) async fn discard(&self, id: &DeadLetterId) -> Result<bool, CacheError> {
         let removed = self.dead_letters.remove(id).await?;
         if removed {
             tracing::info!(%id, "dead letter discarded");

@@ -25,7 +25,7 @@ const STUCK_BACKLOG: Duration = Duration::from_secs(15 * 60);
 
 /// One dependency's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// Whether it works.
     pub up: bool,
     /// What it is: the cache's target, the store's or queue's kind.
@@ -38,7 +38,7 @@ pub struct Probe {
 
 /// The queue's state, with what waits in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueProbe {
+pub(crate) struct QueueProbe {
     /// Whether it takes writes and is drained.
     pub probe: Probe,
     /// What is waiting, when the queue can tell.
@@ -49,7 +49,7 @@ pub struct QueueProbe {
 
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     /// The cache.
     pub cache: Probe,
     /// The store.
@@ -60,7 +60,7 @@ pub struct HealthReport {
 
 impl HealthReport {
     /// True when every dependency is up.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.cache.up && self.store.up && self.queue.probe.up
     }
 }
@@ -87,7 +87,7 @@ impl HealthCheck {
     }
 
     /// Probes the cache, the store and the queue at once.
-    pub async fn check(&self) -> HealthReport {
+    pub(crate) async fn check(&self) -> HealthReport {
         let (cache, store, queue) = tokio::join!(self.cache(), self.store(), self.queue());
         HealthReport { cache, store, queue }
     }

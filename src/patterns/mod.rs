@@ -40,8 +40,8 @@ pub use versions::HybridClock;
 pub use write_behind::{PushedBatches, QueueConsumer, WriteBehind};
 pub use write_through::{WriteError, WriteThrough, Written};
 
-use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
+use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::Put;

@@ -20,8 +20,8 @@ use serde_json::Value;
 
 use super::Core;
 use super::single_flight::SingleFlight;
-use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
+use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
 use crate::ports::LockToken;

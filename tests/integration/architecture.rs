@@ -274,7 +274,10 @@ fn the_checker_reads_paths_from_code_not_from_comments_or_strings() {
         vec![vec!["ports".to_string(), "store".into(), "Store".into()], vec!["patterns".into(), "Core".into()]]
     );
     // Groups are expanded, nested ones too.
-    let grouped = references("patterns/apply.rs", "use crate::{http::X, ports::{cache::Cache, self}};\nuse super::{read_path, Core};");
+    let grouped = references(
+        "patterns/apply.rs",
+        "use crate::{http::X, ports::{cache::Cache, self}};\nuse super::{read_path, Core};",
+    );
     let names: Vec<String> = grouped.iter().map(|p| p.join("::")).collect();
     assert_eq!(names, ["http::X", "ports::cache::Cache", "ports", "patterns::read_path", "patterns::Core"]);
     let known: BTreeSet<String> = ["ports/store.rs", "ports/mod.rs", "patterns/mod.rs"].map(String::from).into();

@@ -81,8 +81,8 @@ pub use id::item_id;
 
 pub use settings::{CosmosAuth, CosmosSettings};
 
-use crate::domain::error_chain::Chain;
 use crate::adapters::identity::Identity;
+use crate::domain::error_chain::Chain;
 use crate::domain::time::Timestamp;
 use crate::domain::version::{MAX_VERSION, at, issued_at};
 use crate::ports::Clock;
@@ -801,7 +801,9 @@ impl Store for CosmosStore {
                 Ok(deleted)
             })
             .await
-            .inspect_err(|e| tracing::warn!(purged, error = %Chain(e), "Cosmos DB: tombstone purge stopped part-way"))?;
+            .inspect_err(
+                |e| tracing::warn!(purged, error = %Chain(e), "Cosmos DB: tombstone purge stopped part-way"),
+            )?;
         }
         Ok(purged)
     }

@@ -16,8 +16,8 @@ use redis::{RedisResult, Script};
 
 use super::connection::Connection;
 use super::{Redis, entry};
-use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
+use crate::domain::error_chain::Chain;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::{CacheError, EntryMeta, HotKeyPolicy};
 

@@ -21,15 +21,14 @@ mod schedule;
 mod timer;
 
 pub use schedule::Schedule;
-pub use timer::{TimerPlan, TimerReport};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::read_path::{Lookup, ReadError, ReadPath};
-use crate::domain::error_chain::Chain;
 use crate::domain::entry::CacheEntry;
+use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::{HotKeyPolicy, RefreshGate};

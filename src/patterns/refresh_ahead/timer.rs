@@ -18,7 +18,7 @@ use crate::ports::{CacheError, LockToken};
 
 /// When a timer run happens and what it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimerPlan {
+pub(crate) struct TimerPlan {
     /// The schedule occurrence this run belongs to: the name of the per-tick lease.
     pub tick: Timestamp,
     /// When the timer runs next.
@@ -33,7 +33,7 @@ impl TimerPlan {
     /// time, give or take the timer's jitter) and at most a day. It may also be absent, or the year 1
     /// on a first run (read as absent). Otherwise the schedule says, and failing that five minutes
     /// from now.
-    pub fn new(schedule: &Schedule, now: Timestamp, status_next: Option<Timestamp>) -> Self {
+    pub(crate) fn new(schedule: &Schedule, now: Timestamp, status_next: Option<Timestamp>) -> Self {
         const DAY: Duration = Duration::from_secs(24 * 3600);
         let next_run = status_next
             .filter(|next| *next > now.plus(Duration::from_millis(500)) && *next <= now.plus(DAY))
@@ -49,7 +49,7 @@ impl TimerPlan {
 
 /// What a timer run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TimerReport {
+pub(crate) struct TimerReport {
     /// Hot keys looked at.
     pub considered: usize,
     /// Keys refreshed from the store.
@@ -70,7 +70,7 @@ impl RefreshAhead {
 
     /// One timer run: refreshes the hottest keys whose entries turn stale before `plan.horizon`,
     /// unless another instance holds this tick. Fails only when the cache cannot be used at all.
-    pub async fn run_timer(&self, plan: &TimerPlan) -> Result<TimerReport, CacheError> {
+    pub(crate) async fn run_timer(&self, plan: &TimerPlan) -> Result<TimerReport, CacheError> {
         let lease = LeaseName::TimerTick(plan.tick);
         let token = LockToken::random();
         let ttl = plan.next_run.since(self.now()).clamp(Duration::from_secs(5), Duration::from_secs(600));

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use consumer::QueueConsumer;
-pub use pushed::{PushedBatch, PushedBatches, PushedOutcome, RunAgain};
+pub use pushed::PushedBatches;
+pub(crate) use pushed::{PushedBatch, RunAgain};
 
 use super::Core;
 use super::apply::ApplyOptions;

@@ -22,7 +22,7 @@ const RETRIES_WITHOUT_ENQUEUED_TIME: i64 = 5;
 
 /// A batch the host pushed, with what it says about the batch's retries.
 #[derive(Debug, Clone, Default)]
-pub struct PushedBatch {
+pub(crate) struct PushedBatch {
     /// The events, in order.
     pub deliveries: Vec<Delivery>,
     /// The retry policy's progress: (retry count, max retry count; -1 is unbounded).
@@ -33,7 +33,7 @@ pub struct PushedBatch {
 
 /// What a pushed batch came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PushedOutcome {
+pub(crate) struct PushedOutcome {
     /// The counts.
     pub report: ApplyReport,
     /// How many events were recorded as dead letters.
@@ -82,7 +82,7 @@ impl PushedBatches {
     }
 
     /// Applies `batch`; `Err` asks for the whole batch to be run again.
-    pub async fn apply(&self, batch: &PushedBatch) -> Result<PushedOutcome, RunAgain> {
+    pub(crate) async fn apply(&self, batch: &PushedBatch) -> Result<PushedOutcome, RunAgain> {
         self.applier.ready().map_err(RunAgain::NoStore)?;
         let may_retry = self.may_retry(batch);
         let settled = self
