@@ -14,6 +14,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::error_chain::Chain;
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 use crate::ports::store::{Applied, Change, Record, Store, StoreError};
 
@@ -122,6 +123,16 @@ impl Store for DeferredStore {
 
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
         self.inner()?.apply(key, version, change).await
+    }
+
+    async fn apply_with(
+        &self,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Applied, StoreError> {
+        self.inner()?.apply_with(key, version, change, options).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

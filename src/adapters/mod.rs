@@ -11,6 +11,7 @@ pub mod cosmos;
 pub(crate) mod deferred_store;
 pub mod event_hubs;
 pub mod identity;
+pub mod near_cache;
 pub mod redis;
 pub mod sqlite;
 pub mod tls;

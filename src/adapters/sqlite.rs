@@ -25,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 use crate::domain::version::{OLD_LAYOUT_LIMIT, at};
 use crate::ports::store::{Applied, Change, Record, Store, StoreError};
@@ -58,6 +59,21 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").field("path", &self.path).finish()
     }
+}
+
+/// Adds the columns that keep a write's cache options (tags joined by U+001F, TTL in seconds) to a
+/// store created by an older release.
+fn add_option_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('items')")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, kind) in [("tags", "TEXT"), ("ttl_s", "INTEGER")] {
+        if !columns.iter().any(|c| c == name) {
+            conn.execute_batch(&format!("ALTER TABLE items ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -94,6 +110,12 @@ impl SqliteStore {
         )
         .map_err(|e| {
             StoreError::rejected_because(format!("cannot prepare the SQLite store at {}", path.display()), e)
+        })?;
+        add_option_columns(&conn).map_err(|e| {
+            StoreError::rejected_because(
+                format!("cannot add the cache option columns to the SQLite store at {}", path.display()),
+                e,
+            )
         })?;
         let identity = FileIdentity::of(path).map_err(|e| {
             StoreError::rejected_because(format!("cannot read the SQLite store file at {}", path.display()), e)
@@ -203,12 +225,24 @@ impl Store for SqliteStore {
         let key = key.to_string();
         self.with_conn(move |conn| {
             let row = conn
-                .query_row("SELECT value, version, deleted FROM items WHERE key = ?1", params![key], |row| {
-                    Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?, row.get::<_, bool>(2)?))
-                })
+                .query_row(
+                    "SELECT value, version, deleted, tags, ttl_s FROM items WHERE key = ?1",
+                    params![key],
+                    |row| {
+                        Ok((
+                            row.get::<_, Option<String>>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, bool>(2)?,
+                            row.get::<_, Option<String>>(3)?,
+                            row.get::<_, Option<i64>>(4)?,
+                        ))
+                    },
+                )
                 .optional()
                 .map_err(sqlite_error)?;
-            let Some((text, version, deleted)) = row else { return Ok(None) };
+            let Some((text, version, deleted, tags, ttl)) = row else { return Ok(None) };
+            let tags: Vec<String> = tags.map(|t| t.split('\u{1f}').map(str::to_string).collect()).unwrap_or_default();
+            let options = EntryOptions::from_stored(&tags, ttl.and_then(|t| u64::try_from(t).ok()));
             let value = match (deleted, text) {
                 (true, _) | (false, None) => None,
                 (false, Some(text)) => Some(
@@ -216,13 +250,25 @@ impl Store for SqliteStore {
                         .map_err(|e| StoreError::rejected_because(format!("stored value of {key:?} is not JSON"), e))?,
                 ),
             };
-            Ok(Some(Record { key, value, version: version as u64 }))
+            Ok(Some(Record { key, value, version: version as u64, options }))
         })
         .await
     }
 
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
+        self.apply_with(key, version, change, &EntryOptions::NONE).await
+    }
+
+    async fn apply_with(
+        &self,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Applied, StoreError> {
         self.check_file()?;
+        let tags = (!options.tags.is_empty()).then(|| options.tag_names().join("\u{1f}"));
+        let ttl = options.ttl.map(|t| t.as_secs() as i64);
         let key = key.to_string();
         let sql_version = to_sql_version(version)?;
         let (text, deleted) = match change {
@@ -233,15 +279,16 @@ impl Store for SqliteStore {
             // A new row only above the watermark of purged tombstones; an existing one only if newer.
             let changed = conn
                 .execute(
-                    "INSERT INTO items (key, value, version, deleted, updated_at)
-                     SELECT ?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                    "INSERT INTO items (key, value, version, deleted, updated_at, tags, ttl_s)
+                     SELECT ?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?5, ?6
                      WHERE ?3 > (SELECT value FROM meta WHERE name = 'tombstone_watermark')
                         OR EXISTS (SELECT 1 FROM items WHERE key = ?1)
                      ON CONFLICT (key) DO UPDATE SET
                          value = excluded.value, version = excluded.version,
-                         deleted = excluded.deleted, updated_at = excluded.updated_at
+                         deleted = excluded.deleted, updated_at = excluded.updated_at,
+                         tags = excluded.tags, ttl_s = excluded.ttl_s
                      WHERE excluded.version > items.version",
-                    params![key, text, sql_version, deleted],
+                    params![key, text, sql_version, deleted, tags, ttl],
                 )
                 .map_err(sqlite_error)?;
             if changed == 1 {

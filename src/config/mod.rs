@@ -77,6 +77,8 @@ pub struct Settings {
     pub tombstone_retention: Duration,
     /// `MaxValueBytes`: largest accepted value, as serialized JSON.
     pub max_value_bytes: usize,
+    /// `L1MaxEntries`: size of the near cache (docs/invalidation.md); 0 turns it off.
+    pub near_cache_entries: u64,
     /// `FUNCTIONS_CUSTOMHANDLER_PORT`: where the handler listens (127.0.0.1 only).
     pub port: u16,
 }
@@ -122,6 +124,7 @@ impl Settings {
         let write_behind = patterns::drain_policy(&get)?;
         let tombstone_retention = patterns::tombstone_retention(&get, &write_behind)?;
         let max_value_bytes = number(&get, "MaxValueBytes", 1_048_576, 1, 512 * 1024 * 1024)? as usize;
+        let near_cache_entries = number(&get, "L1MaxEntries", 1000, 0, 10_000_000)?;
         Ok(Self {
             redis,
             instance_name,
@@ -132,6 +135,7 @@ impl Settings {
             write_behind,
             tombstone_retention,
             max_value_bytes,
+            near_cache_entries,
             port: port(&get)?,
         })
     }
@@ -215,6 +219,7 @@ mod tests {
         assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
         assert_eq!(s.cache.fail_safe_max_stale, Duration::from_secs(3600));
         assert_eq!(s.max_value_bytes, 1_048_576);
+        assert_eq!(s.near_cache_entries, 1000);
         assert!((s.refresh_ahead.factor - 0.8).abs() < f64::EPSILON);
         // Derived, not repeated: the refresh lock outlives a store read; the fail-safe throttle is
         // at most the TTL.

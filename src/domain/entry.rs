@@ -23,6 +23,33 @@ pub struct CacheEntry {
     pub stale_until: Timestamp,
     /// True while the entry is served stale because the store is failing (fail-safe).
     pub fail_safe: bool,
+    /// The entry's tags (docs/invalidation.md), sorted.
+    pub tags: Vec<String>,
+    /// When the value was written (its version) or read from the store (a stamp taken before the
+    /// read), on the version clock: invalidations with a later stamp cover the entry.
+    pub as_of: u64,
+    /// Where the entry was read from.
+    pub tier: Tier,
+}
+
+/// Which cache tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tier {
+    /// The shared cache (Redis): `x-cache-tier: l2`.
+    #[default]
+    Shared,
+    /// This instance's near cache: `x-cache-tier: l1`.
+    Near,
+}
+
+impl Tier {
+    /// The name used in the `x-cache-tier` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "l2",
+            Self::Near => "l1",
+        }
+    }
 }
 
 impl CacheEntry {
@@ -61,6 +88,9 @@ mod tests {
             fresh_until: at(200),
             stale_until: at(300),
             fail_safe: false,
+            tags: Vec::new(),
+            as_of: 7,
+            tier: Tier::Shared,
         };
         assert_eq!((e.ttl(), e.is_fresh(at(199)), e.is_fresh(at(200))), (Duration::from_millis(100), true, false));
         assert!(e.is_servable_stale(at(299)) && !e.is_servable_stale(at(300)));

@@ -4,6 +4,7 @@
 pub mod entry;
 pub mod error_chain;
 pub mod key;
+pub mod options;
 pub mod time;
 pub mod version;
 pub mod write_event;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::domain::key::Key;
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 
 /// What the write does.
@@ -35,6 +36,12 @@ pub struct WriteEvent {
     pub version: u64,
     /// When the write was accepted, RFC 3339 UTC.
     pub ts: String,
+    /// The write's cache tags (docs/invalidation.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The write's own cache TTL, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
 }
 
 /// Why a queued message is not a usable event (it goes to the dead-letter stream).
@@ -57,12 +64,40 @@ pub enum EventError {
 impl WriteEvent {
     /// An upsert of `value` at `version`, accepted at `now`.
     pub fn upsert(key: &Key, value: Value, version: u64, now: Timestamp) -> Self {
-        Self { key: key.as_str().to_string(), op: Op::Upsert, value: Some(value), version, ts: now.rfc3339() }
+        Self {
+            key: key.as_str().to_string(),
+            op: Op::Upsert,
+            value: Some(value),
+            version,
+            ts: now.rfc3339(),
+            tags: Vec::new(),
+            ttl: None,
+        }
     }
 
     /// A delete at `version`, accepted at `now`.
     pub fn delete(key: &Key, version: u64, now: Timestamp) -> Self {
-        Self { key: key.as_str().to_string(), op: Op::Delete, value: None, version, ts: now.rfc3339() }
+        Self {
+            key: key.as_str().to_string(),
+            op: Op::Delete,
+            value: None,
+            version,
+            ts: now.rfc3339(),
+            tags: Vec::new(),
+            ttl: None,
+        }
+    }
+
+    /// The event carrying the write's cache options.
+    pub fn with_options(mut self, options: &EntryOptions) -> Self {
+        self.tags = options.tag_names();
+        self.ttl = options.ttl.map(|t| t.as_secs());
+        self
+    }
+
+    /// The write's cache options (what no longer passes the checks is dropped).
+    pub fn options(&self) -> EntryOptions {
+        EntryOptions::from_stored(&self.tags, self.ttl)
     }
 
     /// The JSON text of the event.

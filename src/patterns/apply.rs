@@ -286,6 +286,7 @@ impl Applier {
             (Op::Delete, _) => Change::Delete,
         };
         let core = &self.core;
+        let options = event.options();
         // Exponential back-off for transient store failures, within the batch's time budget.
         let mut pauses = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
@@ -295,7 +296,7 @@ impl Applier {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match core.store_apply(key, event.version, change.clone(), "applying a queued write").await {
+            match core.store_apply(key, event.version, change.clone(), &options, "applying a queued write").await {
                 Ok(Applied::Yes) => {
                     // Plausible by now (checked when the batch was read).
                     let _ = core.versions.observe(event.version);
@@ -303,7 +304,8 @@ impl Applier {
                         Change::Upsert(value) => Some(value.clone()),
                         Change::Delete => None,
                     };
-                    core.cache_quietly(key, &core.policy.entry_for(value, event.version, core.now())).await;
+                    let entry = core.policy.entry_with(value, event.version, core.now(), &options, event.version);
+                    core.cache_write(key, &entry).await;
                     return Outcome::Applied;
                 }
                 Ok(Applied::BelowWatermark { watermark }) => {

@@ -56,6 +56,11 @@ pub(crate) struct HealthReport {
     pub store: Probe,
     /// The write-behind queue.
     pub queue: QueueProbe,
+    /// Whether the near cache serves (`None`: it is off). Not part of "healthy": without it reads
+    /// go to Redis, slower but correct.
+    pub near_cache_live: Option<bool>,
+    /// Invalidations waiting for Redis.
+    pub pending_invalidations: usize,
 }
 
 impl HealthReport {
@@ -89,7 +94,13 @@ impl HealthCheck {
     /// Probes the cache, the store and the queue at once.
     pub(crate) async fn check(&self) -> HealthReport {
         let (cache, store, queue) = tokio::join!(self.cache(), self.store(), self.queue());
-        HealthReport { cache, store, queue }
+        HealthReport {
+            cache,
+            store,
+            queue,
+            near_cache_live: self.core.cache.near_cache_live(),
+            pending_invalidations: self.core.recovery.len(),
+        }
     }
 
     async fn cache(&self) -> Probe {

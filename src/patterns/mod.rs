@@ -17,6 +17,7 @@ pub mod apply;
 pub mod cache_aside;
 pub mod dead_letters;
 pub mod health;
+pub mod invalidation;
 pub(crate) mod maintenance;
 pub mod read_path;
 pub mod refresh_ahead;
@@ -34,15 +35,17 @@ pub use apply::Applier;
 pub use cache_aside::CacheAside;
 pub use dead_letters::DeadLetterAdmin;
 pub use health::HealthCheck;
+pub use invalidation::Invalidator;
 pub use read_path::{CacheStatus, Lookup, ReadError, Source};
 pub use refresh_ahead::RefreshAhead;
 pub use versions::HybridClock;
 pub use write_behind::{PushedBatches, QueueConsumer, WriteBehind};
 pub use write_through::{WriteError, WriteThrough, Written};
 
-use crate::domain::entry::CacheEntry;
+use crate::domain::entry::{CacheEntry, Tier};
 use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::Put;
 use crate::ports::store::{Applied, Change};
@@ -96,9 +99,28 @@ impl CachePolicy {
     /// A cache entry of `value` at `version` written at `now`, with a jittered TTL and the
     /// fail-safe window.
     pub fn value_entry(&self, value: Value, version: u64, now: Timestamp) -> CacheEntry {
-        let jitter_max = self.ttl * self.jitter_percent / 100;
+        self.entry_with(Some(value), version, now, &EntryOptions::NONE, version)
+    }
+
+    /// The entry for what the store holds or a write wrote (`None`: absent), with the write's tags
+    /// and TTL, cached as of `as_of` (the version for a write; for a load, a stamp taken before the
+    /// store was read).
+    pub(crate) fn entry_with(
+        &self,
+        value: Option<Value>,
+        version: u64,
+        now: Timestamp,
+        options: &EntryOptions,
+        as_of: u64,
+    ) -> CacheEntry {
+        let tags = options.tag_names();
+        let Some(value) = value else {
+            return CacheEntry { tags, as_of, ..self.negative_entry(version, now) };
+        };
+        let ttl = options.ttl.unwrap_or(self.ttl);
+        let jitter_max = ttl * self.jitter_percent / 100;
         let jitter = Duration::from_micros(fastrand::u64(..=u64::try_from(jitter_max.as_micros()).unwrap_or(0)));
-        let fresh_until = now.plus(self.ttl + jitter);
+        let fresh_until = now.plus(ttl + jitter);
         CacheEntry {
             value: Some(value),
             version,
@@ -106,6 +128,9 @@ impl CachePolicy {
             fresh_until,
             stale_until: fresh_until.plus(self.fail_safe_max_stale),
             fail_safe: false,
+            tags,
+            as_of,
+            tier: Tier::Shared,
         }
     }
 
@@ -119,14 +144,9 @@ impl CachePolicy {
             fresh_until,
             stale_until: fresh_until.plus(self.negative_grace),
             fail_safe: false,
-        }
-    }
-
-    /// The entry for what the store holds: its value, or absent (0: never written).
-    pub(crate) fn entry_for(&self, value: Option<Value>, version: u64, now: Timestamp) -> CacheEntry {
-        match value {
-            Some(value) => self.value_entry(value, version, now),
-            None => self.negative_entry(version, now),
+            tags: Vec::new(),
+            as_of: version,
+            tier: Tier::Shared,
         }
     }
 }
@@ -165,6 +185,8 @@ pub(crate) struct Core {
     pub(crate) versions: Arc<HybridClock>,
     pub(crate) policy: CachePolicy,
     pub(crate) write_health: WriteHealth,
+    /// Cache work that waits for Redis (docs/invalidation.md, "Auto-recovery").
+    pub(crate) recovery: invalidation::Recovery,
 }
 
 impl Core {
@@ -179,9 +201,10 @@ impl Core {
         key: &Key,
         version: u64,
         change: Change,
+        options: &EntryOptions,
         what: &str,
     ) -> Result<Applied, StoreError> {
-        let result = self.with_store_timeout(what, self.store.apply(key.as_str(), version, change)).await;
+        let result = self.with_store_timeout(what, self.store.apply_with(key.as_str(), version, change, options)).await;
         self.write_health.record(&result);
         result
     }
@@ -201,10 +224,33 @@ impl Core {
     /// Writes a cache entry; a failure is logged, never returned (the store already answered).
     /// True when the entry was written.
     pub(crate) async fn cache_quietly(&self, key: &Key, entry: &CacheEntry) -> bool {
-        match self.cache.put(key.as_str(), entry, self.now()).await {
+        let put = self.cache.put(key.as_str(), entry, self.now()).await;
+        self.report_put(key, entry, put)
+    }
+
+    /// Caches what a write wrote. When Redis cannot be reached, remembers to evict older versions
+    /// of the key once it is back, so no instance keeps serving what this write replaced.
+    pub(crate) async fn cache_write(&self, key: &Key, entry: &CacheEntry) -> bool {
+        let put = self.cache.put(key.as_str(), entry, self.now()).await;
+        if let Err(e) = &put
+            && e.is_transient()
+        {
+            let eviction =
+                crate::ports::cache::Eviction { stamp: None, below_version: Some(entry.version), hard: false };
+            self.recovery.evict_later(key.as_str(), eviction);
+        }
+        self.report_put(key, entry, put)
+    }
+
+    fn report_put(&self, key: &Key, entry: &CacheEntry, put: Result<Put, crate::ports::CacheError>) -> bool {
+        match put {
             Ok(Put::Written) => true,
             Ok(Put::KeptNewer) => {
                 tracing::debug!(key = ?key.as_str(), version = entry.version, "cache holds a newer version; kept it");
+                false
+            }
+            Ok(Put::Evicted) => {
+                tracing::debug!(key = ?key.as_str(), version = entry.version, "the key was evicted after this value was read; not cached");
                 false
             }
             Ok(Put::NotOurs) => {
@@ -258,6 +304,8 @@ pub struct Services {
     pub pushed_batches: PushedBatches,
     /// The dead letters, for people.
     pub dead_letters: DeadLetterAdmin,
+    /// Evicting keys, invalidating tags, clearing; and the replay of what waited for Redis.
+    pub invalidation: Invalidator,
     /// The health probes.
     pub health: HealthCheck,
 }
@@ -271,6 +319,7 @@ impl Services {
             versions: parts.versions,
             policy: parts.policy,
             write_health: WriteHealth::default(),
+            recovery: invalidation::Recovery::default(),
         });
         let read_path = read_path::ReadPath::new(core.clone());
         let applier = Applier::new(core.clone());
@@ -282,7 +331,33 @@ impl Services {
             pushed_batches: PushedBatches::new(applier.clone(), parts.dead_letters.clone(), parts.drain),
             applier,
             dead_letters: DeadLetterAdmin::new(parts.dead_letters.clone(), parts.queue.clone()),
+            invalidation: Invalidator::new(core.clone()),
             health: HealthCheck::new(core, parts.queue, parts.dead_letters),
+        }
+    }
+}
+
+impl Services {
+    /// Sends the read counts the near cache buffered to the hot-key set.
+    pub async fn flush_buffered_reads(&self) {
+        if let Err(e) = self.invalidation.core().cache.flush_buffered().await {
+            tracing::debug!(error = %Chain(&e), "could not send buffered read counts");
+        }
+    }
+
+    /// Every second until `shutdown`: replays the cache work that waited for Redis, and sends the
+    /// buffered read counts (docs/invalidation.md).
+    pub async fn keep_recovering(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    self.invalidation.replay_pending().await;
+                    self.flush_buffered_reads().await;
+                }
+            }
         }
     }
 }

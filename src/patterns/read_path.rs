@@ -20,9 +20,10 @@ use serde_json::Value;
 
 use super::Core;
 use super::single_flight::SingleFlight;
-use crate::domain::entry::CacheEntry;
+use crate::domain::entry::{CacheEntry, Tier};
 use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 use crate::ports::LockToken;
 use crate::ports::cache::Gate;
@@ -90,12 +91,14 @@ pub struct Lookup {
     pub cached_at: Option<Timestamp>,
     /// When the cached entry turns stale, if it came from or went to the cache.
     pub fresh_until: Option<Timestamp>,
+    /// Which tier answered a hit (`x-cache-tier`).
+    pub tier: Option<Tier>,
 }
 
 impl Lookup {
     /// A stale entry served by the fail-safe.
     pub(crate) fn stale(entry: &CacheEntry) -> Self {
-        Self { source: Source::Stale, cache: CacheStatus::Stale, ..Self::from_entry(entry) }
+        Self { source: Source::Stale, cache: CacheStatus::Stale, tier: None, ..Self::from_entry(entry) }
     }
 
     pub(crate) fn from_entry(entry: &CacheEntry) -> Self {
@@ -107,6 +110,7 @@ impl Lookup {
             cache: if stale { CacheStatus::Stale } else { CacheStatus::Hit },
             cached_at: Some(entry.written_at),
             fresh_until: Some(entry.fresh_until),
+            tier: (!stale).then_some(entry.tier),
         }
     }
 }
@@ -238,10 +242,13 @@ impl ReadPath {
         cache_it: bool,
     ) -> Result<Lookup, ReadError> {
         let core = &self.core;
+        // Stamped before the read: an eviction issued after this moment refuses what is read.
+        let as_of = core.versions.next();
         match core.with_store_timeout("reading the store", core.store.get(key.as_str())).await {
             Ok(record) => {
-                let (value, version) = record.map(|r| (r.value, r.version)).unwrap_or((None, 0));
-                let entry = core.policy.entry_for(value.clone(), version, core.now());
+                let (value, version, options) =
+                    record.map(|r| (r.value, r.version, r.options)).unwrap_or((None, 0, EntryOptions::NONE));
+                let entry = core.policy.entry_with(value.clone(), version, core.now(), &options, as_of);
                 if cache_it {
                     core.cache_quietly(key, &entry).await;
                 }
@@ -252,6 +259,7 @@ impl ReadPath {
                     cache: CacheStatus::Miss,
                     cached_at: None,
                     fresh_until: cache_it.then_some(entry.fresh_until),
+                    tier: None,
                 })
             }
             Err(e) => match stale.filter(|s| s.is_servable_stale(core.now())) {

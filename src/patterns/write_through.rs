@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::Core;
 use crate::domain::key::Key;
+use crate::domain::options::EntryOptions;
 use crate::domain::version::Implausible;
 use crate::ports::store::{Applied, Change, StoreError};
 
@@ -62,22 +63,27 @@ impl WriteThrough {
 
     /// Write-Through of `change` to `key`.
     pub async fn write(&self, key: &Key, change: Change) -> Result<Written, WriteError> {
-        let version = self.apply_versioned(key, &change).await?;
+        self.write_with(key, change, &EntryOptions::NONE).await
+    }
+
+    /// Write-Through of `change` to `key`, cached with `options` (tags, TTL), which the store keeps.
+    pub async fn write_with(&self, key: &Key, change: Change, options: &EntryOptions) -> Result<Written, WriteError> {
+        let version = self.apply_versioned(key, &change, options).await?;
         let value = match change {
             Change::Upsert(value) => Some(value),
             Change::Delete => None,
         };
-        let entry = self.core.policy.entry_for(value, version, self.core.now());
-        let cached = self.core.cache_quietly(key, &entry).await;
+        let entry = self.core.policy.entry_with(value, version, self.core.now(), options, version);
+        let cached = self.core.cache_write(key, &entry).await;
         Ok(Written { version, cached })
     }
 
     /// Applies `change` to the store with a fresh version, moving past newer versions it finds.
-    async fn apply_versioned(&self, key: &Key, change: &Change) -> Result<u64, WriteError> {
+    async fn apply_versioned(&self, key: &Key, change: &Change, options: &EntryOptions) -> Result<u64, WriteError> {
         let versions = &self.core.versions;
         for _ in 0..MAX_VERSION_RETRIES {
             let version = versions.next();
-            match self.core.store_apply(key, version, change.clone(), "writing to the store").await? {
+            match self.core.store_apply(key, version, change.clone(), options, "writing to the store").await? {
                 Applied::Yes => return Ok(version),
                 Applied::Stale { current } | Applied::BelowWatermark { watermark: current } => {
                     tracing::debug!(key = ?key.as_str(), version, current, "store holds a newer version; moving the clock past it");

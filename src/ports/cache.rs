@@ -91,6 +91,9 @@ pub enum Put {
     Written,
     /// The cache holds a newer version; it was kept.
     KeptNewer,
+    /// The value was read or written no later than the key's last eviction: it may be what the
+    /// eviction was meant to remove, so it was not cached.
+    Evicted,
     /// The key holds something that is not a cache entry; it was left alone.
     NotOurs,
 }
@@ -128,11 +131,45 @@ pub struct EntryMeta {
     pub negative: bool,
 }
 
+/// An eviction of one key (docs/invalidation.md). Covers the cached entry when it was cached no
+/// later than `stamp`, or holds a version below `below_version`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// The invalidation's stamp (on the version clock); later loads of values read before it are
+    /// refused too.
+    pub stamp: Option<u64>,
+    /// Versions below this one are out of date (a write whose cache update failed).
+    pub below_version: Option<u64>,
+    /// Remove the value too: no stale copy remains for the fail-safe.
+    pub hard: bool,
+}
+
+impl Eviction {
+    /// One eviction covering what both cover.
+    pub fn merge(&self, other: &Self) -> Self {
+        Self {
+            stamp: self.stamp.max(other.stamp),
+            below_version: self.below_version.max(other.below_version),
+            hard: self.hard || other.hard,
+        }
+    }
+}
+
 /// The shared cache.
 #[async_trait]
 pub trait Cache: Send + Sync + std::fmt::Debug + 'static {
-    /// The entry of `key`; `None` when nothing usable is cached.
+    /// The entry of `key`; `None` when nothing usable is cached. An entry that an invalidation
+    /// covers comes back stale (its fail-safe copy).
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>, CacheError>;
+
+    /// The entries of `keys`, in order, in one round trip (per cluster node).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<CacheEntry>>, CacheError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.get(key).await?);
+        }
+        Ok(found)
+    }
 
     /// Writes `entry` unless the cache holds a newer version, or the key is not a cache entry.
     async fn put(&self, key: &str, entry: &CacheEntry, now: Timestamp) -> Result<Put, CacheError>;
@@ -178,6 +215,33 @@ pub trait Cache: Send + Sync + std::fmt::Debug + 'static {
 
     /// Releases the refresh lock of `key` if `token` still holds it.
     async fn release_refresh(&self, key: &str, token: &LockToken) -> Result<(), CacheError>;
+
+    /// Counts reads that were served without asking the cache (`(key, reads)`), in the hot-key set.
+    async fn count_reads(
+        &self,
+        counts: &[(String, u64)],
+        hot_keys: &HotKeyPolicy,
+        now: Timestamp,
+    ) -> Result<(), CacheError>;
+
+    /// Sends work the cache buffered (read counts of the near cache). Nothing by default.
+    async fn flush_buffered(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+
+    /// Evicts `key` as `eviction` says, and announces it to every instance.
+    async fn evict(&self, key: &str, eviction: &Eviction, now: Timestamp) -> Result<(), CacheError>;
+
+    /// Invalidates every entry carrying one of `tags` that was cached no later than `stamp`, in O(1).
+    async fn invalidate_tags(&self, tags: &[String], stamp: u64) -> Result<(), CacheError>;
+
+    /// Invalidates every entry cached no later than `stamp`, in O(1).
+    async fn invalidate_all(&self, stamp: u64) -> Result<(), CacheError>;
+
+    /// Whether the near cache is serving (`None`: there is none).
+    fn near_cache_live(&self) -> Option<bool> {
+        None
+    }
 
     /// A round trip that proves the cache answers; it also closes a breaker opened by failures
     /// (health checks must see recovery). Returns the latency.

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::Cause;
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 
 /// What is stored under a key: a value, or a tombstone left by a delete.
@@ -24,6 +25,8 @@ pub struct Record {
     pub value: Option<Value>,
     /// The version of the write that produced this record.
     pub version: u64,
+    /// How the item is cached: its tags and own TTL, as the write that stored it said.
+    pub options: EntryOptions,
 }
 
 impl Record {
@@ -148,6 +151,19 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `change` at `version` if and only if `version` is newer than the stored version
     /// (or nothing is stored), atomically with respect to concurrent writers.
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError>;
+
+    /// [`Store::apply`], keeping `options` (tags, TTL) with the item so every later load caches it
+    /// the same way. Stores that keep no options ignore them (the default).
+    async fn apply_with(
+        &self,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Applied, StoreError> {
+        let _ = options;
+        self.apply(key, version, change).await
+    }
 
     /// A cheap round trip that proves the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -19,6 +19,7 @@ use axum::Router;
 
 use crate::adapters::cosmos::{CosmosSettings, CosmosStore};
 use crate::adapters::deferred_store::{DeferredStore, UnconfiguredStore};
+use crate::adapters::near_cache::NearCache;
 use crate::adapters::redis::{ReaderConfig, Redis, RedisDeadLetters, RedisStreamQueue, RedisStreamReader};
 use crate::adapters::sqlite::SqliteStore;
 use crate::config::{Settings, SettingsError, StoreSettings};
@@ -27,7 +28,7 @@ use crate::http::{self, AppState, Limits};
 use crate::patterns::versions::NodeLease;
 use crate::patterns::write_behind::DrainPolicy;
 use crate::patterns::{HybridClock, Parts, QueueConsumer, Services, maintenance};
-use crate::ports::{CacheError, Clock, QueueError, Store, StoreError, WriteQueue};
+use crate::ports::{Cache, CacheError, Clock, QueueError, Store, StoreError, WriteQueue};
 
 /// How long shutdown waits for the background workers.
 const WORKERS_STOP_WITHIN: Duration = Duration::from_secs(10);
@@ -99,17 +100,32 @@ pub struct Application {
     dead_letters: RedisDeadLetters,
     /// A Cosmos DB store still to connect, in the background (on Azure).
     connect_later: Option<(Arc<DeferredStore>, CosmosSettings)>,
+    /// The near cache in front of Redis (`L1MaxEntries` > 0).
+    pub near_cache: Option<Arc<NearCache>>,
 }
 
 impl Application {
     /// Wires the service from `settings` and `plugs`: the one wiring both `main` and the tests use.
     pub fn assemble(settings: Settings, plugs: Plugs) -> Result<Self, StartupError> {
         let redis = Redis::new(&settings.redis, &settings.instance_name).map_err(StartupError::Cache)?;
+        let shared: Arc<dyn Cache> = Arc::new(redis.clone());
+        let near_cache = (settings.near_cache_entries > 0).then(|| {
+            Arc::new(NearCache::new(
+                shared.clone(),
+                redis.feed().clone(),
+                plugs.clock.clone(),
+                settings.near_cache_entries,
+            ))
+        });
+        let cache: Arc<dyn Cache> = match &near_cache {
+            Some(near) => near.clone(),
+            None => shared,
+        };
         let versions = Arc::new(HybridClock::new(plugs.clock.clone()));
         let dead_letters = RedisDeadLetters::new(redis.clone(), plugs.clock.clone());
         let queue = plugs.queue.unwrap_or_else(|| Arc::new(RedisStreamQueue::new(redis.clone())));
         let services = Services::new(Parts {
-            cache: Arc::new(redis.clone()),
+            cache,
             store: plugs.store.clone(),
             queue,
             dead_letters: Arc::new(dead_letters.clone()),
@@ -128,6 +144,7 @@ impl Application {
             clock: plugs.clock,
             dead_letters,
             connect_later: None,
+            near_cache,
         })
     }
 
@@ -195,6 +212,15 @@ impl Application {
         Ok(QueueConsumer::new(self.services.applier.clone(), Arc::new(reader), Arc::new(dead_letters), policy))
     }
 
+    /// Follows the invalidation feed alone, without the other workers (for tests that count
+    /// Redis commands: the feed is what lets a hit skip fetching the invalidation clocks).
+    pub fn follow_invalidations(&self) -> Workers {
+        let workers = Workers::new();
+        let redis = self.redis.clone();
+        workers.spawn("invalidation feed", |shutdown| redis.follow_feed(shutdown));
+        workers
+    }
+
     /// Starts the work that runs beside the requests: the version node-id lease, the consumer of the
     /// write-behind stream (with Event Hubs the `EventHubConsumer` function applies new writes; the
     /// stream still drains what was queued before), moving what an older release left, the tombstone
@@ -209,6 +235,10 @@ impl Application {
         workers.spawn("legacy streams", |shutdown| {
             crate::adapters::redis::migrate::keep_moving(redis, dead_letters, shutdown)
         });
+        let redis = self.redis.clone();
+        workers.spawn("invalidation feed", |shutdown| redis.follow_feed(shutdown));
+        let services = self.services.clone();
+        workers.spawn("cache recovery", |shutdown| services.keep_recovering(shutdown));
         let (store, clock) = (self.store.clone(), self.clock.clone());
         let retention = self.settings.tombstone_retention;
         workers.spawn("tombstone purge", |shutdown| maintenance::purge_tombstones(store, clock, retention, shutdown));

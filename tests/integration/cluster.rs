@@ -78,6 +78,9 @@ async fn a_master_dies_under_load_and_the_service_carries_on() {
                 ] {
                     let started = Instant::now();
                     let reply = send(&router, Mode::Direct, def, &call).await;
+                    if reply.status >= 500 && reply.status != 503 {
+                        eprintln!("{what}: {} {}", reply.status, reply.body);
+                    }
                     answers.push(Answered {
                         what: format!("{what} {}", call.key.clone().unwrap_or_default()),
                         status: reply.status,

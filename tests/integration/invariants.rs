@@ -25,7 +25,9 @@ fn key(k: &str) -> Key {
 #[tokio::test]
 async fn a_cache_hit_is_one_redis_round_trip_and_no_store_call() {
     let redis = RedisServer::start();
-    let t = TestApp::new(&redis, &[]);
+    // Redis hits (L2): the near cache is off here; `near_cache` checks that its hits make none.
+    let t = TestApp::new(&redis, &[("L1MaxEntries", "0")]);
+    let _feed = common::live_feed(&t.app).await;
     let router = t.app.router();
     let (aside, through) = (FunctionDef::load("CacheAside"), FunctionDef::load("WriteThrough"));
     send(&router, Mode::Direct, &through, &Call::new("PUT", Some("hot")).json(&json!({"v": 1}))).await;
@@ -39,7 +41,8 @@ async fn a_cache_hit_is_one_redis_round_trip_and_no_store_call() {
         let calls = redis.command_calls();
         let total: u64 = calls
             .iter()
-            .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat" | "config"))
+            // `ping`: the invalidation feed's heartbeat, on its own connection.
+            .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat" | "config" | "ping"))
             .map(|(_, n)| n)
             .sum();
         assert_eq!(total, 1, "{mode:?}: a hit must be exactly one Redis command, saw {calls:?}");
@@ -358,7 +361,8 @@ async fn health_reports_each_dependency() {
 #[tokio::test]
 async fn a_damaged_entry_is_reloaded_and_repaired_without_waiting() {
     let redis = RedisServer::start();
-    let t = TestApp::new(&redis, &[]);
+    let t = TestApp::new(&redis, &[("L1MaxEntries", "0")]);
+    let _feed = common::live_feed(&t.app).await;
     t.sqlite.apply("damaged", 5, Change::Upsert(json!("good"))).await.unwrap();
     let far = common::now().as_millis() + 3_600_000;
     redis.command(&format!("HSET damaged data not-json ver 1 at 0 soft {far} hard {far}")).unwrap();

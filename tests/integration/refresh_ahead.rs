@@ -151,7 +151,8 @@ async fn a_hit_is_one_redis_round_trip_that_also_counts_the_read() {
     for (store_name, backing) in stores(&dir).await {
         // Each store starts from an empty Redis: no hot keys or locks left by the previous one.
         redis.command("FLUSHALL").expect("FLUSHALL");
-        let (a, _) = Process::pair(&redis, backing, &[]);
+        let (a, _) = Process::pair(&redis, backing, &[("L1MaxEntries", "0")]);
+        let _feed = common::live_feed(&a.app).await;
         let key = format!("{store_name}-hit");
         a.write(&key, json!("warm")).await;
         a.read(Mode::Direct, "RefreshAheadRead", &key).await; // loads the script

@@ -83,6 +83,7 @@ pub use settings::{CosmosAuth, CosmosSettings};
 
 use crate::adapters::identity::Identity;
 use crate::domain::error_chain::Chain;
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 use crate::domain::version::{MAX_VERSION, at, issued_at};
 use crate::ports::Clock;
@@ -570,6 +571,12 @@ struct NewDocument<'a> {
     deleted: bool,
     #[serde(rename = "updatedAt")]
     updated_at: String,
+    /// The write's cache tags (docs/invalidation.md); absent when none.
+    #[serde(rename = "cacheTags", skip_serializing_if = "Vec::is_empty")]
+    cache_tags: Vec<String>,
+    /// The write's own cache TTL in seconds; absent when none.
+    #[serde(rename = "cacheTtlSeconds", skip_serializing_if = "Option::is_none")]
+    cache_ttl_seconds: Option<u64>,
     #[serde(skip)]
     version_number: u64,
 }
@@ -584,6 +591,10 @@ struct StoredDocument {
     version: Value,
     #[serde(default)]
     deleted: bool,
+    #[serde(default, rename = "cacheTags")]
+    cache_tags: Vec<String>,
+    #[serde(default, rename = "cacheTtlSeconds")]
+    cache_ttl_seconds: Option<u64>,
 }
 
 /// A stored version: a decimal string (this release), or a number (older releases; accepts
@@ -622,7 +633,8 @@ impl StoredDocument {
         self.check_key(id, key)?;
         let version = self.version()?;
         let value = if self.deleted { None } else { Some(self.value) };
-        Ok(Record { key: key.to_string(), value, version })
+        let options = EntryOptions::from_stored(&self.cache_tags, self.cache_ttl_seconds);
+        Ok(Record { key: key.to_string(), value, version, options })
     }
 }
 
@@ -733,6 +745,16 @@ impl Store for CosmosStore {
     }
 
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
+        self.apply_with(key, version, change, &EntryOptions::NONE).await
+    }
+
+    async fn apply_with(
+        &self,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Applied, StoreError> {
         if version > MAX_VERSION {
             return Err(StoreError::rejected(format!(
                 "version {version} is larger than the stores hold ({MAX_VERSION})"
@@ -751,6 +773,8 @@ impl Store for CosmosStore {
             version_number: version,
             deleted,
             updated_at: now_rfc3339(),
+            cache_tags: options.tag_names(),
+            cache_ttl_seconds: options.ttl.map(|t| t.as_secs()),
         };
         let mut charges = Charges::new("apply", &id);
         within_deadline(&mut charges, async |charges| self.apply_at_most(&document, charges).await).await
@@ -859,7 +883,14 @@ mod tests {
 
     #[test]
     fn stored_versions_are_decimal_strings_or_whole_numbers() {
-        let document = |version: Value| StoredDocument { key: None, value: Value::Null, version, deleted: false };
+        let document = |version: Value| StoredDocument {
+            key: None,
+            value: Value::Null,
+            version,
+            deleted: false,
+            cache_tags: Vec::new(),
+            cache_ttl_seconds: None,
+        };
         // This release writes strings, which hold every version exactly.
         assert_eq!(document(json!("9223372036854775807")).version().unwrap(), i64::MAX as u64);
         assert_eq!(document(json!("7")).version().unwrap(), 7);
@@ -873,10 +904,24 @@ mod tests {
 
     #[test]
     fn items_written_without_a_key_field_fall_back_to_the_id() {
-        let document = StoredDocument { key: None, value: json!(1), version: json!(3), deleted: false };
+        let document = StoredDocument {
+            key: None,
+            value: json!(1),
+            version: json!(3),
+            deleted: false,
+            cache_tags: Vec::new(),
+            cache_ttl_seconds: None,
+        };
         let record = document.into_record("with-id", "with-id").unwrap();
         assert_eq!((record.key.as_str(), record.value, record.version), ("with-id", Some(json!(1)), 3));
-        let other = StoredDocument { key: Some("a".into()), value: json!(1), version: json!(3), deleted: false };
+        let other = StoredDocument {
+            key: Some("a".into()),
+            value: json!(1),
+            version: json!(3),
+            deleted: false,
+            cache_tags: Vec::new(),
+            cache_ttl_seconds: None,
+        };
         assert!(other.into_record("~~hash", "b").is_err(), "a key mismatch must not return another key's value");
     }
 }

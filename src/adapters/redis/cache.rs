@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::invalidation::ALL_FIELD;
 use super::{Redis, entry, scripts};
 use crate::domain::entry::CacheEntry;
 use crate::domain::time::Timestamp;
 use crate::ports::LockToken;
-use crate::ports::cache::{Cache, CacheError, EntryMeta, Gate, HotKeyPolicy, Put, RefreshGate};
+use crate::ports::cache::{Cache, CacheError, EntryMeta, Eviction, Gate, HotKeyPolicy, Put, RefreshGate};
 
 /// A `redis::Value` as text, if it is a non-empty string.
 fn as_text(value: &redis::Value) -> Option<String> {
@@ -21,21 +22,68 @@ fn as_text(value: &redis::Value) -> Option<String> {
 }
 
 impl Redis {
+    /// Runs `read` with the invalidation clocks at hand: while the feed is live this instance's
+    /// copy is current; otherwise the clocks are fetched at the same time as `read` (sent together:
+    /// one round trip on one connection).
+    pub(crate) async fn read_with_clocks<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        if self.feed().live_generation().is_some() {
+            return read.await;
+        }
+        let (value, clocks) = tokio::join!(read, self.fetch_clocks());
+        let value = value?;
+        self.merge_clocks(&clocks?);
+        Ok(value)
+    }
+
+    /// `entry` unless an invalidation covers it (then its stale copy, see `invalidation`).
+    pub(crate) async fn checked(&self, key: &str, entry: Option<CacheEntry>) -> Option<CacheEntry> {
+        let entry = entry?;
+        let floor = self.feed().floor(&entry.tags);
+        Some(self.unless_invalidated(key, entry, floor).await)
+    }
+
     /// Reads the entry of `key` in one round trip. `Ok(None)` when nothing (usable) is cached.
     pub(crate) async fn get_entry(&self, key: &str) -> Result<Option<CacheEntry>, CacheError> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.keys.entry(key)).arg(&entry::FIELDS[..]);
-        let fields = self
-            .run(|mut conn| async move {
-                match cmd.query_async::<Vec<Option<String>>>(&mut conn).await {
-                    Ok(fields) => Ok(Some(fields)),
-                    // Not a cache entry under this key (see `keys`): a miss that is never cached over.
-                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
-        Ok(fields.and_then(|fields| entry::from_fields(&fields)))
+        let read = self.run(|mut conn| async move {
+            match cmd.query_async::<Vec<Option<String>>>(&mut conn).await {
+                Ok(fields) => Ok(Some(fields)),
+                // Not a cache entry under this key (see `keys`): a miss that is never cached over.
+                Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let fields = self.read_with_clocks(read).await?;
+        Ok(self.checked(key, fields.and_then(|fields| entry::from_fields(&fields))).await)
+    }
+
+    /// Reads the entries of `keys` (in order): one pipeline of `HMGET`s per 200 keys (on a
+    /// cluster, sent to every node at once).
+    pub(crate) async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<CacheEntry>>, CacheError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(200) {
+            let cmds = chunk
+                .iter()
+                .map(|key| {
+                    let mut cmd = redis::cmd("HMGET");
+                    cmd.arg(self.keys.entry(key)).arg(&entry::FIELDS[..]);
+                    cmd
+                })
+                .collect();
+            let rows = self.read_with_clocks(self.query_each(cmds)).await?;
+            for (key, row) in chunk.iter().zip(rows) {
+                let found = row
+                    .ok()
+                    .and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())
+                    .and_then(|fields| entry::from_fields(&fields));
+                out.push(self.checked(key, found).await);
+            }
+        }
+        Ok(out)
     }
 
     /// Writes `entry` unless Redis holds a newer version, or the key is not a cache entry.
@@ -52,10 +100,18 @@ impl Redis {
             .arg(stale_until.as_millis())
             .arg(if entry.value.is_none() { "1" } else { "0" })
             .arg(if entry.fail_safe { "1" } else { "0" })
-            .arg(now.as_millis());
+            .arg(now.as_millis())
+            .arg(entry.as_of)
+            .arg(entry::join_tags(&entry.tags))
+            .arg(self.keys.feed_channel())
+            .arg(key)
+            // A write (cached as of its own version) is announced even over no entry: other
+            // instances may hold an older copy in memory.
+            .arg(if entry.as_of == entry.version { "1" } else { "0" });
         Ok(match self.invoke::<i64>(&invocation).await? {
             1 => Put::Written,
             0 => Put::KeptNewer,
+            2 => Put::Evicted,
             _ => Put::NotOurs,
         })
     }
@@ -67,6 +123,10 @@ impl Cache for Redis {
         self.get_entry(key).await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<CacheEntry>>, CacheError> {
+        self.get_entries(keys).await
+    }
+
     async fn put(&self, key: &str, entry: &CacheEntry, now: Timestamp) -> Result<Put, CacheError> {
         self.put_entry(key, entry, now).await
     }
@@ -74,17 +134,26 @@ impl Cache for Redis {
     async fn load_gate(&self, key: &str, token: &LockToken, ttl: Duration, now: Timestamp) -> Result<Gate, CacheError> {
         let mut invocation = scripts::LOAD_GATE.prepare_invoke();
         invocation.key(self.keys.entry(key)).arg(now.as_millis()).arg(token.as_str()).arg(ttl.as_millis() as u64);
-        let reply: Vec<redis::Value> = self.invoke(&invocation).await?;
-        Ok(match reply.first() {
-            Some(redis::Value::Int(1)) => {
-                let fields: Vec<Option<String>> = reply[1..].iter().map(as_text).collect();
-                // No lock was taken: a damaged entry is reloaded, not waited on.
-                entry::from_fields(&fields).map(Gate::Fresh).unwrap_or(Gate::Unreadable)
-            }
-            Some(redis::Value::Int(2)) => Gate::Acquired,
-            Some(redis::Value::Int(4)) => Gate::NotOurs,
-            _ => Gate::Busy,
-        })
+        // Twice at most: a fresh entry that an invalidation covers is evicted in its hash, then the
+        // gate is passed again.
+        for _ in 0..2 {
+            let reply: Vec<redis::Value> = self.read_with_clocks(self.invoke(&invocation)).await?;
+            return Ok(match reply.first() {
+                Some(redis::Value::Int(1)) => {
+                    let fields: Vec<Option<String>> = reply[1..].iter().map(as_text).collect();
+                    // No lock was taken: a damaged entry is reloaded, not waited on.
+                    let Some(found) = entry::from_fields(&fields) else { return Ok(Gate::Unreadable) };
+                    match self.checked(key, Some(found)).await {
+                        Some(entry) if entry.is_fresh(now) => Gate::Fresh(entry),
+                        _ => continue,
+                    }
+                }
+                Some(redis::Value::Int(2)) => Gate::Acquired,
+                Some(redis::Value::Int(4)) => Gate::NotOurs,
+                _ => Gate::Busy,
+            });
+        }
+        Ok(Gate::Unreadable)
     }
 
     async fn unlock(&self, key: &str, token: &LockToken) -> Result<(), CacheError> {
@@ -142,6 +211,27 @@ impl Cache for Redis {
         let mut invocation = scripts::UNLOCK.prepare_invoke();
         invocation.key(self.keys.entry(key)).arg(token.as_str()).arg("rk").arg("rkx");
         self.invoke::<i64>(&invocation).await.map(|_| ())
+    }
+
+    async fn count_reads(
+        &self,
+        counts: &[(String, u64)],
+        hot_keys: &HotKeyPolicy,
+        now: Timestamp,
+    ) -> Result<(), CacheError> {
+        self.bump_reads(counts, hot_keys, now).await
+    }
+
+    async fn evict(&self, key: &str, eviction: &Eviction, _now: Timestamp) -> Result<(), CacheError> {
+        self.evict_entry(key, eviction.stamp, eviction.below_version, eviction.hard, true).await
+    }
+
+    async fn invalidate_tags(&self, tags: &[String], stamp: u64) -> Result<(), CacheError> {
+        self.raise_clocks(tags, stamp).await
+    }
+
+    async fn invalidate_all(&self, stamp: u64) -> Result<(), CacheError> {
+        self.raise_clocks(&[ALL_FIELD.to_string()], stamp).await
     }
 
     async fn ping(&self) -> Result<Duration, CacheError> {

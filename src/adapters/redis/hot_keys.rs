@@ -23,7 +23,8 @@ use crate::ports::cache::{CacheError, EntryMeta, HotKeyPolicy};
 
 /// Counts one read in the hot-key set.
 ///
-/// KEYS[1] hot set, KEYS[2] landmark (one slot); ARGV: now (ms), half-life (ms), max members, member.
+/// KEYS[1] hot set, KEYS[2] landmark (one slot); ARGV: now (ms), half-life (ms), max members, member,
+/// and optionally how many reads to count (1 when absent).
 static BUMP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -40,7 +41,7 @@ if x > 64 then
   redis.call('SET', KEYS[2], now)
   x = 0
 end
-redis.call('ZINCRBY', KEYS[1], 2 ^ x, ARGV[4])
+redis.call('ZINCRBY', KEYS[1], (tonumber(ARGV[5]) or 1) * 2 ^ x, ARGV[4])
 local n = redis.call('ZCARD', KEYS[1])
 local max = tonumber(ARGV[3])
 if n > max then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1) end
@@ -90,25 +91,24 @@ impl Redis {
         // The entry and the hot-key set are in different cluster slots: one pipeline on a single
         // endpoint, two commands at once on a cluster; one round trip either way.
         let bump_ref = &bump;
-        let (read, bumped): (RedisResult<Vec<Option<String>>>, RedisResult<i64>) = self
-            .run(|conn| async move {
-                match conn {
-                    Connection::Single(mut single) => {
-                        let mut pipe = redis::pipe();
-                        pipe.ignore_errors();
-                        pipe.add_command(read);
-                        pipe.invoke_script(bump_ref);
-                        pipe.query_async(&mut single).await
-                    }
-                    Connection::Cluster(cluster) => {
-                        let (mut first, mut second) = (cluster.clone(), cluster);
-                        let (read, bumped) =
-                            tokio::join!(read.query_async(&mut first), bump_ref.invoke_async(&mut second));
-                        Ok((read, bumped))
-                    }
+        let pipelined = self.run(|conn| async move {
+            match conn {
+                Connection::Single(mut single) => {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    pipe.add_command(read);
+                    pipe.invoke_script(bump_ref);
+                    pipe.query_async(&mut single).await
                 }
-            })
-            .await?;
+                Connection::Cluster(cluster) => {
+                    let (mut first, mut second) = (cluster.clone(), cluster);
+                    let (read, bumped) = tokio::join!(read.query_async(&mut first), bump_ref.invoke_async(&mut second));
+                    Ok((read, bumped))
+                }
+            }
+        });
+        let (read, bumped): (RedisResult<Vec<Option<String>>>, RedisResult<i64>) =
+            self.read_with_clocks(pipelined).await?;
         if let Err(e) = bumped {
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
                 // First use on this server: the script runs (and is cached there) the long way.
@@ -118,13 +118,36 @@ impl Redis {
             }
         }
         match read {
-            Ok(fields) => Ok(entry::from_fields(&fields)),
+            Ok(fields) => Ok(self.checked(key, entry::from_fields(&fields)).await),
             Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
             Err(e) => Err(CacheError::Refused {
                 message: format!("{} answered the entry read with an error", self.target),
                 cause: Some(std::sync::Arc::new(e)),
             }),
         }
+    }
+
+    /// Counts `reads` reads of each key in the hot-key set (reads the near cache served): one
+    /// script per key, sent together.
+    pub(crate) async fn bump_reads(
+        &self,
+        counts: &[(String, u64)],
+        policy: &HotKeyPolicy,
+        now: Timestamp,
+    ) -> Result<(), CacheError> {
+        let keys = self.keys();
+        let bumps = counts.iter().map(|(key, reads)| {
+            let mut bump = BUMP.prepare_invoke();
+            bump.key(keys.hot_set())
+                .key(keys.hot_landmark())
+                .arg(now.as_millis())
+                .arg(policy.half_life.as_millis().max(1) as u64)
+                .arg(policy.max_keys)
+                .arg(key)
+                .arg(*reads);
+            async move { self.invoke::<i64>(&bump).await }
+        });
+        futures_util::future::join_all(bumps).await.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ())
     }
 
     /// Up to `limit` hot keys whose decayed read count is at least `min_reads`, hottest first,

@@ -75,6 +75,16 @@ impl Keys {
         self.internal(&format!("refresh-ahead{INTERNAL}tick{INTERNAL}{tick_ms}"))
     }
 
+    /// The invalidation clocks of tags and "all" (docs/invalidation.md).
+    pub(crate) fn clocks(&self) -> String {
+        self.internal("{inv}clocks")
+    }
+
+    /// The pub/sub channel of the invalidation feed.
+    pub(crate) fn feed_channel(&self) -> String {
+        self.internal("invalidate")
+    }
+
     /// The lease on version node id `node`.
     pub(crate) fn node_lease(&self, node: u64) -> String {
         self.internal(&format!("node{INTERNAL}{node}"))
@@ -119,6 +129,8 @@ mod tests {
             keys.hot_landmark(),
             keys.tick_lock(5),
             keys.node_lease(7),
+            keys.clocks(),
+            keys.feed_channel(),
         ];
         for name in &internal {
             let as_key = name.strip_prefix("app:").unwrap();

@@ -23,6 +23,7 @@ pub mod dead_letters;
 pub mod entra;
 mod entry;
 pub mod hot_keys;
+pub(crate) mod invalidation;
 pub mod keys;
 pub mod leases;
 pub mod migrate;
@@ -61,6 +62,12 @@ pub struct Redis {
     target: Arc<str>,
     deadline: Duration,
     breaker: Arc<Breaker>,
+    /// The invalidation feed this handle follows (docs/invalidation.md).
+    feed: Arc<invalidation::Feed>,
+    /// How to open the feed's own subscriber connection.
+    info: redis::ConnectionInfo,
+    credentials: Option<EntraIdCredentials>,
+    target_connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for Redis {
@@ -170,14 +177,19 @@ impl RedisBuilder<'_> {
         }
         let single = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| setup("cannot prepare the Redis connection".into(), e))?;
-        let connector = Connector::new(single, info, target.connect_timeout, self.deadline, credentials)
-            .map_err(|e| setup(format!("cannot prepare the Redis cluster client for {}", target.describe()), e))?;
+        let connector =
+            Connector::new(single, info.clone(), target.connect_timeout, self.deadline, credentials.clone())
+                .map_err(|e| setup(format!("cannot prepare the Redis cluster client for {}", target.describe()), e))?;
         Ok(Redis {
             connector,
             keys: Arc::new(Keys::new(self.prefix)),
             target: Arc::from(target.describe()),
             deadline: self.deadline.max(Duration::from_millis(1)),
             breaker: Arc::default(),
+            feed: Arc::default(),
+            info,
+            credentials,
+            target_connect_timeout: target.connect_timeout,
         })
     }
 }
@@ -251,10 +263,21 @@ impl Redis {
 
     fn classify(&self, e: RedisError) -> CacheError {
         // Redis answering that it cannot serve for now (a cluster failing over, a replica being
-        // promoted, a dataset still loading) is an outage too, not a refused command.
+        // promoted, a dataset still loading) is an outage too, not a refused command. So is a
+        // redirection the cluster client gave up following while the slot map settles.
         let not_serving = matches!(
             e.code(),
-            Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "READONLY" | "BUSY" | "NOREPLICAS")
+            Some(
+                "CLUSTERDOWN"
+                    | "TRYAGAIN"
+                    | "MASTERDOWN"
+                    | "LOADING"
+                    | "READONLY"
+                    | "BUSY"
+                    | "NOREPLICAS"
+                    | "MOVED"
+                    | "ASK"
+            )
         );
         let unreachable = e.is_io_error()
             || e.is_timeout()

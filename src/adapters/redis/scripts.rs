@@ -8,6 +8,7 @@
 //! | --- | --- |
 //! | `lk`, `lkx` | load lock token and its expiry (ms) |
 //! | `rk`, `rkx` | refresh lock token and its expiry (ms) |
+//! | `inv`, `minv` | the last eviction's stamp and version floor (docs/invalidation.md) |
 //!
 //! A hash that holds only lock fields reads as a miss. Scripts never delete or overwrite a key of
 //! another type: such a key is not the cache's (an older release's write-behind stream had a name a
@@ -31,28 +32,102 @@ local function keep_until(key, now, at)
 end
 "#;
 
-/// Writes an entry unless the cached one has a newer version (invariant 2, docs/reliability.md).
+/// Writes an entry unless the cached one has a newer version (invariant 2, docs/reliability.md),
+/// or it was cached before the key's last eviction (docs/invalidation.md).
 ///
-/// KEYS[1] entry; ARGV: version, data, at, soft, hard, negative (0/1), fail-safe (0/1), now (ms).
-/// An equal version is rewritten: it is the same write, refreshed. Lock fields are kept. Returns 1
-/// when written, 0 when a newer version was kept, -1 when the key is not a cache entry.
+/// KEYS[1] entry; ARGV: version, data, at, soft, hard, negative (0/1), fail-safe (0/1), now (ms),
+/// asof (when the value was read or written, on the version clock), tags (joined by U+001F),
+/// feed channel ('' for none), the cache key, announce (0/1).
+/// An equal version is rewritten: it is the same write, refreshed. Lock fields and the eviction
+/// memory (`inv`, `minv`) are kept. A value read no later than the last eviction (`asof` ≤ `inv`)
+/// is refused, unless it is the fail-safe marking a stale copy it already holds. The feed hears the
+/// write when `announce` is set or another version is replaced. Returns 1 when written, 0 when a
+/// newer version was kept, 2 when refused by an eviction, -1 when the key is not a cache entry.
 pub(crate) static PUT_IF_NOT_OLDER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r#"{NEWER}{KEEP_UNTIL}
+        r#"{NEWER}
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'hash' and kind ~= 'none' then return -1 end
-local cur = redis.call('HGET', KEYS[1], 'ver')
+local e = redis.call('HMGET', KEYS[1], 'ver', 'inv', 'minv')
+local cur = e[1]
 if cur and newer(cur, ARGV[1]) then return 0 end
-redis.call('HDEL', KEYS[1], 'data', 'neg', 'fs')
-redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'at', ARGV[3], 'soft', ARGV[4], 'hard', ARGV[5])
+if e[3] and newer(e[3], ARGV[1]) then return 0 end
+if ARGV[7] ~= '1' and e[2] and not newer(ARGV[9], e[2]) then return 2 end
+redis.call('HDEL', KEYS[1], 'data', 'neg', 'fs', 'tags')
+redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'at', ARGV[3], 'soft', ARGV[4], 'hard', ARGV[5], 'asof', ARGV[9])
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'neg', '1') else redis.call('HSET', KEYS[1], 'data', ARGV[2]) end
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'fs', '1') end
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'tags', ARGV[10]) end
 local hold = tonumber(ARGV[5])
 for _, f in ipairs({{'lkx', 'rkx'}}) do
   local x = tonumber(redis.call('HGET', KEYS[1], f) or '')
   if x and x > hold then hold = x end
 end
 redis.call('PEXPIREAT', KEYS[1], hold)
+if ARGV[11] ~= '' and (ARGV[13] == '1' or (cur and cur ~= ARGV[1])) then
+  redis.call('PUBLISH', ARGV[11], 'w ' .. ARGV[1] .. ' ' .. ARGV[12])
+end
+return 1
+"#
+    ))
+});
+
+/// Evicts an entry (docs/invalidation.md).
+///
+/// KEYS[1] entry; ARGV: stamp ('' for none), version floor ('' for none), hard (0/1), how long the
+/// hash remembers the eviction at least (ms), feed channel ('' for none), the cache key.
+/// The entry turns stale (`soft` = 0, the stale copy kept for the fail-safe) when it was cached no
+/// later than the stamp or holds a version below the floor; with `hard` its value goes too. The
+/// stamp is remembered in `inv` (later writes of values read before it are refused), the floor in
+/// `minv`. Returns 1 when an entry was evicted, 0 when none was covered, -1 when the key is not a
+/// cache entry.
+pub(crate) static EVICT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{NEWER}
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then return -1 end
+local stamp, floor = ARGV[1], ARGV[2]
+local e = redis.call('HMGET', KEYS[1], 'ver', 'asof', 'inv', 'minv')
+if stamp ~= '' and (not e[3] or newer(stamp, e[3])) then redis.call('HSET', KEYS[1], 'inv', stamp) end
+if floor ~= '' and (not e[4] or newer(floor, e[4])) then redis.call('HSET', KEYS[1], 'minv', floor) end
+local hit = 0
+if e[1] then
+  local asof = e[2] or e[1]
+  if (stamp ~= '' and not newer(asof, stamp)) or (floor ~= '' and newer(floor, e[1])) then
+    hit = 1
+    if ARGV[3] == '1' then
+      redis.call('HDEL', KEYS[1], 'data', 'ver', 'neg', 'fs', 'asof', 'tags', 'at', 'soft', 'hard')
+    else
+      redis.call('HSET', KEYS[1], 'soft', '0')
+    end
+  end
+end
+if stamp ~= '' or floor ~= '' then
+  local keep = tonumber(ARGV[4])
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+end
+if ARGV[5] ~= '' then
+  if stamp ~= '' then redis.call('PUBLISH', ARGV[5], 'e ' .. stamp .. ' ' .. ARGV[6]) end
+  if floor ~= '' then redis.call('PUBLISH', ARGV[5], 'w ' .. floor .. ' ' .. ARGV[6]) end
+end
+return hit
+"#
+    ))
+});
+
+/// Raises invalidation clocks (docs/invalidation.md) and tells the feed.
+///
+/// KEYS[1] the clocks hash; ARGV: stamp, feed channel, message, then the fields to raise (tag
+/// names, or U+001F "all"). A clock never moves back.
+pub(crate) static RAISE_CLOCKS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{NEWER}
+for i = 4, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if not cur or newer(ARGV[1], cur) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#
     ))
@@ -61,7 +136,7 @@ return 1
 /// The gate a cache miss passes before it reads the store (stampede protection across processes).
 ///
 /// KEYS[1] entry; ARGV: now (ms), lock token, lock TTL (ms).
-/// Returns `{1, data, ver, at, soft, hard, neg, fs}` when a fresh entry appeared meanwhile,
+/// Returns `{1, data, ver, at, soft, hard, neg, fs, tags, asof}` when a fresh entry appeared meanwhile,
 /// `{2}` when this caller now holds the load lock, `{3}` when another caller holds it, `{4}` when
 /// the key is not a cache entry (read the store, do not cache).
 pub(crate) static LOAD_GATE: LazyLock<Script> = LazyLock::new(|| {
@@ -71,11 +146,11 @@ local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'hash' and kind ~= 'none' then return {{4}} end
 local now = tonumber(ARGV[1])
 if kind == 'hash' then
-  local e = redis.call('HMGET', KEYS[1], 'data', 'ver', 'at', 'soft', 'hard', 'neg', 'fs', 'lk', 'lkx')
+  local e = redis.call('HMGET', KEYS[1], 'data', 'ver', 'at', 'soft', 'hard', 'neg', 'fs', 'tags', 'asof', 'lk', 'lkx')
   if e[2] and e[4] and tonumber(e[4]) > now then
-    return {{1, e[1] or '', e[2], e[3] or '', e[4], e[5] or '', e[6] or '', e[7] or ''}}
+    return {{1, e[1] or '', e[2], e[3] or '', e[4], e[5] or '', e[6] or '', e[7] or '', e[8] or '', e[9] or ''}}
   end
-  if e[8] and tonumber(e[9] or '0') > now then return {{3}} end
+  if e[10] and tonumber(e[11] or '0') > now then return {{3}} end
 end
 local until_ms = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'lk', ARGV[2], 'lkx', until_ms)

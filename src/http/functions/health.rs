@@ -37,6 +37,14 @@ pub(super) async fn handle(health: &HealthCheck, log: &mut InvocationLog) -> Htt
         "redis": probe(&report.cache, "target"),
         "store": probe(&report.store, "kind"),
         "queue": queue,
+        "nearCache": {
+            "status": match report.near_cache_live {
+                Some(true) => "live",
+                Some(false) => "bypassed",
+                None => "off",
+            },
+            "pendingInvalidations": report.pending_invalidations,
+        },
         "version": env!("CARGO_PKG_VERSION"),
     });
     if healthy {

@@ -3,6 +3,7 @@
 //! envelope handling here (that is `host`) and no caching logic (that is `patterns`).
 
 mod cache_aside;
+mod cache_invalidate;
 mod dead_letters;
 mod event_hub_consumer;
 mod health;
@@ -36,17 +37,24 @@ pub enum HttpFunction {
     RefreshAheadRead,
     /// `Health`: `api/health`.
     Health,
+    /// `CacheInvalidate`: `api/cache/{key?}` (function key).
+    CacheInvalidate,
+    /// `CacheClear`: `api/cache-clear` (admin key).
+    CacheClear,
 }
 
 impl HttpFunction {
     /// Every HTTP function.
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::CacheAside,
         Self::WriteThrough,
         Self::WriteBehind,
         Self::RefreshAheadRead,
         Self::DeadLetters,
         Self::Health,
+        // `cache-clear` before `cache`: route bases are matched in this order.
+        Self::CacheClear,
+        Self::CacheInvalidate,
     ];
 
     /// The function (folder) name, as the host posts it in payload mode.
@@ -58,6 +66,8 @@ impl HttpFunction {
             Self::DeadLetters => "DeadLetters",
             Self::RefreshAheadRead => "RefreshAheadRead",
             Self::Health => "Health",
+            Self::CacheInvalidate => "CacheInvalidate",
+            Self::CacheClear => "CacheClear",
         }
     }
 
@@ -70,12 +80,14 @@ impl HttpFunction {
             Self::DeadLetters => "dead-letters",
             Self::RefreshAheadRead => "refresh-ahead",
             Self::Health => "health",
+            Self::CacheInvalidate => "cache",
+            Self::CacheClear => "cache-clear",
         }
     }
 
     /// Whether the route takes a `{key}`.
     pub(crate) fn takes_key(self) -> bool {
-        !matches!(self, Self::Health)
+        !matches!(self, Self::Health | Self::CacheClear)
     }
 
     /// Allowed methods, upper-case.
@@ -85,6 +97,8 @@ impl HttpFunction {
             Self::WriteThrough | Self::WriteBehind => &["PUT", "POST", "DELETE"],
             Self::DeadLetters => &["GET", "POST", "DELETE"],
             Self::RefreshAheadRead | Self::Health => &["GET"],
+            Self::CacheInvalidate => &["DELETE", "POST"],
+            Self::CacheClear => &["POST"],
         }
     }
 
@@ -152,6 +166,8 @@ pub(crate) async fn dispatch(
         HttpFunction::DeadLetters => dead_letters::handle(&services.dead_letters, call, log).await,
         HttpFunction::RefreshAheadRead => refresh_ahead::handle(&services.refresh_ahead, call, log).await,
         HttpFunction::Health => health::handle(&services.health, log).await,
+        HttpFunction::CacheInvalidate => cache_invalidate::handle(&services.invalidation, call, log).await,
+        HttpFunction::CacheClear => cache_invalidate::clear(&services.invalidation, log).await,
     }
 }
 
@@ -187,6 +203,10 @@ mod tests {
         assert_eq!(HttpFunction::by_route("refresh-ahead/k"), Some((HttpFunction::RefreshAheadRead, Some("k"))));
         assert_eq!(HttpFunction::by_route("health/x"), None);
         assert_eq!(HttpFunction::by_route("cache-asidex"), None);
+        assert_eq!(HttpFunction::by_route("cache/k"), Some((HttpFunction::CacheInvalidate, Some("k"))));
+        assert_eq!(HttpFunction::by_route("cache"), Some((HttpFunction::CacheInvalidate, None)));
+        assert_eq!(HttpFunction::by_route("cache-clear"), Some((HttpFunction::CacheClear, None)));
+        assert_eq!(HttpFunction::by_route("cache-clear/x"), None);
         assert_eq!(HttpFunction::by_name("cacheaside"), Some(HttpFunction::CacheAside));
     }
 }

@@ -30,5 +30,9 @@ pub(super) fn reply(pattern: &str, key: &Key, result: Result<Lookup, ReadError>,
             HttpReply::error(404, "not_found", format!("no value for key {:?} in the cache or the store", key.as_str()))
         }
     };
-    reply.with_header("x-cache", lookup.cache.as_str())
+    let reply = reply.with_header("x-cache", lookup.cache.as_str());
+    match lookup.tier {
+        Some(tier) => reply.with_header("x-cache-tier", tier.as_str()),
+        None => reply,
+    }
 }

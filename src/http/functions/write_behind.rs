@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::input::{read_key, write_key_and_value};
+use super::input::{entry_options, read_key, write_key_and_value};
 use crate::http::errors;
 use crate::http::host::{HttpCall, HttpReply, InvocationLog};
 use crate::patterns::WriteBehind;
@@ -25,8 +25,12 @@ pub(super) async fn handle(
             Err(reply) => return reply,
         }
     };
+    let options = match entry_options(call) {
+        Ok(options) => options,
+        Err(reply) => return reply,
+    };
     let op = if change == Change::Delete { "delete" } else { "upsert" };
-    match write_behind.accept(&key, change).await {
+    match write_behind.accept_with(&key, change, &options).await {
         Ok(accepted) => {
             log.info(format!(
                 "write-behind {op} {:?}: queued on {} at version {}, cache {}",

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::input::{read_key, write_key_and_value};
+use super::input::{entry_options, read_key, write_key_and_value};
 use crate::http::errors;
 use crate::http::host::{HttpCall, HttpReply, InvocationLog};
 use crate::patterns::WriteThrough;
@@ -25,7 +25,11 @@ pub(super) async fn handle(
             Err(reply) => return reply,
         }
     };
-    let written = match write_through.write(&key, change.clone()).await {
+    let options = match entry_options(call) {
+        Ok(options) => options,
+        Err(reply) => return reply,
+    };
+    let written = match write_through.write_with(&key, change.clone(), &options).await {
         Ok(written) => written,
         Err(e) => return errors::write_failure(&e, log),
     };

@@ -189,13 +189,18 @@ impl RefreshAhead {
             Ok(RefreshGate::Busy | RefreshGate::AlreadyDone) => return Refreshed::Skipped,
             Err(e) => return Refreshed::Failed(Chain(&e).to_string()),
         }
+        let as_of = core.versions.next();
         let record = match core.with_store_timeout("refreshing from the store", core.store.get(key.as_str())).await {
             Ok(record) => record,
             // The lock stays until it expires: the next attempt waits that long.
             Err(e) => return Refreshed::Failed(Chain(&e).to_string()),
         };
-        let (value, version) = record.map(|r| (r.value, r.version)).unwrap_or((None, 0));
-        let entry = core.policy.entry_for(value, version, core.now());
+        let (value, version, options) = record.map(|r| (r.value, r.version, r.options)).unwrap_or((
+            None,
+            0,
+            crate::domain::options::EntryOptions::NONE,
+        ));
+        let entry = core.policy.entry_with(value, version, core.now(), &options, as_of);
         let written = core.cache.put(key.as_str(), &entry, core.now()).await;
         if let Err(e) = core.cache.release_refresh(key.as_str(), &token).await {
             tracing::debug!(key = ?key.as_str(), error = %Chain(&e), "could not release the refresh lock; it expires by itself");

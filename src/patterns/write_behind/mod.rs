@@ -20,6 +20,7 @@ pub(crate) use pushed::{PushedBatch, RunAgain};
 use super::Core;
 use super::apply::ApplyOptions;
 use crate::domain::key::Key;
+use crate::domain::options::EntryOptions;
 use crate::domain::write_event::WriteEvent;
 use crate::ports::store::{Change, StoreError};
 use crate::ports::{QueueError, WriteQueue};
@@ -87,6 +88,17 @@ impl WriteBehind {
 
     /// Write-Behind of `change` to `key`.
     pub async fn accept(&self, key: &Key, change: Change) -> Result<Accepted, WriteBehindError> {
+        self.accept_with(key, change, &EntryOptions::NONE).await
+    }
+
+    /// Write-Behind of `change` to `key`, cached with `options` (tags, TTL), which travel with the
+    /// queued write to the store.
+    pub async fn accept_with(
+        &self,
+        key: &Key,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Accepted, WriteBehindError> {
         let core = &self.core;
         // Accepting a write that can never be applied would only fill the queue.
         core.store.configured()?;
@@ -101,8 +113,9 @@ impl WriteBehind {
             Change::Upsert(value) => (WriteEvent::upsert(key, value.clone(), version, now), Some(value)),
             Change::Delete => (WriteEvent::delete(key, version, now), None),
         };
+        let event = event.with_options(options);
         self.queue.publish(&event).await?;
-        let cached = core.cache_quietly(key, &core.policy.entry_for(value, version, now)).await;
+        let cached = core.cache_write(key, &core.policy.entry_with(value, version, now, options, version)).await;
         Ok(Accepted { version, cached })
     }
 }

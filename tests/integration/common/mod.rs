@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cachepatterns::adapters::sqlite::SqliteStore;
 use cachepatterns::config::Settings;
+use cachepatterns::domain::options::EntryOptions;
 use cachepatterns::ports::dead_letters::{DeadLetterId, DeadLetters, Failed};
 use cachepatterns::ports::store::{Applied, Change, Record, Store, StoreError};
 use cachepatterns::ports::{Clock, WriteQueue};
@@ -624,12 +625,22 @@ impl Store for FaultyStore {
     }
 
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
+        self.apply_with(key, version, change, &EntryOptions::NONE).await
+    }
+
+    async fn apply_with(
+        &self,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Applied, StoreError> {
         self.applies.fetch_add(1, Ordering::SeqCst);
         self.before_call().await?;
         if self.failing_writes.load(Ordering::SeqCst) {
             return Err(StoreError::unavailable("injected: database or disk is full"));
         }
-        self.inner.apply(key, version, change).await
+        self.inner.apply_with(key, version, change, options).await
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
@@ -780,4 +791,17 @@ pub fn stream_consumer(
     let mut drain = app.settings.write_behind;
     tune(&mut reader, &mut drain);
     app.write_behind_consumer(reader, drain).expect("the consumer wires up")
+}
+
+/// Follows `app`'s invalidation feed (alone, no other worker) and waits until it is live: a
+/// running service always has it, and without it every read also fetches the invalidation
+/// clocks (see docs/invalidation.md). Waiting is bounded.
+pub async fn live_feed(app: &Application) -> cachepatterns::startup::Workers {
+    let workers = app.follow_invalidations();
+    let started = std::time::Instant::now();
+    while !app.redis.feed_is_live() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the invalidation feed did not come up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    workers
 }

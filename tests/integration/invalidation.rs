@@ -1,0 +1,297 @@
+//! Invalidation (docs/invalidation.md): evicting keys, tags, clearing everything, per-entry TTLs,
+//! the ordering of invalidations and writes, and the replay of what failed while Redis was away.
+//! On a single node and (same binary, `CACHEPATTERNS_TEST_REDIS=cluster`) on a cluster.
+
+use crate::common;
+
+use std::time::Duration;
+
+use cachepatterns::domain::key::Key;
+use cachepatterns::patterns::invalidation::{Outcome, Scope};
+use cachepatterns::ports::clock::ManualClock;
+use cachepatterns::ports::store::{Change, Store};
+use common::host::{Call, FunctionDef, MODES, Mode, send};
+use common::{RedisServer, TestApp};
+use serde_json::json;
+
+fn key(k: &str) -> Key {
+    Key::new(k).unwrap()
+}
+
+struct Functions {
+    aside: FunctionDef,
+    through: FunctionDef,
+    behind: FunctionDef,
+    invalidate: FunctionDef,
+    clear: FunctionDef,
+}
+
+fn functions() -> Functions {
+    Functions {
+        aside: FunctionDef::load("CacheAside"),
+        through: FunctionDef::load("WriteThrough"),
+        behind: FunctionDef::load("WriteBehind"),
+        invalidate: FunctionDef::load("CacheInvalidate"),
+        clear: FunctionDef::load("CacheClear"),
+    }
+}
+
+fn with_header(mut call: Call, name: &str, value: &str) -> Call {
+    call.headers.push((name.into(), value.into()));
+    call
+}
+
+#[tokio::test]
+async fn evicting_a_key_makes_the_next_read_miss_and_keeps_the_fail_safe_copy_unless_hard() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    for mode in MODES {
+        let k = format!("evict-{mode:?}");
+        send(&router, mode, &f.through, &Call::new("PUT", Some(&k)).json(&json!("v1"))).await;
+        assert_eq!(send(&router, mode, &f.aside, &Call::new("GET", Some(&k))).await.header("x-cache"), Some("hit"));
+        let evicted = send(&router, mode, &f.invalidate, &Call::new("DELETE", Some(&k))).await;
+        assert_eq!(evicted.status, 200, "{mode:?}: {:?}", evicted.body);
+        assert_eq!(evicted.body["status"], "invalidated");
+        assert!(evicted.body["stamp"].as_u64().unwrap() > 0);
+        let read = send(&router, mode, &f.aside, &Call::new("GET", Some(&k))).await;
+        assert_eq!(
+            (read.status, read.header("x-cache")),
+            (200, Some("miss")),
+            "{mode:?}: evicted means the next read misses"
+        );
+
+        // The fail-safe copy stays: with the store down, the evicted value is served stale.
+        send(&router, mode, &f.invalidate, &Call::new("DELETE", Some(&k))).await;
+        t.store.set_failing(true);
+        let stale = send(&router, mode, &f.aside, &Call::new("GET", Some(&k))).await;
+        assert_eq!((stale.status, stale.header("x-cache")), (200, Some("stale")), "{mode:?}: {:?}", stale.body);
+        t.store.set_failing(false);
+
+        // A hard eviction removes it: with the store down there is nothing to serve.
+        send(&router, mode, &f.aside, &Call::new("GET", Some(&k))).await;
+        let hard = send(&router, mode, &f.invalidate, &Call::new("DELETE", Some(&k)).query("hard", "true")).await;
+        assert_eq!((hard.status, hard.body["hard"].clone()), (200, json!(true)));
+        t.store.set_failing(true);
+        let gone = send(&router, mode, &f.aside, &Call::new("GET", Some(&k))).await;
+        assert_eq!(gone.status, 503, "{mode:?}: a hard eviction leaves no stale copy: {:?}", gone.body);
+        t.store.set_failing(false);
+    }
+}
+
+#[tokio::test]
+async fn bulk_evictions_and_tags_invalidate_exactly_their_entries() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    let mode = Mode::Direct;
+    // Tags by query on one, by header on the other; write-behind takes them too.
+    send(&router, mode, &f.through, &Call::new("PUT", Some("red-1")).query("tags", "red,round").json(&json!(1))).await;
+    let by_header = with_header(Call::new("PUT", Some("red-2")).json(&json!(2)), "x-cache-tags", "red");
+    assert_eq!(send(&router, mode, &f.through, &by_header).await.status, 200);
+    let queued =
+        send(&router, mode, &f.behind, &Call::new("PUT", Some("red-3")).query("tags", "red").json(&json!(3))).await;
+    assert_eq!(queued.status, 202);
+    send(&router, mode, &f.through, &Call::new("PUT", Some("blue")).query("tags", "blue").json(&json!(4))).await;
+    send(&router, mode, &f.through, &Call::new("PUT", Some("plain")).json(&json!(5))).await;
+    for k in ["red-1", "red-2", "red-3", "blue", "plain"] {
+        assert_eq!(
+            send(&router, mode, &f.aside, &Call::new("GET", Some(k))).await.header("x-cache"),
+            Some("hit"),
+            "{k}"
+        );
+    }
+    let tags = send(&router, mode, &f.invalidate, &Call::new("POST", None).json(&json!({"tags": ["red"]}))).await;
+    assert_eq!((tags.status, tags.body["tags"].clone()), (200, json!(["red"])), "{:?}", tags.body);
+    for (k, expected) in [("red-1", "miss"), ("red-2", "miss"), ("blue", "hit"), ("plain", "hit")] {
+        let read = send(&router, mode, &f.aside, &Call::new("GET", Some(k))).await;
+        assert_eq!(read.header("x-cache"), Some(expected), "{k} after invalidating tag red");
+    }
+    // Reloaded entries are cached again, with their tags (kept in the store): a second
+    // invalidation of the tag covers them too.
+    for k in ["red-1", "red-2"] {
+        assert_eq!(send(&router, mode, &f.aside, &Call::new("GET", Some(k))).await.header("x-cache"), Some("hit"));
+    }
+    send(&router, mode, &f.invalidate, &Call::new("POST", None).json(&json!({"tags": ["round"]}))).await;
+    assert_eq!(send(&router, mode, &f.aside, &Call::new("GET", Some("red-1"))).await.header("x-cache"), Some("miss"));
+    assert_eq!(send(&router, mode, &f.aside, &Call::new("GET", Some("red-2"))).await.header("x-cache"), Some("hit"));
+
+    let keys = send(
+        &router,
+        mode,
+        &f.invalidate,
+        &Call::new("POST", None).json(&json!({"keys": ["blue", "plain", "never-cached"]})),
+    )
+    .await;
+    assert_eq!((keys.status, keys.body["keys"].clone()), (200, json!(3)));
+    for k in ["blue", "plain"] {
+        assert_eq!(
+            send(&router, mode, &f.aside, &Call::new("GET", Some(k))).await.header("x-cache"),
+            Some("miss"),
+            "{k}"
+        );
+    }
+    // The stored items carry their tags.
+    let stored = t.sqlite.get("red-1").await.unwrap().unwrap();
+    assert_eq!(stored.options.tag_names(), ["red", "round"]);
+}
+
+#[tokio::test]
+async fn clearing_everything_needs_the_admin_function() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    assert_eq!(f.invalidate.auth_level.as_str(), "function");
+    assert_eq!(f.clear.auth_level.as_str(), "admin");
+    for mode in MODES {
+        for k in ["c1", "c2"] {
+            send(&router, mode, &f.through, &Call::new("PUT", Some(k)).json(&json!(k))).await;
+        }
+        let refused = send(&router, mode, &f.invalidate, &Call::new("POST", None).json(&json!({"all": true}))).await;
+        assert_eq!((refused.status, refused.body["error"]["code"].clone()), (403, json!("admin_required")));
+        assert_eq!(send(&router, mode, &f.aside, &Call::new("GET", Some("c1"))).await.header("x-cache"), Some("hit"));
+        let cleared = send(&router, mode, &f.clear, &Call::new("POST", None)).await;
+        assert_eq!((cleared.status, cleared.body["all"].clone()), (200, json!(true)), "{mode:?}: {:?}", cleared.body);
+        for k in ["c1", "c2"] {
+            assert_eq!(send(&router, mode, &f.aside, &Call::new("GET", Some(k))).await.header("x-cache"), Some("miss"));
+        }
+        // A write after the clear is cached as usual.
+        send(&router, mode, &f.through, &Call::new("PUT", Some("c1")).json(&json!("after"))).await;
+        assert_eq!(send(&router, mode, &f.aside, &Call::new("GET", Some("c1"))).await.header("x-cache"), Some("hit"));
+    }
+}
+
+#[tokio::test]
+async fn an_invalidation_never_hides_a_later_write_and_always_covers_an_earlier_one() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let s = &t.app.services;
+    let tags = vec![cachepatterns::domain::options::Tag::new("t").unwrap()];
+    let opts = cachepatterns::domain::options::EntryOptions { tags: tags.clone(), ttl: None };
+    // Earlier write, later invalidation: covered.
+    s.write_through.write_with(&key("order"), Change::Upsert(json!("v1")), &opts).await.unwrap();
+    let Outcome::Done { stamp } = s.invalidation.invalidate(&Scope::Tags(tags.clone())).await else {
+        panic!("Redis is up")
+    };
+    let read = s.cache_aside.get(&key("order")).await.unwrap();
+    assert_eq!(read.cache, cachepatterns::patterns::CacheStatus::Miss);
+    // Later write: never hidden, on this instance or another.
+    let written = s.write_through.write_with(&key("order"), Change::Upsert(json!("v2")), &opts).await.unwrap();
+    assert!(written.version > stamp, "the write's version orders it after the invalidation");
+    let sibling = t.sibling(&redis.connection_string(), &[]);
+    for services in [s, &sibling.services] {
+        let read = services.cache_aside.get(&key("order")).await.unwrap();
+        assert_eq!((read.cache, read.value), (cachepatterns::patterns::CacheStatus::Hit, Some(json!("v2"))));
+    }
+    // Same for a key eviction.
+    let Outcome::Done { .. } = s.invalidation.invalidate(&Scope::Keys { keys: vec![key("order")], hard: false }).await
+    else {
+        panic!()
+    };
+    s.write_through.write(&key("order"), Change::Upsert(json!("v3"))).await.unwrap();
+    let read = sibling.services.cache_aside.get(&key("order")).await.unwrap();
+    assert_eq!((read.cache, read.value), (cachepatterns::patterns::CacheStatus::Hit, Some(json!("v3"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_read_the_store_before_an_eviction_cannot_cache_what_it_read() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[("FailSafeSoftTimeoutMs", "0")]);
+    t.sqlite.apply("raced", 5, Change::Upsert(json!("old"))).await.unwrap();
+    // The store answers the read at once but the answer takes 300 ms to come back: the eviction
+    // (and the store changing behind the cache's back, as another program would) happen between.
+    t.store.set_get_return_delay(Duration::from_millis(300));
+    let services = t.app.services.clone();
+    let load = tokio::spawn(async move { services.cache_aside.get(&key("raced")).await.unwrap() });
+    while t.store.reads_done() == 0 {
+        tokio::task::yield_now().await;
+    }
+    t.sqlite.apply("raced", 6, Change::Upsert(json!("new, written by another program"))).await.unwrap();
+    let outcome = t.app.services.invalidation.invalidate(&Scope::Keys { keys: vec![key("raced")], hard: false }).await;
+    assert!(matches!(outcome, Outcome::Done { .. }));
+    let loaded = load.await.unwrap();
+    assert_eq!(loaded.value, Some(json!("old")), "the slow load answers what it read");
+    t.store.set_get_return_delay(Duration::ZERO);
+    let next = t.app.services.cache_aside.get(&key("raced")).await.unwrap();
+    assert_eq!(
+        (next.value, next.cache),
+        (Some(json!("new, written by another program")), cachepatterns::patterns::CacheStatus::Miss),
+        "the value read before the eviction must not have been cached after it"
+    );
+}
+
+#[tokio::test]
+async fn a_write_can_set_its_own_ttl() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::starting_now();
+    let t = TestApp::on_clock(
+        &redis.connection_string(),
+        &[("CacheTtlSeconds", "300"), ("CacheTtlJitterPercent", "0")],
+        clock.clone(),
+    );
+    let router = t.app.router();
+    let f = functions();
+    let mode = Mode::Direct;
+    send(&router, mode, &f.through, &Call::new("PUT", Some("short")).query("ttl", "60").json(&json!(1))).await;
+    let by_header =
+        with_header(Call::new("PUT", Some("header")).json(&json!(2)), "Cache-Control", "public, max-age=120");
+    assert_eq!(send(&router, mode, &f.through, &by_header).await.status, 200);
+    send(&router, mode, &f.through, &Call::new("PUT", Some("default")).json(&json!(3))).await;
+    let read = |k: &'static str| {
+        let router = router.clone();
+        let aside = f.aside.clone();
+        async move { send(&router, mode, &aside, &Call::new("GET", Some(k))).await.header("x-cache").map(str::to_string) }
+    };
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(read("short").await.as_deref(), Some("miss"), "60 s passed");
+    assert_eq!(read("header").await.as_deref(), Some("hit"));
+    // Reloaded from the store at 61 s, the entry keeps its own TTL (until 121 s).
+    clock.advance(Duration::from_secs(58));
+    assert_eq!(read("short").await.as_deref(), Some("hit"));
+    assert_eq!(read("header").await.as_deref(), Some("hit"));
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(read("short").await.as_deref(), Some("miss"), "the reloaded entry has the write's TTL");
+    assert_eq!(read("header").await.as_deref(), Some("miss"), "max-age=120 passed");
+    assert_eq!(read("default").await.as_deref(), Some("hit"), "CacheTtlSeconds=300 has not");
+    // Bad options are refused before anything is written.
+    for (name, value) in [("ttl", "0"), ("ttl", "2592001"), ("ttl", "soon"), ("tags", "a,,b")] {
+        let r =
+            send(&router, mode, &f.through, &Call::new("PUT", Some("bad")).query(name, value).json(&json!(1))).await;
+        assert_eq!(r.status, 400, "?{name}={value}: {:?}", r.body);
+    }
+    assert!(t.sqlite.get("bad").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_writes_and_invalidations_that_failed_while_redis_was_away_are_replayed() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let s = &t.app.services;
+    s.write_through.write(&key("away"), Change::Upsert(json!("v1"))).await.unwrap();
+    s.write_through.write(&key("evicted-while-away"), Change::Upsert(json!("e1"))).await.unwrap();
+    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v1")));
+    // Redis refuses every write for now, as a failing-over or overloaded Redis does (a paused one
+    // would run the queued commands when it wakes up, which hides what is tested here).
+    redis.command("CONFIG SET min-replicas-to-write 1").expect("CONFIG SET");
+    // The store takes the write; the cache cannot: the write remembers to evict older versions.
+    let written = s.write_through.write(&key("away"), Change::Upsert(json!("v2"))).await.unwrap();
+    assert!(!written.cached);
+    let outcome = s.invalidation.invalidate(&Scope::Keys { keys: vec![key("evicted-while-away")], hard: false }).await;
+    assert!(matches!(outcome, Outcome::Pending { .. }), "{outcome:?}");
+    assert_eq!(s.invalidation.pending(), 2);
+    // Another program changes the evicted item meanwhile.
+    t.sqlite.apply("evicted-while-away", t.app.versions.next(), Change::Upsert(json!("e2"))).await.unwrap();
+    assert_eq!(s.invalidation.replay_pending().await, 0, "nothing is replayed while Redis refuses");
+    assert_eq!(s.invalidation.pending(), 2, "what failed again waits again");
+    // Until the replay, the old values are still cached: that is what the replay fixes.
+    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v1")));
+    assert_eq!(s.cache_aside.get(&key("evicted-while-away")).await.unwrap().value, Some(json!("e1")));
+    redis.command("CONFIG SET min-replicas-to-write 0").expect("CONFIG SET");
+    assert_eq!(s.invalidation.replay_pending().await, 2);
+    assert_eq!(s.invalidation.pending(), 0);
+    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v2")));
+    assert_eq!(s.cache_aside.get(&key("evicted-while-away")).await.unwrap().value, Some(json!("e2")));
+}
