@@ -48,7 +48,7 @@ fi
 cargo test --locked --tests
 # The Redis-backed suites again, in the same binary, against a three-master Redis Cluster.
 CACHEPATTERNS_TEST_REDIS=cluster cargo test --locked --test integration -- \
-  http_api:: invariants:: write_behind:: refresh_ahead:: keys:: hardening:: redis_entra_id:: scale_out::
+  http_api:: invariants:: write_behind:: refresh_ahead:: keys:: hardening:: redis_entra_id:: scale_out:: invalidation:: near_cache::
 # What differs without the `eventhubs` feature: start-up with an Event Hubs setting says how to get it.
 cargo test --locked --no-default-features --lib -- without_the_event_hubs_feature
 # The deployment package: the portable release binary (glibc 2.28, OpenSSL built in) and
