@@ -8,6 +8,7 @@
 //!   `Leases`, `Clock`), implemented by
 //! * [`adapters`]: Redis, SQLite, Cosmos DB, Event Hubs;
 //! * [`domain`]: keys, time, versions, entries and events, shared by all;
+//! * [`telemetry`]: metrics and traces (OpenTelemetry), recorded by every layer;
 //! * [`config`] reads the settings into each component's types, and [`startup`] alone wires
 //!   everything together (for `main` and for the tests alike).
 
@@ -18,3 +19,4 @@ pub mod http;
 pub mod patterns;
 pub mod ports;
 pub mod startup;
+pub mod telemetry;

@@ -18,8 +18,14 @@ use cachepatterns::startup::{self, Environment};
 
 fn main() -> ExitCode {
     startup::fatal_signals::install();
-    startup::logging::init();
+    // Before the telemetry exporters: their HTTP client needs the TLS provider.
     cachepatterns::adapters::tls::ensure_crypto_provider();
+    let export = cachepatterns::telemetry::Export::from_env();
+    let telemetry = cachepatterns::telemetry::install(&export);
+    startup::logging::init(telemetry.as_ref().ok().cloned().flatten());
+    if let Err(e) = &telemetry {
+        tracing::error!(error = %Chain(e), "telemetry is not exported; api/metrics still answers");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -27,7 +33,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(startup::run(Environment::from_env())) {
+    let served = runtime.block_on(startup::run(Environment::from_env()));
+    cachepatterns::telemetry::shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("handler: cannot start: {}", Chain(&e));

@@ -165,6 +165,7 @@ impl NearCache {
 
     /// Sends the refresh-ahead reads served from memory to the hot-key set, in one batch.
     pub async fn flush_read_counts(&self) -> Result<(), CacheError> {
+        crate::telemetry::metrics().set_near_entries(self.held.entry_count());
         let counts = std::mem::take(&mut *self.state.read_counts.lock().unwrap_or_else(|p| p.into_inner()));
         let policy = *self.state.hot_keys.lock().unwrap_or_else(|p| p.into_inner());
         match policy {

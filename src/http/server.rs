@@ -26,6 +26,9 @@ use super::functions::{self, HttpFunction, TriggerFunction};
 use super::host::{HttpReply, InvocationLog, forwarded, payload};
 use crate::domain::error_chain::Chain;
 use crate::ports::budget::with_request_budget;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Longest a request may run before the handler answers `503` itself.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -250,7 +253,17 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
     };
     // Keep room for what the body holds; give the rest back at once.
     drop(room.split(want.saturating_sub(body.len().max(1))));
-    let span = tracing::info_span!("request", invocation = %invocation_id, path = ?path);
+    let span = tracing::info_span!(
+        "request",
+        invocation = %invocation_id,
+        path = ?path,
+        faas.invocation_id = %invocation_id,
+        otel.name = %path,
+        otel.kind = "server"
+    );
+    // Continue the caller's trace (W3C `traceparent`) when it sent one.
+    let parent = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&parts.headers));
+    let _ = span.set_parent(parent);
     route_body(state, parts, path.clone(), forwarded_path.map(str::to_string), body).instrument(span).await
 }
 
@@ -283,7 +296,7 @@ async fn route_body(
         let call = forwarded::http_call(&parts.method, &parts.uri, &parts.headers, body, route_key);
         let mut log = InvocationLog::default();
         let reply = run_with_timeout(functions::dispatch(&state, function, &call, &mut log)).await;
-        return json_response(reply.status, &reply.headers, &reply.body);
+        return reply_response(&reply);
     }
 
     let name = path.trim_matches('/');
@@ -387,6 +400,22 @@ fn strip_prefix_ignore_case<'a>(path: &'a str, prefix: &str) -> Option<&'a str> 
         && path.is_char_boundary(prefix.len())
         && path[..prefix.len()].eq_ignore_ascii_case(prefix))
     .then(|| &path[prefix.len()..])
+}
+
+/// A function's reply as an HTTP response (JSON, or text with its own `Content-Type`).
+fn reply_response(reply: &HttpReply) -> Response {
+    if !reply.text {
+        return json_response(reply.status, &reply.headers, &reply.body);
+    }
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Body::from(reply.body_text())).into_response();
+    let map = response.headers_mut();
+    for (name, value) in &reply.headers {
+        if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            map.insert(name, value);
+        }
+    }
+    response
 }
 
 fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {

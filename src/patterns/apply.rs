@@ -170,6 +170,7 @@ impl Applier {
                 Ok(()) => {
                     settled.done.push(index);
                     settled.dead_lettered += 1;
+                    crate::telemetry::metrics().write_behind("dead_lettered", 1);
                 }
                 Err(why) => settled.unrecorded.push((index, why)),
             }
@@ -267,14 +268,22 @@ impl Applier {
             });
         }
         let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Superseded)).collect();
+        let (mut superseded, mut stale) = (0, 0);
         for outcome in &outcomes {
             match outcome {
                 Outcome::Applied => report.applied += 1,
-                Outcome::Stale | Outcome::Superseded => report.stale_skipped += 1,
+                Outcome::Stale => stale += 1,
+                Outcome::Superseded => superseded += 1,
                 Outcome::Failed { .. } => report.failed += 1,
                 Outcome::Poison { .. } => {}
             }
         }
+        report.stale_skipped = stale + superseded;
+        let metrics = crate::telemetry::metrics();
+        metrics.write_behind("applied", report.applied as u64);
+        metrics.write_behind("coalesced", superseded as u64);
+        metrics.write_behind("stale", stale as u64);
+        metrics.write_behind("failed", report.failed as u64);
         (outcomes, report)
     }
 

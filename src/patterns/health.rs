@@ -103,6 +103,13 @@ impl HealthCheck {
         }
     }
 
+    /// Samples the write-behind backlog for `write_behind.backlog`.
+    pub(crate) async fn sample_backlog(&self) {
+        if let Ok(Ok(Some(backlog))) = bounded(self.queue.backlog()).await {
+            crate::telemetry::metrics().set_backlog(backlog.length);
+        }
+    }
+
     async fn cache(&self) -> Probe {
         let target = self.core.cache.describe();
         match bounded(self.core.cache.ping()).await {

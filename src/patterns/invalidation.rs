@@ -178,6 +178,12 @@ impl Invalidator {
                 result
             }
         };
+        let scope_name = match scope {
+            Scope::Keys { .. } => "keys",
+            Scope::Tags(_) => "tags",
+            Scope::All => "all",
+        };
+        crate::telemetry::metrics().invalidation(scope_name, if done.is_ok() { "done" } else { "pending" });
         match done {
             Ok(()) => Outcome::Done { stamp },
             Err(_) => Outcome::Pending { stamp },

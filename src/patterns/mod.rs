@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tracing::Instrument;
 
 pub use apply::Applier;
 pub use cache_aside::CacheAside;
@@ -204,21 +205,30 @@ impl Core {
         options: &EntryOptions,
         what: &str,
     ) -> Result<Applied, StoreError> {
-        let result = self.with_store_timeout(what, self.store.apply_with(key.as_str(), version, change, options)).await;
+        let result =
+            self.with_store_timeout("apply", what, self.store.apply_with(key.as_str(), version, change, options)).await;
         self.write_health.record(&result);
         result
     }
 
-    /// Runs a store call under the policy's timeout; a timeout is an `Unavailable` error.
+    /// Runs a store call under the policy's timeout; a timeout is an `Unavailable` error. The call
+    /// is timed (`db.client.operation.duration`, operation `op`) and traced.
     pub(crate) async fn with_store_timeout<T>(
         &self,
+        op: &'static str,
         what: &str,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.policy.store_timeout, call).await {
+        let started = std::time::Instant::now();
+        let kind = self.store.kind();
+        let span = tracing::trace_span!("store", db.system.name = kind, db.operation.name = op);
+        let result = match tokio::time::timeout(self.policy.store_timeout, call).instrument(span).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::unavailable(format!("{what} took longer than {:?}", self.policy.store_timeout))),
-        }
+        };
+        let error = result.as_ref().err().map(|e| if e.is_transient() { "unavailable" } else { "rejected" });
+        crate::telemetry::metrics().db_call(kind, op, started.elapsed(), error);
+        result
     }
 
     /// Writes a cache entry; a failure is logged, never returned (the store already answered).
@@ -356,6 +366,7 @@ impl Services {
                 _ = tick.tick() => {
                     self.invalidation.replay_pending().await;
                     self.flush_buffered_reads().await;
+                    self.health.sample_backlog().await;
                 }
             }
         }

@@ -244,7 +244,7 @@ impl ReadPath {
         let core = &self.core;
         // Stamped before the read: an eviction issued after this moment refuses what is read.
         let as_of = core.versions.next();
-        match core.with_store_timeout("reading the store", core.store.get(key.as_str())).await {
+        match core.with_store_timeout("get", "reading the store", core.store.get(key.as_str())).await {
             Ok(record) => {
                 let (value, version, options) =
                     record.map(|r| (r.value, r.version, r.options)).unwrap_or((None, 0, EntryOptions::NONE));

@@ -5,14 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Each layer and the layers it may import (itself always).
-const RULES: [(&str, &[&str]); 7] = [
+const RULES: [(&str, &[&str]); 8] = [
     ("domain", &[]),
+    ("telemetry", &[]),
     ("ports", &["domain"]),
-    ("patterns", &["ports", "domain"]),
-    ("adapters", &["ports", "domain"]),
-    ("http", &["patterns", "ports", "domain"]),
+    ("patterns", &["ports", "domain", "telemetry"]),
+    ("adapters", &["ports", "domain", "telemetry"]),
+    ("http", &["patterns", "ports", "domain", "telemetry"]),
     ("config", &["adapters", "patterns", "ports", "domain"]),
-    ("startup", &["http", "config", "adapters", "patterns", "ports", "domain"]),
+    ("startup", &["http", "config", "adapters", "patterns", "ports", "domain", "telemetry"]),
 ];
 
 fn src() -> PathBuf {

@@ -25,4 +25,5 @@ mod refresh_ahead;
 mod scale_out;
 mod store_cosmos;
 mod store_sqlite;
+mod telemetry;
 mod write_behind;

@@ -654,6 +654,9 @@ impl<'a> Charges<'a> {
     fn record(&mut self, operation: &'static str, request_charge: f64, status: u16) {
         self.total += request_charge;
         self.operations += 1;
+        crate::telemetry::metrics()
+            .cosmos_request_charge
+            .add(request_charge, &[opentelemetry::KeyValue::new("db.operation.name", operation)]);
         tracing::trace!(operation, id = self.id, status, request_charge, "Cosmos DB request charge");
     }
 

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use azure_core::credentials::TokenCredential;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult};
+use tracing::Instrument;
 
 use connection::{Connection, Connector};
 use entra::{EntraIdCredentials, TokenRefresh};
@@ -96,10 +97,12 @@ impl Breaker {
 
     fn trip(&self) {
         self.open_until_ms.store(monotonic_ms() + BREAKER_OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
+        crate::telemetry::metrics().set_breaker_open(true);
     }
 
     fn close(&self) {
         self.open_until_ms.store(0, Ordering::Relaxed);
+        crate::telemetry::metrics().set_breaker_open(false);
     }
 }
 
@@ -324,7 +327,16 @@ impl Redis {
         self.breaker.round_trips.fetch_add(1, Ordering::Relaxed);
         let connector = &self.connector;
         let round_trip = async move { call(connector.get().await?).await };
-        match tokio::time::timeout(deadline, round_trip).await {
+        let started = Instant::now();
+        let span = tracing::trace_span!("redis", db.system.name = "redis", server.address = %self.target);
+        let outcome = tokio::time::timeout(deadline, round_trip).instrument(span).await;
+        let error = match &outcome {
+            Ok(Ok(_)) => None,
+            Ok(Err(_)) => Some("error"),
+            Err(_) => Some("timeout"),
+        };
+        crate::telemetry::metrics().db_call("redis", "round_trip", started.elapsed(), error);
+        match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.classify(e)),
             Err(_) => {

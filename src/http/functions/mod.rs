@@ -41,11 +41,13 @@ pub enum HttpFunction {
     CacheInvalidate,
     /// `CacheClear`: `api/cache-clear` (admin key).
     CacheClear,
+    /// `Metrics`: `api/metrics` (admin key), Prometheus text.
+    Metrics,
 }
 
 impl HttpFunction {
     /// Every HTTP function.
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::CacheAside,
         Self::WriteThrough,
         Self::WriteBehind,
@@ -55,6 +57,7 @@ impl HttpFunction {
         // `cache-clear` before `cache`: route bases are matched in this order.
         Self::CacheClear,
         Self::CacheInvalidate,
+        Self::Metrics,
     ];
 
     /// The function (folder) name, as the host posts it in payload mode.
@@ -68,6 +71,7 @@ impl HttpFunction {
             Self::Health => "Health",
             Self::CacheInvalidate => "CacheInvalidate",
             Self::CacheClear => "CacheClear",
+            Self::Metrics => "Metrics",
         }
     }
 
@@ -82,12 +86,13 @@ impl HttpFunction {
             Self::Health => "health",
             Self::CacheInvalidate => "cache",
             Self::CacheClear => "cache-clear",
+            Self::Metrics => "metrics",
         }
     }
 
     /// Whether the route takes a `{key}`.
     pub(crate) fn takes_key(self) -> bool {
-        !matches!(self, Self::Health | Self::CacheClear)
+        !matches!(self, Self::Health | Self::CacheClear | Self::Metrics)
     }
 
     /// Allowed methods, upper-case.
@@ -96,7 +101,7 @@ impl HttpFunction {
             Self::CacheAside => &["GET", "POST"],
             Self::WriteThrough | Self::WriteBehind => &["PUT", "POST", "DELETE"],
             Self::DeadLetters => &["GET", "POST", "DELETE"],
-            Self::RefreshAheadRead | Self::Health => &["GET"],
+            Self::RefreshAheadRead | Self::Health | Self::Metrics => &["GET"],
             Self::CacheInvalidate => &["DELETE", "POST"],
             Self::CacheClear => &["POST"],
         }
@@ -139,13 +144,30 @@ impl HttpFunction {
     }
 }
 
-/// Runs `function` for `call`.
+/// Runs `function` for `call`, and records it (`http.server.request.duration`, `cache.requests`).
 pub(crate) async fn dispatch(
     state: &AppState,
     function: HttpFunction,
     call: &HttpCall,
     log: &mut InvocationLog,
 ) -> HttpReply {
+    let started = std::time::Instant::now();
+    let reply = run(state, function, call, log).await;
+    let metrics = crate::telemetry::metrics();
+    metrics.request(function.name(), reply.status, started.elapsed());
+    let header = |name: &str| reply.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if let Some(outcome) = header("x-cache") {
+        let tier = match header("x-cache-tier") {
+            Some("l1") => Some("l1"),
+            Some("l2") => Some("l2"),
+            _ => None,
+        };
+        metrics.cache_request(function.name(), outcome, tier);
+    }
+    reply
+}
+
+async fn run(state: &AppState, function: HttpFunction, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
     if !function.methods().contains(&call.method.as_str()) {
         return HttpReply::error(
             405,
@@ -168,11 +190,27 @@ pub(crate) async fn dispatch(
         HttpFunction::Health => health::handle(&services.health, log).await,
         HttpFunction::CacheInvalidate => cache_invalidate::handle(&services.invalidation, call, log).await,
         HttpFunction::CacheClear => cache_invalidate::clear(&services.invalidation, log).await,
+        HttpFunction::Metrics => {
+            HttpReply::text(200, "text/plain; version=0.0.4; charset=utf-8", crate::telemetry::prometheus_text())
+        }
     }
 }
 
 /// Runs the non-HTTP `function` for `invocation`.
 pub(crate) async fn invoke(
+    state: &AppState,
+    function: TriggerFunction,
+    invocation: &Invocation,
+    log: &mut InvocationLog,
+) -> Result<Outputs, TriggerFailure> {
+    let started = std::time::Instant::now();
+    let outputs = run_trigger(state, function, invocation, log).await;
+    let status = if outputs.is_ok() { 200 } else { 500 };
+    crate::telemetry::metrics().request(function.name(), status, started.elapsed());
+    outputs
+}
+
+async fn run_trigger(
     state: &AppState,
     function: TriggerFunction,
     invocation: &Invocation,
@@ -207,6 +245,7 @@ mod tests {
         assert_eq!(HttpFunction::by_route("cache"), Some((HttpFunction::CacheInvalidate, None)));
         assert_eq!(HttpFunction::by_route("cache-clear"), Some((HttpFunction::CacheClear, None)));
         assert_eq!(HttpFunction::by_route("cache-clear/x"), None);
+        assert_eq!(HttpFunction::by_route("metrics"), Some((HttpFunction::Metrics, None)));
         assert_eq!(HttpFunction::by_name("cacheaside"), Some(HttpFunction::CacheAside));
     }
 }

@@ -53,14 +53,26 @@ pub(crate) struct HttpReply {
     pub status: u16,
     /// Headers besides `Content-Type: application/json`.
     pub headers: Vec<(String, String)>,
-    /// The JSON body.
+    /// The JSON body (a string holding the text, for a text answer).
     pub body: Value,
+    /// True for a text answer (its `Content-Type` is in `headers`).
+    pub text: bool,
 }
 
 impl HttpReply {
     /// A JSON answer.
     pub fn json(status: u16, body: Value) -> Self {
-        Self { status, headers: Vec::new(), body }
+        Self { status, headers: Vec::new(), body, text: false }
+    }
+
+    /// A text answer of `content_type`.
+    pub(crate) fn text(status: u16, content_type: &str, body: String) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body: Value::String(body),
+            text: true,
+        }
     }
 
     /// The error shape every failure uses: `{"error":{"code","message"}}`.
@@ -76,7 +88,10 @@ impl HttpReply {
 
     /// The body as text.
     pub fn body_text(&self) -> String {
-        self.body.to_string()
+        match (&self.body, self.text) {
+            (Value::String(text), true) => text.clone(),
+            (body, _) => body.to_string(),
+        }
     }
 }
 

@@ -102,6 +102,17 @@ pub(crate) enum Refreshed {
     Failed(String),
 }
 
+impl Refreshed {
+    /// The outcome's name in metrics.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            Self::Yes => "refreshed",
+            Self::Skipped => "skipped",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
 impl RefreshAhead {
     pub(crate) fn new(read: ReadPath, leases: Arc<dyn Leases>, policy: RefreshAheadPolicy) -> Self {
         Self { read, leases, policy: Arc::new(policy), in_flight: Arc::default() }
@@ -168,7 +179,9 @@ impl RefreshAhead {
         let key = key.clone();
         tokio::spawn(async move {
             let _claim = claim;
-            match this.refresh_key(&key, Some(observed)).await {
+            let refreshed = this.refresh_key(&key, Some(observed)).await;
+            crate::telemetry::metrics().refresh("read", refreshed.outcome());
+            match refreshed {
                 Refreshed::Yes => tracing::debug!(key = ?key.as_str(), "refreshed ahead of expiry"),
                 Refreshed::Skipped => tracing::debug!(key = ?key.as_str(), "refresh not needed: another caller has it"),
                 Refreshed::Failed(why) => {
@@ -190,11 +203,12 @@ impl RefreshAhead {
             Err(e) => return Refreshed::Failed(Chain(&e).to_string()),
         }
         let as_of = core.versions.next();
-        let record = match core.with_store_timeout("refreshing from the store", core.store.get(key.as_str())).await {
-            Ok(record) => record,
-            // The lock stays until it expires: the next attempt waits that long.
-            Err(e) => return Refreshed::Failed(Chain(&e).to_string()),
-        };
+        let record =
+            match core.with_store_timeout("get", "refreshing from the store", core.store.get(key.as_str())).await {
+                Ok(record) => record,
+                // The lock stays until it expires: the next attempt waits that long.
+                Err(e) => return Refreshed::Failed(Chain(&e).to_string()),
+            };
         let (value, version, options) = record.map(|r| (r.value, r.version, r.options)).unwrap_or((
             None,
             0,

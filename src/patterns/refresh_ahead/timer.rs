@@ -109,6 +109,9 @@ impl RefreshAhead {
             });
         }
         while let Some(done) = tasks.join_next().await {
+            if let Ok(refreshed) = &done {
+                crate::telemetry::metrics().refresh("timer", refreshed.outcome());
+            }
             match done {
                 Ok(Refreshed::Yes) => report.refreshed += 1,
                 Ok(Refreshed::Skipped) => report.skipped += 1,

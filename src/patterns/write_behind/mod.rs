@@ -11,7 +11,9 @@ mod consumer;
 mod pushed;
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tracing::Instrument;
 
 pub use consumer::QueueConsumer;
 pub use pushed::PushedBatches;
@@ -114,7 +116,8 @@ impl WriteBehind {
             Change::Delete => (WriteEvent::delete(key, version, now), None),
         };
         let event = event.with_options(options);
-        self.queue.publish(&event).await?;
+        self.queue.publish(&event).instrument(tracing::trace_span!("queue.publish", queue = self.queue.kind())).await?;
+        crate::telemetry::metrics().write_behind("enqueued", 1);
         let cached = core.cache_write(key, &core.policy.entry_with(value, version, now, options, version)).await;
         Ok(Accepted { version, cached })
     }

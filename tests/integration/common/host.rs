@@ -496,6 +496,10 @@ pub async fn send(router: &Router, mode: Mode, def: &FunctionDef, call: &Call) -
         }
     };
     let (status, headers, body) = raw(router, http_request(call, &uri, &extra, with_body)).await;
+    if headers.get("content-type").is_some_and(|ct| ct.starts_with("text/plain")) {
+        // Text answers (Prometheus metrics) come back as a JSON string of the text.
+        return Reply { status, headers, body: Value::String(String::from_utf8_lossy(&body).into()), logs: Vec::new() };
+    }
     assert!(
         headers.get("content-type").is_some_and(|ct| ct.starts_with("application/json")),
         "HTTP replies are JSON: {headers:?}"
@@ -520,7 +524,12 @@ pub fn unwrap_http_output(envelope: &Value, output: &str) -> Reply {
     let body_text = res["body"].as_str().expect("body is a string");
     let logs =
         envelope["Logs"].as_array().expect("Logs array").iter().map(|l| l.as_str().unwrap().to_string()).collect();
-    Reply { status, headers, body: parse_json(body_text.as_bytes()), logs }
+    let body = if headers.get("content-type").is_some_and(|ct| ct.starts_with("text/plain")) {
+        Value::String(body_text.to_string())
+    } else {
+        parse_json(body_text.as_bytes())
+    };
+    Reply { status, headers, body, logs }
 }
 
 /// Posts an invocation envelope to `/{function}` as the host does; returns the status and the

@@ -113,6 +113,13 @@ impl Handler {
         }
     }
 
+    /// Asks the process to stop (SIGTERM, as the host does), waits for it and returns its exit
+    /// status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().ok()
+    }
+
     /// Stops the process and returns what it wrote to stderr.
     pub fn stop(&mut self) -> String {
         self.kill();
