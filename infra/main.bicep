@@ -265,8 +265,10 @@ var commonAppSettings = [
   { name: 'RedisCache__hostName', value: redisHostName }
   { name: 'RedisCache__clientId', value: appIdentity.properties.clientId }
   { name: 'RedisInstanceName', value: redisInstanceName }
-  // Cosmos DB with Entra ID.
+  // Cosmos DB with Entra ID, for the handler and for the StoreChanges trigger (the Functions host
+  // takes __clientId only with __credential=managedidentity; the handler ignores __credential).
   { name: 'CosmosDBConnection__accountEndpoint', value: cosmos.outputs.endpoint }
+  { name: 'CosmosDBConnection__credential', value: 'managedidentity' }
   { name: 'CosmosDBConnection__clientId', value: appIdentity.properties.clientId }
   { name: 'CosmosDBDatabase', value: cosmosDatabaseName }
   { name: 'CosmosDBContainer', value: cosmosContainerName }

@@ -1,6 +1,7 @@
 // Azure Cosmos DB for NoSQL, Entra ID only (disableLocalAuth), with the database and container the
-// handler expects. The handler cannot create them itself: with Entra ID, Cosmos DB refuses database
-// and container creation through the data plane, so they must exist before it starts.
+// handler expects, and the lease container of the StoreChanges trigger. Neither the handler nor the
+// trigger can create them: with Entra ID, Cosmos DB refuses database and container creation through
+// the data plane, so they must exist before the app starts.
 
 @description('Account name (3-44 lowercase letters, digits, hyphens).')
 param name string
@@ -87,6 +88,33 @@ resource container 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/container
       // TTL on, but nothing expires by default (-1): items (never tombstones) can carry their own
       // `ttl` later.
       defaultTtl: -1
+    }
+    options: serverless
+      ? {}
+      : {
+          autoscaleSettings: {
+            maxThroughput: 1000
+          }
+        }
+  }
+}
+
+// The leases of the StoreChanges trigger (its change feed checkpoints, one item per partition
+// range). The trigger's createLeaseContainerIfNotExists cannot create it here: with Entra ID the data
+// plane creates no containers. The Cosmos DB extension requires partition key /id.
+resource leases 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-11-15' = {
+  parent: database
+  name: 'leases'
+  properties: {
+    resource: {
+      id: 'leases'
+      partitionKey: {
+        paths: [
+          '/id'
+        ]
+        kind: 'Hash'
+        version: 2
+      }
     }
     options: serverless
       ? {}

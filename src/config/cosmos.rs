@@ -29,8 +29,11 @@ pub(crate) fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Optio
             ));
         }
         (None, None) => {
-            for name in [COSMOS_DATABASE, COSMOS_CONTAINER] {
-                if get(name).is_some() {
+            // The default names may be set without a connection: they change nothing, and
+            // `StoreChanges/function.json` needs them resolved even where that function is
+            // disabled (local.settings.json, on the embedded store).
+            for (name, default) in [(COSMOS_DATABASE, DEFAULT_DATABASE), (COSMOS_CONTAINER, DEFAULT_CONTAINER)] {
+                if get(name).is_some_and(|value| value != default) {
                     return Err(SettingsError::new(
                         COSMOS_CONNECTION,
                         format!(
@@ -42,8 +45,8 @@ pub(crate) fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Optio
             return Ok(None);
         }
     };
-    let database = cosmos_name(get, COSMOS_DATABASE, "cachepatterns")?;
-    let container = cosmos_name(get, COSMOS_CONTAINER, "items")?;
+    let database = cosmos_name(get, COSMOS_DATABASE, DEFAULT_DATABASE)?;
+    let container = cosmos_name(get, COSMOS_CONTAINER, DEFAULT_CONTAINER)?;
     Ok(Some(CosmosSettings { endpoint, auth, database, container, relax_emulator_certificate }))
 }
 
@@ -136,6 +139,8 @@ const COSMOS_IDENTITY_ENDPOINT: &str = "CosmosDBConnection__accountEndpoint";
 const COSMOS_CLIENT_ID: &str = "CosmosDBConnection__clientId";
 const COSMOS_DATABASE: &str = "CosmosDBDatabase";
 const COSMOS_CONTAINER: &str = "CosmosDBContainer";
+const DEFAULT_DATABASE: &str = "cachepatterns";
+const DEFAULT_CONTAINER: &str = "items";
 
 #[cfg(test)]
 mod tests {
@@ -208,6 +213,18 @@ mod tests {
     }
 
     #[test]
+    fn default_names_without_a_connection_keep_the_embedded_store() {
+        // As local.settings.json sets them, for StoreChanges/function.json.
+        let local = settings(&[
+            ("RedisCache", "localhost"),
+            ("CosmosDBDatabase", "cachepatterns"),
+            ("CosmosDBContainer", "items"),
+        ])
+        .unwrap();
+        assert!(matches!(local.store, StoreSettings::Sqlite { .. }), "{:?}", local.store);
+    }
+
+    #[test]
     fn cosmos_errors_name_the_setting_and_never_the_key() {
         let secret = "c2VjcmV0LWtleQ==";
         let bad_connections = [
@@ -229,6 +246,8 @@ mod tests {
         let err = cosmos(&[("CosmosDBConnection__accountEndpoint", "acct.documents.azure.com")]).unwrap_err();
         assert_eq!(err.name, "CosmosDBConnection__accountEndpoint");
         let err = cosmos(&[("CosmosDBDatabase", "db")]).unwrap_err();
+        assert_eq!(err.name, "CosmosDBConnection");
+        let err = cosmos(&[("CosmosDBContainer", "things")]).unwrap_err();
         assert_eq!(err.name, "CosmosDBConnection");
         let err = cosmos(&[("CosmosDBConnection", EMULATOR), ("CosmosDBContainer", "a/b")]).unwrap_err();
         assert_eq!(err.name, "CosmosDBContainer");

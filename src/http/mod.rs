@@ -15,13 +15,19 @@ pub use functions::{HttpFunction, TriggerFunction};
 pub(crate) use server::misconfigured_router;
 pub use server::{Limits, router, serve};
 
-use crate::patterns::Services;
+use std::sync::Arc;
 
-/// What the handlers share: the services and the request limits. Cheap to clone.
+use crate::patterns::Services;
+use crate::ports::ChangeReader;
+
+/// What the handlers share: the services, the request limits, and how the store's change feed
+/// reads. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     /// The patterns' services.
     pub services: Services,
     /// `MaxValueBytes`: the largest value accepted, as serialized JSON.
     pub max_value_bytes: usize,
+    /// Reads the documents `StoreChanges` receives (the store's layout is the store adapter's).
+    pub changes: Arc<dyn ChangeReader>,
 }

@@ -77,8 +77,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
 
 /// The router of a handler that cannot work with its configuration (on Azure, where exiting would
 /// take every function down): `GET /` answers, Health says what is wrong, every function answers
-/// `503 misconfigured`, and `EventHubConsumer` invocations fail so that the host keeps them for
-/// when the configuration is fixed.
+/// `503 misconfigured`, and `EventHubConsumer` and `StoreChanges` invocations fail so that the
+/// host keeps them for when the configuration is fixed (both have an unbounded retry policy).
 pub(crate) fn misconfigured_router(problem: String) -> Router {
     let problem: Arc<str> = Arc::from(problem);
     Router::new().fallback(move |request: Request| {
@@ -111,7 +111,7 @@ fn misconfigured(problem: &str, request: Request) -> Response {
         return json_response(200, &[], &payload::envelope(outputs, vec![format!("misconfigured: {problem}")]));
     }
     match TriggerFunction::by_name(name) {
-        Some(TriggerFunction::EventHubConsumer) => {
+        Some(TriggerFunction::EventHubConsumer | TriggerFunction::StoreChanges) => {
             json_response(500, &[], &error_body("misconfigured", &format!("not applied, kept for a retry: {problem}")))
         }
         Some(_) => {
@@ -354,11 +354,19 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
 }
 
 /// A trigger invocation that cannot be read. Failing it would make the host retry the same
-/// invocation for ever (`EventHubConsumer` retries without bound) and then drop it; instead what
-/// can be kept of it goes to the dead letters, and the invocation succeeds. Only when even that
-/// cannot be recorded does it fail, to be retried.
+/// invocation for ever (`EventHubConsumer` and `StoreChanges` retry without bound); instead what
+/// can be kept of a write-behind batch goes to the dead letters, and the invocation succeeds. Only
+/// when even that cannot be recorded does it fail, to be retried. Store changes hold no writes:
+/// an unreadable batch is logged and skipped.
 async fn unreadable_trigger(state: &AppState, name: &str, reason: &str, body: &[u8]) -> Response {
     const KEEP: usize = 1024 * 1024;
+    if TriggerFunction::by_name(name) == Some(TriggerFunction::StoreChanges) {
+        let reason = format!(
+            "{name}: the invocation could not be read ({reason}); its changes are not followed, and the entries they would have evicted live until their TTL"
+        );
+        tracing::error!(function = name, reason = ?reason, "unreadable trigger invocation");
+        return json_response(200, &[], &payload::envelope(Map::new(), vec![reason]));
+    }
     let kept = String::from_utf8_lossy(&body[..body.len().min(KEEP)]).into_owned();
     let reason = format!("{name}: the invocation could not be read ({reason}); its events could not be applied");
     tracing::error!(function = name, reason = ?reason, "unreadable trigger invocation");

@@ -9,6 +9,8 @@
 //! * The write-behind queue is drained through the apply core in [`apply`], by [`QueueConsumer`]
 //!   (the Redis Stream, pulled in-process) and [`PushedBatches`] (Event Hubs batches the host
 //!   pushes to `EventHubConsumer`); both settle failures the same way, into the dead letters.
+//! * [`StoreChanges`] follows the store's change feed: keys other programs changed in the store
+//!   are evicted, changes this service wrote are skipped.
 //! * [`DeadLetterAdmin`] lists, replays and discards dead letters; [`HealthCheck`] probes what
 //!   users depend on; [`versions`] issues write versions and leases the instance's node id;
 //!   [`maintenance`] purges old tombstones.
@@ -22,6 +24,7 @@ pub(crate) mod maintenance;
 pub mod read_path;
 pub mod refresh_ahead;
 mod single_flight;
+pub mod store_changes;
 pub mod versions;
 pub mod write_behind;
 pub mod write_through;
@@ -39,6 +42,7 @@ pub use health::HealthCheck;
 pub use invalidation::Invalidator;
 pub use read_path::{CacheStatus, Lookup, ReadError, Source};
 pub use refresh_ahead::RefreshAhead;
+pub use store_changes::StoreChanges;
 pub use versions::HybridClock;
 pub use write_behind::{PushedBatches, QueueConsumer, WriteBehind};
 pub use write_through::{WriteError, WriteThrough, Written};
@@ -316,6 +320,8 @@ pub struct Services {
     pub dead_letters: DeadLetterAdmin,
     /// Evicting keys, invalidating tags, clearing; and the replay of what waited for Redis.
     pub invalidation: Invalidator,
+    /// Following the store's change feed (`StoreChanges`).
+    pub store_changes: StoreChanges,
     /// The health probes.
     pub health: HealthCheck,
 }
@@ -342,6 +348,7 @@ impl Services {
             applier,
             dead_letters: DeadLetterAdmin::new(parts.dead_letters.clone(), parts.queue.clone()),
             invalidation: Invalidator::new(core.clone()),
+            store_changes: StoreChanges::new(core.clone()),
             health: HealthCheck::new(core, parts.queue, parts.dead_letters),
         }
     }

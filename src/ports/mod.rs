@@ -5,13 +5,15 @@
 //! * [`Cache`]: the shared cache of entries, with the atomic "never older" write and the load and
 //!   refresh gates (stampede protection).
 //! * [`Leases`]: short exclusive leases (a version node id, a timer tick).
-//! * [`Store`]: the system of record, with versioned writes.
+//! * [`Store`]: the system of record, with versioned writes; [`ChangeReader`] reads the documents
+//!   of its change feed.
 //! * [`WriteQueue`] and [`QueueReader`]: the write-behind queue, both ends.
 //! * [`DeadLetters`]: writes that could not be applied, kept until someone acts on them.
 //! * [`Clock`]: the time.
 
 pub mod budget;
 pub mod cache;
+pub mod changes;
 pub mod clock;
 pub mod dead_letters;
 pub mod leases;
@@ -21,6 +23,7 @@ pub mod store;
 use std::sync::Arc;
 
 pub use cache::{Cache, CacheError};
+pub use changes::ChangeReader;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dead_letters::{DeadLetter, DeadLetters};
 pub use leases::{LeaseName, Leases};

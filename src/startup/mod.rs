@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 
-use crate::adapters::cosmos::{CosmosSettings, CosmosStore};
+use crate::adapters::cosmos::{CosmosChanges, CosmosSettings, CosmosStore};
 use crate::adapters::deferred_store::{DeferredStore, UnconfiguredStore};
 use crate::adapters::near_cache::NearCache;
 use crate::adapters::redis::{ReaderConfig, Redis, RedisDeadLetters, RedisStreamQueue, RedisStreamReader};
@@ -167,9 +167,14 @@ impl Application {
         Ok(application)
     }
 
-    /// What the HTTP layer needs.
+    /// What the HTTP layer needs. `StoreChanges` reads Cosmos DB documents whatever the store: it
+    /// is the Cosmos DB trigger, disabled where the store is SQLite (docs/store-changes.md).
     pub fn state(&self) -> AppState {
-        AppState { services: self.services.clone(), max_value_bytes: self.settings.max_value_bytes }
+        AppState {
+            services: self.services.clone(),
+            max_value_bytes: self.settings.max_value_bytes,
+            changes: Arc::new(CosmosChanges),
+        }
     }
 
     /// The router, with the default [`Limits`].

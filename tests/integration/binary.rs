@@ -169,7 +169,8 @@ fn on_azure_without_a_store_it_runs_degraded_and_writes_nothing_under_the_app_ro
 }
 
 /// On Azure a setting the handler cannot work with is one error line and 503s naming it, not an
-/// exit: Health says which setting, and queued Event Hubs batches are kept for a retry.
+/// exit: Health says which setting, and queued Event Hubs batches and store changes are kept for a
+/// retry.
 #[test]
 fn on_azure_a_bad_setting_is_served_as_503_naming_it() {
     let redis = RedisServer::start();
@@ -182,6 +183,12 @@ fn on_azure_a_bad_setting_is_served_as_503_naming_it() {
     assert_eq!((status, &body["error"]["code"]), (503, &json!("misconfigured")));
     let envelope = json!({"Data": {"events": "[]"}, "Metadata": {}});
     assert_eq!(handler.request("POST", "/EventHubConsumer", Some(&envelope.to_string())).unwrap().0, 500);
+    let changes = json!({"Data": {"documents": "[]"}, "Metadata": {}});
+    assert_eq!(
+        handler.request("POST", "/StoreChanges", Some(&changes.to_string())).unwrap().0,
+        500,
+        "store changes wait for the configuration to be fixed"
+    );
     let stderr = handler.stop();
     assert_eq!(stderr.lines().filter(|l| l.contains("CacheTtlSeconds")).count(), 1, "{stderr}");
 }

@@ -23,6 +23,7 @@ mod properties;
 mod redis_entra_id;
 mod refresh_ahead;
 mod scale_out;
+mod store_changes;
 mod store_cosmos;
 mod store_sqlite;
 mod telemetry;

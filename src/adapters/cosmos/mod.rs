@@ -5,7 +5,9 @@
 //! ([`id`] explains the mapping; keys with `/ \ ? #`, non-ASCII or 200+ bytes get a safe id) and the
 //! original key is recorded in `key`, which is what [`Store::get`] returns. Deletes write a
 //! tombstone (`deleted: true`, `value: null`) that keeps the delete's version, so a late, older
-//! write cannot resurrect the key.
+//! write cannot resurrect the key. Items other programs write may hold only `id` and `value` (or
+//! `deleted`): without a `version` they read as version 0, older than any write of ours, and
+//! [`CosmosChanges`] tells them apart in the change feed (docs/store-changes.md).
 //!
 //! # Apply only if newer, atomically
 //!
@@ -52,6 +54,7 @@
 //! call, and deletes each with `If-Match` its ETag: a tombstone rewritten meanwhile (412) or
 //! already removed by another instance (404) is left alone.
 
+mod changes;
 mod id;
 mod settings;
 
@@ -77,6 +80,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use changes::CosmosChanges;
 pub use id::item_id;
 
 pub use settings::{CosmosAuth, CosmosSettings};
@@ -581,13 +585,16 @@ struct NewDocument<'a> {
     version_number: u64,
 }
 
-/// The document as read; Cosmos's own fields (`_etag`, `_ts`, …) are ignored.
+/// The document as read; Cosmos's own fields (`_etag`, `_ts`, …) are ignored. Items written by
+/// other programs may lack everything but `id` and `value` (docs/store-changes.md).
 #[derive(Deserialize)]
 struct StoredDocument {
     #[serde(default)]
     key: Option<String>,
     #[serde(default)]
     value: Value,
+    /// Absent (null) in items other programs wrote: version 0, older than any write of ours.
+    #[serde(default)]
     version: Value,
     #[serde(default)]
     deleted: bool,
@@ -609,8 +616,11 @@ fn parse_version(version: &Value) -> Option<u64> {
 }
 
 impl StoredDocument {
-    /// The stored version (see [`parse_version`]).
+    /// The stored version (see [`parse_version`]); 0 for an item written without one.
     fn version(&self) -> Result<u64, StoreError> {
+        if self.version.is_null() {
+            return Ok(0);
+        }
         parse_version(&self.version)
             .ok_or_else(|| StoreError::rejected(format!("stored version {} is not a whole number", self.version)))
     }
@@ -903,6 +913,8 @@ mod tests {
         assert!(document(json!(1.5)).version().is_err());
         assert!(document(json!("7.5")).version().is_err());
         assert!(document(json!("-1")).version().is_err());
+        // Other programs may write items without a version: older than anything of ours.
+        assert_eq!(document(Value::Null).version().unwrap(), 0);
     }
 
     #[test]

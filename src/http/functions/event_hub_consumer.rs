@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::triggers::{Outputs, TriggerFailure};
+use super::triggers::{Outputs, TriggerFailure, retry_context};
 use crate::domain::time::Timestamp;
 use crate::http::host::InvocationLog;
 use crate::http::host::lenient;
@@ -65,13 +65,6 @@ fn source(invocation: &Invocation, index: usize) -> String {
         (Some(p), None) => format!("event hub partition {p} event {index}"),
         (None, None) => format!("event hub event {index} (no partition context: a portal test run?)"),
     }
-}
-
-/// The retry policy's progress: (retry count, max retry count; -1 is unbounded).
-fn retry_context(invocation: &Invocation) -> Option<(i64, i64)> {
-    let retry = invocation.metadata("RetryContext").and_then(|r| lenient::object(&r))?;
-    let number = |name: &str| lenient::field(&retry, name).and_then(lenient::text).and_then(|t| t.parse().ok());
-    Some((number("RetryCount")?, number("MaxRetryCount").unwrap_or(-1)))
 }
 
 /// When the oldest event of the batch was enqueued, if the metadata says.

@@ -11,6 +11,7 @@ mod input;
 mod reads;
 mod refresh_ahead;
 mod refresh_timer;
+mod store_changes;
 pub(crate) mod triggers;
 mod write_behind;
 mod write_through;
@@ -223,6 +224,9 @@ async fn run_trigger(
         }
         TriggerFunction::RefreshAhead => {
             refresh_timer::invoke(&services.refresh_ahead, function.trigger_binding(), invocation, log).await
+        }
+        TriggerFunction::StoreChanges => {
+            store_changes::invoke(&services.store_changes, state.changes.as_ref(), invocation, log).await
         }
     }
 }
