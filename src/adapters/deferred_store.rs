@@ -121,6 +121,10 @@ impl Store for DeferredStore {
         self.inner()?.get(key).await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.inner()?.get_many(keys).await
+    }
+
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
         self.inner()?.apply(key, version, change).await
     }

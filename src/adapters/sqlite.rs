@@ -17,13 +17,14 @@
 //! above the watermark; only writes older than the retention window (a dead letter replayed weeks
 //! later) are refused as stale, for keys that have no row.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
@@ -32,6 +33,8 @@ use crate::ports::store::{Applied, Change, Record, Store, StoreError};
 
 /// Tombstones removed per transaction by a purge.
 const PURGE_BATCH: usize = 5_000;
+/// Keys per `SELECT … IN (…)` of a bulk read (well below SQLite's limit on bound parameters).
+const MAX_KEYS_PER_SELECT: usize = 500;
 
 /// The SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -213,6 +216,41 @@ fn sqlite_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// The columns of an item that make its [`Record`]: value, version, deleted, tags, TTL.
+struct StoredRow {
+    text: Option<String>,
+    version: i64,
+    deleted: bool,
+    tags: Option<String>,
+    ttl: Option<i64>,
+}
+
+impl StoredRow {
+    /// Reads `value, version, deleted, tags, ttl_s` from `row`, starting at column `first`.
+    fn read(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            text: row.get(first)?,
+            version: row.get(first + 1)?,
+            deleted: row.get(first + 2)?,
+            tags: row.get(first + 3)?,
+            ttl: row.get(first + 4)?,
+        })
+    }
+
+    fn into_record(self, key: String) -> Result<Record, StoreError> {
+        let tags: Vec<String> = self.tags.map(|t| t.split('\u{1f}').map(str::to_string).collect()).unwrap_or_default();
+        let options = EntryOptions::from_stored(&tags, self.ttl.and_then(|t| u64::try_from(t).ok()));
+        let value = match (self.deleted, self.text) {
+            (true, _) | (false, None) => None,
+            (false, Some(text)) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::rejected_because(format!("stored value of {key:?} is not JSON"), e))?,
+            ),
+        };
+        Ok(Record { key, value, version: self.version as u64, options })
+    }
+}
+
 fn to_sql_version(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version)
         .map_err(|_| StoreError::rejected(format!("version {version} is larger than the store can hold")))
@@ -228,29 +266,39 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT value, version, deleted, tags, ttl_s FROM items WHERE key = ?1",
                     params![key],
-                    |row| {
-                        Ok((
-                            row.get::<_, Option<String>>(0)?,
-                            row.get::<_, i64>(1)?,
-                            row.get::<_, bool>(2)?,
-                            row.get::<_, Option<String>>(3)?,
-                            row.get::<_, Option<i64>>(4)?,
-                        ))
-                    },
+                    |row| StoredRow::read(row, 0),
                 )
                 .optional()
                 .map_err(sqlite_error)?;
-            let Some((text, version, deleted, tags, ttl)) = row else { return Ok(None) };
-            let tags: Vec<String> = tags.map(|t| t.split('\u{1f}').map(str::to_string).collect()).unwrap_or_default();
-            let options = EntryOptions::from_stored(&tags, ttl.and_then(|t| u64::try_from(t).ok()));
-            let value = match (deleted, text) {
-                (true, _) | (false, None) => None,
-                (false, Some(text)) => Some(
-                    serde_json::from_str(&text)
-                        .map_err(|e| StoreError::rejected_because(format!("stored value of {key:?} is not JSON"), e))?,
-                ),
-            };
-            Ok(Some(Record { key, value, version: version as u64, options }))
+            row.map(|row| row.into_record(key)).transpose()
+        })
+        .await
+    }
+
+    /// One `SELECT … WHERE key IN (…)` per [`MAX_KEYS_PER_SELECT`] keys, all on the connection at
+    /// once (one blocking task).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.check_companions()?;
+        let keys = keys.to_vec();
+        self.with_conn(move |conn| {
+            let mut found: HashMap<String, Record> = HashMap::with_capacity(keys.len());
+            for chunk in keys.chunks(MAX_KEYS_PER_SELECT) {
+                let placeholders = vec!["?"; chunk.len()].join(", ");
+                let mut select = conn
+                    .prepare(&format!(
+                        "SELECT key, value, version, deleted, tags, ttl_s FROM items WHERE key IN ({placeholders})"
+                    ))
+                    .map_err(sqlite_error)?;
+                let rows = select
+                    .query_map(params_from_iter(chunk), |row| Ok((row.get::<_, String>(0)?, StoredRow::read(row, 1)?)))
+                    .map_err(sqlite_error)?;
+                for row in rows {
+                    let (key, row) = row.map_err(sqlite_error)?;
+                    let record = row.into_record(key.clone())?;
+                    found.insert(key, record);
+                }
+            }
+            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
         })
         .await
     }

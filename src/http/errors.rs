@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use super::host::{HttpReply, InvocationLog};
 use crate::domain::error_chain::Chain;
 use crate::patterns::write_behind::WriteBehindError;
@@ -15,15 +17,24 @@ pub(crate) fn unavailable(code: &str, message: String, retry_after: Option<Durat
     HttpReply::error(503, code, message).with_header("Retry-After", seconds.to_string())
 }
 
+/// The error code of a store failure.
+fn store_failure_code(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Unavailable { .. } => "store_unavailable",
+        StoreError::Rejected { .. } => "store_error",
+        StoreError::NotConfigured(_) => "store_not_configured",
+    }
+}
+
 /// A store failure: `503` with `Retry-After` for transient ones and when no store is configured,
 /// `500` when the store refused the request.
 pub(crate) fn store_failure(error: &StoreError, log: &mut InvocationLog) -> HttpReply {
-    let message = Chain(error).to_string();
+    let (code, message) = (store_failure_code(error), Chain(error).to_string());
     log.warn(format!("store failure: {message}"));
     match error {
-        StoreError::Unavailable { retry_after, .. } => unavailable("store_unavailable", message, *retry_after),
-        StoreError::Rejected { .. } => HttpReply::error(500, "store_error", message),
-        StoreError::NotConfigured(_) => unavailable("store_not_configured", message, Some(Duration::from_secs(300))),
+        StoreError::Unavailable { retry_after, .. } => unavailable(code, message, *retry_after),
+        StoreError::Rejected { .. } => HttpReply::error(500, code, message),
+        StoreError::NotConfigured(_) => unavailable(code, message, Some(Duration::from_secs(300))),
     }
 }
 
@@ -31,6 +42,14 @@ pub(crate) fn store_failure(error: &StoreError, log: &mut InvocationLog) -> Http
 pub(crate) fn read_failure(error: &ReadError, log: &mut InvocationLog) -> HttpReply {
     match error {
         ReadError::Store(e) => store_failure(e, log),
+    }
+}
+
+/// The `{"code","message"}` of a read that failed while others in the same call did not (a bulk
+/// read answers `200` and lists it): what [`read_failure`] would have answered for it alone.
+pub(crate) fn read_failure_detail(error: &ReadError) -> Value {
+    match error {
+        ReadError::Store(e) => json!({"code": store_failure_code(e), "message": Chain(e).to_string()}),
     }
 }
 

@@ -11,15 +11,18 @@
 //!   holding the load lock, and updates the cache when the store answers.
 //! * Values are cached with the version they were stored with, through the cache's "never older"
 //!   write, so a slow load can never overwrite a newer write.
+//! * A bulk read ([`ReadPath::load_many`]) keeps all of this per key, and reads the store once for
+//!   all the keys it loads itself.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::future::join_all;
 use serde_json::Value;
 
 use super::Core;
-use super::single_flight::SingleFlight;
+use super::single_flight::{Claim, Leader, SingleFlight};
 use crate::domain::entry::{CacheEntry, Tier};
 use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
@@ -27,7 +30,7 @@ use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 use crate::ports::LockToken;
 use crate::ports::cache::Gate;
-use crate::ports::store::StoreError;
+use crate::ports::store::{Record, StoreError};
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +126,29 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
+/// The answer to a read of one key.
+type Answer = Result<Lookup, ReadError>;
+
+/// A key of a bulk load that goes into its one store read.
+struct Batched {
+    /// Its place among the keys of the load.
+    at: usize,
+    key: Key,
+    /// The logically expired entry, if there was one (fail-safe material).
+    stale: Option<CacheEntry>,
+    /// This process's load of the key, which the batch answers.
+    leader: Leader<Answer>,
+    /// Cache what is read; otherwise answer it as a bypass.
+    cache_it: bool,
+    /// The batch holds the key's load lock, released once the value is cached.
+    locked: bool,
+}
+
 /// The shared read path. Cheap to clone; clones share the in-flight loads.
 #[derive(Clone)]
 pub(crate) struct ReadPath {
     pub(crate) core: Arc<Core>,
-    loads: Arc<SingleFlight<Result<Lookup, ReadError>>>,
+    loads: Arc<SingleFlight<Answer>>,
 }
 
 impl ReadPath {
@@ -229,6 +250,158 @@ impl ReadPath {
         }
     }
 
+    /// Loads the keys a bulk read missed (each with its stale entry, if any) as [`ReadPath::load`]
+    /// loads one, with one store read for all the keys this call loads itself. Answers in order.
+    pub(crate) async fn load_many(&self, misses: Vec<(Key, Option<CacheEntry>)>) -> Vec<Answer> {
+        self.load_together(misses, true).await
+    }
+
+    /// Reads `keys` from the store when the cache is down: one store read, nothing cached, every
+    /// answer a bypass. Answers in order.
+    pub(crate) async fn load_many_bypassing_cache(&self, keys: Vec<Key>) -> Vec<Answer> {
+        self.load_together(keys.into_iter().map(|key| (key, None)).collect(), false).await
+    }
+
+    /// Leads the keys no load in this process is reading yet, and follows the others (waiting for
+    /// those loads, all at once, while it reads its own).
+    async fn load_together(&self, misses: Vec<(Key, Option<CacheEntry>)>, cache_up: bool) -> Vec<Answer> {
+        let (mut leading, mut following) = (Vec::new(), Vec::new());
+        for (at, (key, stale)) in misses.into_iter().enumerate() {
+            match self.loads.claim(key.as_str()) {
+                Claim::Lead(leader) => leading.push((at, key, stale, leader)),
+                Claim::Follow(follower) => following.push((at, key, stale, follower)),
+            }
+        }
+        let followed = join_all(following.into_iter().map(|(at, key, stale, follower)| async move {
+            match follower.wait().await {
+                Some(answer) => (at, answer),
+                // That load went away unfinished: load the key as a single read does.
+                None if cache_up => (at, self.load(&key, stale).await),
+                None => (at, self.load_bypassing_cache(&key).await),
+            }
+        }));
+        let (mut answers, followed) = tokio::join!(self.lead_many(leading, cache_up), followed);
+        answers.extend(followed);
+        answers.sort_by_key(|(at, _)| *at);
+        answers.into_iter().map(|(_, answer)| answer).collect()
+    }
+
+    /// Loads the keys this process leads: passes the load gate of each (all at once); a fresh entry
+    /// that another process cached answers at once, a key another process is loading waits for it
+    /// as a single read does ([`ReadPath::gated_load`]), and the rest go into one store read.
+    async fn lead_many(
+        &self,
+        leading: Vec<(usize, Key, Option<CacheEntry>, Leader<Answer>)>,
+        cache_up: bool,
+    ) -> Vec<(usize, Answer)> {
+        let core = &self.core;
+        let token = LockToken::random();
+        let gates = join_all(leading.iter().map(|(_, key, _, _)| async {
+            match cache_up {
+                true => Some(core.cache.load_gate(key.as_str(), &token, core.policy.lock_ttl, core.now()).await),
+                false => None,
+            }
+        }))
+        .await;
+        let (mut answers, mut batch, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+        for ((at, key, stale, leader), gate) in leading.into_iter().zip(gates) {
+            let (stale, cache_it, locked) = match gate {
+                None => (None, false, false),
+                Some(Ok(Gate::Fresh(entry))) => {
+                    let answer = Ok(Lookup::from_entry(&entry));
+                    leader.finish(answer.clone());
+                    answers.push((at, answer));
+                    continue;
+                }
+                Some(Ok(Gate::Acquired)) => (stale, true, true),
+                Some(Ok(Gate::Unreadable)) => {
+                    tracing::warn!(key = ?key.as_str(), "the cached entry of this key cannot be read; loading it from the store and caching it again");
+                    (None, true, false)
+                }
+                Some(Ok(Gate::NotOurs)) => {
+                    tracing::warn!(key = ?key.as_str(), "the Redis key of this cache key holds data that is not a cache entry; reading the store without caching");
+                    (None, false, false)
+                }
+                Some(Ok(Gate::Busy)) => {
+                    waiting.push((at, key, stale, leader));
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "cache unavailable during a load; reading the store directly");
+                    (stale, false, false)
+                }
+            };
+            batch.push(Batched { at, key, stale, leader, cache_it, locked });
+        }
+        let waited = join_all(waiting.into_iter().map(|(at, key, stale, leader)| async move {
+            let answer = self.gated_load(&key, stale).await;
+            leader.finish(answer.clone());
+            (at, answer)
+        }));
+        let (read, waited) = tokio::join!(self.read_batch(batch, token), waited);
+        answers.extend(read);
+        answers.extend(waited);
+        answers
+    }
+
+    /// Reads the batched keys from the store in one call, and settles each as
+    /// [`ReadPath::load_from_store`] does. The read runs on a task of its own, so that it
+    /// completes (caches what it read, releases the locks, answers the followers) even if this
+    /// caller goes away. When every key has a stale value to fall back on, the caller waits at
+    /// most the soft timeout and serves those, as a single read does; otherwise it waits for the
+    /// store, which is no longer than it has to wait for the keys without one.
+    async fn read_batch(&self, batch: Vec<Batched>, token: LockToken) -> Vec<(usize, Answer)> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let soft = self.core.policy.soft_timeout;
+        let now = self.core.now();
+        let fallbacks: Vec<(usize, CacheEntry)> = batch
+            .iter()
+            .filter(|b| b.cache_it && !soft.is_zero())
+            .filter_map(|b| b.stale.clone().filter(|s| s.is_servable_stale(now)).map(|s| (b.at, s)))
+            .collect();
+        let places: Vec<usize> = batch.iter().map(|b| b.at).collect();
+        let this = self.clone();
+        let mut read = tokio::spawn(async move { this.read_and_settle(batch, &token).await });
+        if fallbacks.len() == places.len() {
+            let Ok(done) = tokio::time::timeout(soft, &mut read).await else {
+                tracing::warn!(keys = places.len(), soft_timeout = ?soft, "store slower than the soft timeout; serving the stale values while the load goes on (fail-safe)");
+                return fallbacks.iter().map(|(at, stale)| (*at, Ok(Lookup::stale(stale)))).collect();
+            };
+            return finished(done, &places);
+        }
+        finished(read.await, &places)
+    }
+
+    /// One store read for every batched key, each answer cached (or not) as its gate said; the
+    /// locks are released and the followers answered once the values are cached.
+    async fn read_and_settle(&self, batch: Vec<Batched>, token: &LockToken) -> Vec<(usize, Answer)> {
+        let core = &self.core;
+        // Stamped before the read: an eviction issued after this moment refuses what is read.
+        let as_of = core.versions.next();
+        let keys: Vec<String> = batch.iter().map(|b| b.key.as_str().to_string()).collect();
+        let reads: Vec<Result<Option<Record>, StoreError>> =
+            match core.with_store_timeout("get_many", "reading the store", core.store.get_many(&keys)).await {
+                Ok(records) if records.len() == keys.len() => records.into_iter().map(Ok).collect(),
+                Ok(records) => {
+                    let wrong = format!("the store answered {} records for {} keys", records.len(), keys.len());
+                    vec![Err(StoreError::rejected(wrong)); keys.len()]
+                }
+                Err(e) => vec![Err(e); keys.len()],
+            };
+        join_all(batch.into_iter().zip(reads).map(|(b, read)| async move {
+            let answer = self.settle(&b.key, b.stale, b.cache_it, as_of, read).await;
+            if b.locked {
+                self.unlock_quietly(&b.key, token).await;
+            }
+            let answer = if b.cache_it { answer } else { answer.map(bypassed) };
+            b.leader.finish(answer.clone());
+            (b.at, answer)
+        }))
+        .await
+    }
+
     pub(crate) async fn load_bypassing_cache(&self, key: &Key) -> Result<Lookup, ReadError> {
         self.loads.run(key.as_str(), || async { self.load_from_store(key, None, false).await.map(bypassed) }).await
     }
@@ -244,7 +417,22 @@ impl ReadPath {
         let core = &self.core;
         // Stamped before the read: an eviction issued after this moment refuses what is read.
         let as_of = core.versions.next();
-        match core.with_store_timeout("get", "reading the store", core.store.get(key.as_str())).await {
+        let read = core.with_store_timeout("get", "reading the store", core.store.get(key.as_str())).await;
+        self.settle(key, stale, cache_it, as_of, read).await
+    }
+
+    /// Answers what a store read (stamped `as_of`) found for `key` and, when `cache_it`, caches
+    /// it. On a store failure, serves `stale` if it is still within the fail-safe window.
+    async fn settle(
+        &self,
+        key: &Key,
+        stale: Option<CacheEntry>,
+        cache_it: bool,
+        as_of: u64,
+        read: Result<Option<Record>, StoreError>,
+    ) -> Result<Lookup, ReadError> {
+        let core = &self.core;
+        match read {
             Ok(record) => {
                 let (value, version, options) =
                     record.map(|r| (r.value, r.version, r.options)).unwrap_or((None, 0, EntryOptions::NONE));
@@ -278,6 +466,14 @@ impl ReadPath {
             },
         }
     }
+}
+
+/// The answers of a batched read's task, or, if the task stopped, that failure for each key.
+fn finished(done: Result<Vec<(usize, Answer)>, tokio::task::JoinError>, places: &[usize]) -> Vec<(usize, Answer)> {
+    done.unwrap_or_else(|stopped| {
+        let failure = ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}")));
+        places.iter().map(|at| (*at, Err(failure.clone()))).collect()
+    })
 }
 
 fn bypassed(mut lookup: Lookup) -> Lookup {

@@ -148,6 +148,17 @@ pub trait Store: Send + Sync + 'static {
     /// The record under `key`, tombstones included; `None` if the key was never written.
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError>;
 
+    /// The records under `keys`, in order (one per key, duplicates included), as [`Store::get`]
+    /// reads them; fails as a whole if any read fails. Stores override it to read in batches; by
+    /// default, one [`Store::get`] after another.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.get(key).await?);
+        }
+        Ok(found)
+    }
+
     /// Applies `change` at `version` if and only if `version` is newer than the stored version
     /// (or nothing is stored), atomically with respect to concurrent writers.
     async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError>;

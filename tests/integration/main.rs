@@ -10,6 +10,7 @@ mod common;
 
 mod architecture;
 mod binary;
+mod bulk_read;
 mod cluster;
 mod eventhubs_amqp;
 mod hardening;

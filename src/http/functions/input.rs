@@ -2,6 +2,8 @@
 //!
 //! Key, in order: the route's `{key}`, `?key=`, then the body: `{"Key": …}` (any casing, as the
 //! C# sample's `CacheRequest` sends it), a JSON string, or plain text.
+//! Keys of a bulk read: a `POST` without a key in the route or query whose body is a JSON object
+//! with a `"keys"` array (any casing).
 //! Value (writes with a key in the route or query): the body as JSON, or as a string when the
 //! `Content-Type` is `text/plain`. Body-only writes: `{"Key": …, "ValueToInsert": …}`.
 
@@ -69,6 +71,35 @@ pub(super) fn read_key(call: &HttpCall) -> Result<Key, HttpReply> {
         _ => trimmed.to_string(),
     };
     Key::new(key).map_err(bad_key)
+}
+
+/// Most keys one bulk read may name.
+pub(super) const MAX_KEYS_PER_READ: usize = 1000;
+
+/// The keys of a bulk read (`POST` `{"keys":[…]}`, 1 to [`MAX_KEYS_PER_READ`] keys, in order,
+/// duplicates kept), or `None` when the call is not a bulk read.
+pub(super) fn bulk_read_keys(call: &HttpCall) -> Option<Result<Vec<Key>, HttpReply>> {
+    if call.method != "POST" || call.route_key.is_some() || call.query("key").is_some() {
+        return None;
+    }
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&call.body) else { return None };
+    let keys = field_any_case(&map, "keys")?;
+    let bad_body = |message: String| Some(Err(HttpReply::error(400, "bad_body", message)));
+    if let Some(other) = map.keys().find(|name| !name.eq_ignore_ascii_case("keys")) {
+        return bad_body(format!("unknown field \"{other}\" in a bulk read; send {{\"keys\":[…]}}"));
+    }
+    let Value::Array(keys) = keys else {
+        return bad_body(format!("\"keys\" must be an array of 1 to {MAX_KEYS_PER_READ} keys"));
+    };
+    if keys.is_empty() || keys.len() > MAX_KEYS_PER_READ {
+        return bad_body(format!("\"keys\" must name 1 to {MAX_KEYS_PER_READ} keys; it names {}", keys.len()));
+    }
+    let checked = keys.iter().enumerate().map(|(i, key)| {
+        let bad_key = |why: String| HttpReply::error(400, "bad_key", format!("keys[{i}]: {why}"));
+        let key = key.as_str().ok_or_else(|| bad_key(format!("{key} is not a string")))?;
+        Key::new(key).map_err(|e| bad_key(e.to_string()))
+    });
+    Some(checked.collect())
 }
 
 /// The key and value of a write.

@@ -538,6 +538,9 @@ pub fn make_certificates(dir: &Path) {
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub gets: AtomicUsize,
+    /// Batched reads (`get_many` calls), and the keys they asked for.
+    pub get_manys: AtomicUsize,
+    keys_in_get_manys: AtomicUsize,
     /// Reads that have their answer from the inner store (even if it is still held back).
     reads_done: AtomicUsize,
     pub applies: AtomicUsize,
@@ -552,6 +555,8 @@ impl FaultyStore {
         Arc::new(Self {
             inner,
             gets: AtomicUsize::new(0),
+            get_manys: AtomicUsize::new(0),
+            keys_in_get_manys: AtomicUsize::new(0),
             reads_done: AtomicUsize::new(0),
             applies: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
@@ -585,6 +590,16 @@ impl FaultyStore {
         self.gets.load(Ordering::SeqCst)
     }
 
+    /// How many batched reads (`get_many` calls) were made.
+    pub fn get_manys(&self) -> usize {
+        self.get_manys.load(Ordering::SeqCst)
+    }
+
+    /// How many keys were read, one by one or in batches.
+    pub fn keys_read(&self) -> usize {
+        self.gets() + self.keys_in_get_manys.load(Ordering::SeqCst)
+    }
+
     /// How many reads have their answer from the inner store.
     pub fn reads_done(&self) -> usize {
         self.reads_done.load(Ordering::SeqCst)
@@ -616,6 +631,19 @@ impl Store for FaultyStore {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.before_call().await?;
         let result = self.inner.get(key).await;
+        self.reads_done.fetch_add(1, Ordering::SeqCst);
+        let delay = self.get_return_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        result
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.get_manys.fetch_add(1, Ordering::SeqCst);
+        self.keys_in_get_manys.fetch_add(keys.len(), Ordering::SeqCst);
+        self.before_call().await?;
+        let result = self.inner.get_many(keys).await;
         self.reads_done.fetch_add(1, Ordering::SeqCst);
         let delay = self.get_return_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cachepatterns::domain::options::{EntryOptions, tags_from};
 use cachepatterns::patterns::HybridClock;
 use cachepatterns::ports::clock::{Clock, ManualClock};
 use cachepatterns::ports::store::{Applied, Change, Store};
@@ -35,6 +36,7 @@ pub async fn run_all(store: Arc<dyn Store>, namespace: &str) {
         case!(tricky_keys_round_trip),
         case!(keys_are_case_sensitive_and_independent),
         case!(large_values_round_trip),
+        case!(get_many_reads_what_get_reads_in_order),
         case!(ping_answers),
         case!(probe_write_succeeds),
         // Last: it purges every old tombstone in the store and raises the watermark to now, after
@@ -215,6 +217,49 @@ async fn large_values_round_trip(store: Arc<dyn Store>, ns: String) {
     let value = json!({"blob": "x".repeat(600 * 1024), "n": [1, 2, 3]});
     store.apply(&key, 1, Change::Upsert(value.clone())).await.unwrap();
     assert_eq!(store.get(&key).await.unwrap().unwrap().value, Some(value));
+}
+
+/// A batched read answers, per key and in order, exactly what `get` answers: values, tombstones,
+/// absent keys, the write's tags and TTL, tricky and repeated keys, and more keys than one batch
+/// of the store takes (SQLite: 500).
+async fn get_many_reads_what_get_reads_in_order(store: Arc<dyn Store>, ns: String) {
+    let options = EntryOptions { tags: tags_from(["b", "a"]).unwrap(), ttl: Some(Duration::from_secs(90)) };
+    let (tagged, deleted, absent) = (format!("{ns}tagged"), format!("{ns}deleted"), format!("{ns}absent"));
+    store.apply_with(&tagged, 5, Change::Upsert(json!({"t": 1})), &options).await.unwrap();
+    store.apply(&deleted, 6, Change::Upsert(json!("gone soon"))).await.unwrap();
+    store.apply(&deleted, 7, Change::Delete).await.unwrap();
+    let mut keys = vec![absent.clone(), tagged.clone(), deleted.clone(), tagged.clone()];
+    for (i, suffix) in tricky_keys().into_iter().enumerate() {
+        let key = if suffix.len() + ns.len() > 512 { suffix } else { format!("{suffix}{ns}") };
+        if i % 3 != 0 {
+            store.apply(&key, 100 + i as u64, Change::Upsert(json!(i))).await.unwrap();
+        }
+        keys.push(key);
+    }
+    for i in 0..520 {
+        let key = format!("{ns}many-{i}");
+        if i % 2 == 0 {
+            store.apply(&key, 1000 + i, Change::Upsert(json!(i))).await.unwrap();
+        }
+        keys.push(key);
+    }
+    let many = store.get_many(&keys).await.unwrap();
+    assert_eq!(many.len(), keys.len());
+    for (key, batched) in keys.iter().zip(&many) {
+        assert_eq!(batched, &store.get(key).await.unwrap(), "{key:?}");
+    }
+    let tagged_record = many[1].as_ref().expect("the tagged key is stored");
+    assert_eq!(
+        (tagged_record.options.tag_names(), tagged_record.options.ttl),
+        (vec!["a".to_string(), "b".to_string()], Some(Duration::from_secs(90)))
+    );
+    assert!(many[2].as_ref().is_some_and(|r| r.is_deleted() && r.version == 7));
+    assert_eq!((&many[0], many[3].as_ref()), (&None, Some(tagged_record)));
+    for (i, record) in many[many.len() - 520..].iter().enumerate() {
+        let expected = (i % 2 == 0).then(|| (Some(json!(i)), 1000 + i as u64));
+        assert_eq!(record.as_ref().map(|r| (r.value.clone(), r.version)), expected, "many-{i}");
+    }
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
 }
 
 async fn ping_answers(store: Arc<dyn Store>, _ns: String) {
