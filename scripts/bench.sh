@@ -16,8 +16,8 @@
 #   4. value sizes (100 B, 10 KB, 100 KB): hit throughput and the handler's RSS
 #   5. cold start (process start to the first 200 hit) and RSS idle and under load
 #
-# --quick: one short run per figure, concurrency 1 and 50 only (about 2 minutes with the build
-# done); the full run takes about 15 minutes. Everything started here is stopped on exit.
+# --quick: one short run per figure, concurrency 1 and 50 only (about 1.5 minutes with the build
+# done); the full run takes about 10 minutes. Everything started here is stopped on exit.
 # Environment: CARGO_TARGET_DIR (where the release build goes), BENCH_REPORT (default
 # bench/report.md), BENCH_ONLY (e.g. 2,3: only those scenarios), BENCH_KEEP=1 (keep the
 # temporary directory with the logs and traces).
