@@ -116,7 +116,7 @@ free_port() {
 
 # stop_pid PID: SIGTERM, then SIGKILL after 10 s.
 stop_pid() {
-  local pid=$1 i
+  local pid=$1 i p
   kill "$pid" 2>/dev/null || return 0
   for i in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
