@@ -123,6 +123,25 @@ async fn accepted_writes_are_cached_queued_then_applied_in_both_modes() {
     assert_eq!(xlen(&redis, WRITE_BEHIND_STREAM).await, 0, "applied entries are acknowledged and deleted");
 }
 
+/// Found by scripts/api-fuzz.sh: `PUT api/write-behind/k` with the JSON value `null` was accepted
+/// (`202`) and cached, then dead-lettered by the consumer ("an upsert event has no value"): the
+/// store never got it and the dead letter could not be replayed.
+#[tokio::test]
+async fn a_null_value_is_applied_like_any_other() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let wb = FunctionDef::load("WriteBehind");
+    for (k, value) in [("wb-null", json!(null)), ("wb-zero", json!(0)), ("wb-empty", json!(""))] {
+        let put = send(&router, Mode::Direct, &wb, &Call::new("PUT", Some(k)).json(&value)).await;
+        assert_eq!(put.status, 202, "{}", put.body);
+    }
+    let report = consumer(&t, "c1", |_, _| {}).run_once().await.unwrap();
+    assert_eq!((report.events, report.applied), (3, 3), "{report:?}");
+    assert_eq!(t.sqlite.get("wb-null").await.unwrap().unwrap().value, Some(Value::Null));
+    assert_eq!(t.app.dead_letters().count().await.unwrap(), 0, "nothing is dead-lettered");
+}
+
 /// A queue that is down, to check that nothing becomes visible when publishing fails.
 struct DownQueue;
 
