@@ -266,9 +266,15 @@ async fn failing_entries_are_retried_then_dead_lettered_and_can_be_replayed() {
         (Call::new("GET", Some("0-1")), 404),
         (Call::new("DELETE", Some("0-1")), 404),
         (Call::new("POST", Some("0-1")), 404),
-        (Call::new("DELETE", None), 400),
+        // Discarding needs an id: found by scripts/api-fuzz.sh, this was a 400 whose 405s said
+        // `Allow: GET, POST, DELETE`; it is a 405 that allows what the path takes.
+        (Call::new("DELETE", None), 405),
     ] {
-        assert_eq!(send(&router, Mode::Direct, &dl, &call).await.status, status, "{call:?}");
+        let reply = send(&router, Mode::Direct, &dl, &call).await;
+        assert_eq!(reply.status, status, "{call:?}");
+        if status == 405 {
+            assert_eq!(reply.header("allow"), Some("GET, POST"));
+        }
     }
     // Poison cannot be replayed, only discarded.
     let poison_id = t.record_dead_letter("garbage").await;

@@ -76,14 +76,6 @@ fn scope_of(call: &HttpCall) -> Result<Scope, HttpReply> {
         let key = read_key(call)?;
         return Ok(Scope::Keys { keys: vec![key], hard: flag(call, "hard")? });
     }
-    if call.route_key.is_some() {
-        return Err(HttpReply::error(
-            405,
-            "method_not_allowed",
-            "to evict one key send DELETE api/cache/{key}; POST api/cache takes {\"keys\":[…]} or {\"tags\":[…]}",
-        )
-        .with_header("Allow", "DELETE"));
-    }
     let body: Value = serde_json::from_slice(&call.body).map_err(|e| {
         bad_body(format!("the body is not valid JSON ({e}); send {{\"keys\":[…]}} or {{\"tags\":[…]}}"))
     })?;
@@ -185,7 +177,6 @@ mod tests {
         assert_eq!(status(call("POST", None, &[], r#"{"tags":["a,b"]}"#)), 400);
         assert_eq!(status(call("POST", None, &[], r#"{"kyes":["a"]}"#)), 400);
         assert_eq!(status(call("POST", None, &[], "nope")), 400);
-        assert_eq!(status(call("POST", Some("a"), &[], "{}")), 405);
         assert_eq!(status(call("DELETE", Some("a"), &[("hard", "maybe")], "")), 400);
     }
 }
