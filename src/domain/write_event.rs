@@ -29,8 +29,8 @@ pub struct WriteEvent {
     pub key: String,
     /// Upsert or delete.
     pub op: Op,
-    /// The value (upserts only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The value (upserts only). A JSON `null` value is `Some(Value::Null)`: present, not missing.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
     /// The write's version.
     pub version: u64,
@@ -59,6 +59,12 @@ pub enum EventError {
     /// A version no sane clock issued (see `crate::domain::version::is_plausible`).
     #[error("the event's version is implausible: {0}")]
     ImplausibleVersion(#[source] crate::domain::version::Implausible),
+}
+
+/// A field that is there, whatever it holds: `"value": null` is the value `null` (serde's `Option`
+/// would read it as no value at all, and the write of a `null` would be dead-lettered).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 impl WriteEvent {
@@ -142,6 +148,18 @@ mod tests {
         let delete = WriteEvent::delete(&key, 43, Timestamp::EPOCH);
         assert!(!delete.to_json().contains("value"));
         assert_eq!(WriteEvent::parse(&delete.to_json()).unwrap(), delete);
+    }
+
+    /// Found by scripts/api-fuzz.sh: a write-behind of the JSON value `null` was accepted (`202`),
+    /// then dead-lettered as "an upsert event has no value", and could not be replayed.
+    #[test]
+    fn a_null_value_is_a_value() {
+        let key = Key::new("k").unwrap();
+        let event = WriteEvent::upsert(&key, Value::Null, 7, Timestamp::EPOCH);
+        assert!(event.to_json().contains(r#""value":null"#), "{}", event.to_json());
+        let parsed = WriteEvent::parse(&event.to_json()).unwrap();
+        assert_eq!(parsed.value, Some(Value::Null));
+        assert_eq!(parsed, event);
     }
 
     #[test]

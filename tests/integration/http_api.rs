@@ -244,6 +244,37 @@ async fn bad_input_gets_a_json_error_and_the_service_keeps_serving() {
     assert_eq!(ok.status, 200);
 }
 
+/// Found by scripts/api-fuzz.sh: a `405` said `Allow: GET, POST, DELETE` for `api/dead-letters`
+/// (DELETE needs an id) and `Allow: DELETE, POST` for `api/cache/{key}` (POST takes no key).
+#[tokio::test]
+async fn a_405_allows_what_the_path_takes() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let (dead_letters, invalidate, aside) =
+        (FunctionDef::load("DeadLetters"), FunctionDef::load("CacheInvalidate"), FunctionDef::load("CacheAside"));
+    let cases = [
+        (&dead_letters, None, "GET, POST"),
+        (&dead_letters, Some("1-0"), "GET, POST, DELETE"),
+        (&invalidate, None, "DELETE, POST"),
+        (&invalidate, Some("k"), "DELETE"),
+        (&aside, None, "GET, POST"),
+        (&aside, Some("k"), "GET, POST"),
+    ];
+    for mode in [Mode::Direct, Mode::Proxied] {
+        for (def, key, allow) in cases {
+            let reply = send(&router, mode, def, &Call::new("PATCH", key)).await;
+            assert_eq!((reply.status, reply.header("allow")), (405, Some(allow)), "{mode:?} {} {key:?}", def.name);
+        }
+    }
+    for mode in MODES {
+        let reply = send(&router, mode, &dead_letters, &Call::new("DELETE", None)).await;
+        assert_eq!((reply.status, reply.header("allow")), (405, Some("GET, POST")), "{mode:?}");
+        let reply = send(&router, mode, &invalidate, &Call::new("POST", Some("k")).json(&json!({"keys": ["k"]}))).await;
+        assert_eq!((reply.status, reply.header("allow")), (405, Some("DELETE")), "{mode:?}");
+    }
+}
+
 #[tokio::test]
 async fn envelope_level_errors_and_readiness() {
     let redis = RedisServer::start();

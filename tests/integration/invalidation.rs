@@ -138,6 +138,44 @@ async fn bulk_evictions_and_tags_invalidate_exactly_their_entries() {
     assert_eq!(stored.options.tag_names(), ["red", "round"]);
 }
 
+/// Found by scripts/api-fuzz.sh: `?tags=` and `x-cache-tags` were joined, so two lists that were
+/// each valid could be refused together (over 16 tags); and an `x-cache-tags` header that was not
+/// visible ASCII was dropped, storing the write without its tags. The query now wins (as `?ttl=`
+/// does over `Cache-Control`), the header must still be well-formed, and header values are read
+/// as UTF-8 (else ISO-8859-1).
+#[tokio::test]
+async fn tags_come_from_the_query_or_else_the_header_whatever_its_bytes() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    let tags = |prefix: &str| (0..10).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>().join(",");
+    for mode in MODES {
+        let k = format!("tagged-{mode:?}");
+        let both = with_header(
+            Call::new("PUT", Some(&k)).query("tags", &tags("q")).json(&json!(1)),
+            "x-cache-tags",
+            &tags("h"),
+        );
+        let put = send(&router, mode, &f.through, &both).await;
+        assert_eq!(put.status, 200, "{mode:?}: {}", put.body);
+        let stored = t.sqlite.get(&k).await.unwrap().unwrap();
+        assert!(stored.options.tag_names().iter().all(|tag| tag.starts_with('q')), "{mode:?}: the query wins");
+
+        let header_only = with_header(Call::new("PUT", Some(&k)).json(&json!(2)), "x-cache-tags", "café, naïve");
+        let put = send(&router, mode, &f.through, &header_only).await;
+        assert_eq!(put.status, 200, "{mode:?}: {}", put.body);
+        assert_eq!(t.sqlite.get(&k).await.unwrap().unwrap().options.tag_names(), ["café", "naïve"], "{mode:?}");
+
+        let control = with_header(Call::new("PUT", Some(&k)).json(&json!(3)), "x-cache-tags", "a\u{84}");
+        let refused = send(&router, mode, &f.through, &control).await;
+        assert_eq!((refused.status, &refused.body["error"]["code"]), (400, &json!("bad_tag")), "{mode:?}");
+        // The header loses to the query, but it is not ignored when it is malformed.
+        let refused = send(&router, mode, &f.through, &control.clone().query("tags", "ok")).await;
+        assert_eq!((refused.status, &refused.body["error"]["code"]), (400, &json!("bad_tag")), "{mode:?}");
+    }
+}
+
 #[tokio::test]
 async fn clearing_everything_needs_the_admin_function() {
     let redis = RedisServer::start();

@@ -20,6 +20,7 @@ mod invalidation;
 mod invariants;
 mod keys;
 mod near_cache;
+mod openapi;
 mod properties;
 mod redis_entra_id;
 mod refresh_ahead;

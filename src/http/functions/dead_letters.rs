@@ -38,7 +38,8 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
         Some((_, Some(id))) => Some(id),
         Some((raw, None)) => return bad_id("the path", raw),
     };
-    // The function's methods are GET, POST and DELETE (checked before this handler runs).
+    // The function's methods are GET, POST and DELETE, DELETE with an id (checked before this
+    // handler runs).
     match (call.method.as_str(), id) {
         ("GET", None) => match admin.list(count, after.as_ref()).await {
             Ok(page) => {
@@ -60,8 +61,10 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
             Ok(false) => not_found(&id),
             Err(e) => dead_letters_failure(&e),
         },
+        // Refused with 405 before this handler runs (`HttpFunction::methods_for`).
         ("DELETE", None) => {
-            HttpReply::error(400, "bad_key", "name the dead letter to discard: DELETE api/dead-letters/{id}")
+            HttpReply::error(405, "method_not_allowed", "name the dead letter to discard: DELETE api/dead-letters/{id}")
+                .with_header("Allow", "GET, POST")
         }
         (_, Some(id)) => match admin.replay_one(&id).await {
             Ok(Some(replay)) => replay_reply(&replay, true, log),

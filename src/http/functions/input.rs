@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use crate::domain::key::{Key, KeyError};
-use crate::domain::options::{EntryOptions, OptionsError, parse_ttl_seconds, tags_from};
+use crate::domain::options::{EntryOptions, OptionsError, parse_tag_list, parse_ttl_seconds};
 use crate::http::host::{HttpCall, HttpReply};
 
 /// The key and value of a write.
@@ -173,27 +173,19 @@ fn check_size(value: &Value, max_value_bytes: usize) -> Result<(), HttpReply> {
     Ok(())
 }
 
-/// The cache options of a write (docs/invalidation.md): tags from `?tags=a,b` and the
-/// `x-cache-tags` header (their union), a TTL from `?ttl=<seconds>` or else
-/// `Cache-Control: max-age=<seconds>`.
+/// The cache options of a write (docs/invalidation.md): tags from `?tags=a,b` or else the
+/// `x-cache-tags` header, a TTL from `?ttl=<seconds>` or else `Cache-Control: max-age=<seconds>`.
+/// The query wins for both, so that each list is checked alone against the limit of 16 tags; what
+/// loses must still be well-formed: a malformed option is an error, never silently ignored.
 pub(super) fn entry_options(call: &HttpCall) -> Result<EntryOptions, HttpReply> {
     let bad_tags = |e: OptionsError| HttpReply::error(400, "bad_tag", e.to_string());
-    let mut listed: Vec<&str> = Vec::new();
-    for list in [call.query("tags"), call.header("x-cache-tags")].into_iter().flatten() {
-        if !list.trim().is_empty() {
-            listed.extend(list.split(','));
-        }
-    }
-    let tags = if listed.is_empty() { Vec::new() } else { tags_from(listed).map_err(bad_tags)? };
+    let query_tags = call.query("tags").map(parse_tag_list).transpose().map_err(bad_tags)?;
+    let header_tags = call.header("x-cache-tags").map(parse_tag_list).transpose().map_err(bad_tags)?;
     let bad_ttl = |e: OptionsError| HttpReply::error(400, "bad_ttl", e.to_string());
-    let ttl = match call.query("ttl") {
-        Some(raw) => Some(parse_ttl_seconds(raw).map_err(bad_ttl)?),
-        None => match call.header("cache-control").and_then(max_age) {
-            Some(raw) => Some(parse_ttl_seconds(raw).map_err(bad_ttl)?),
-            None => None,
-        },
-    };
-    Ok(EntryOptions { tags, ttl })
+    let query_ttl = call.query("ttl").map(parse_ttl_seconds).transpose().map_err(bad_ttl)?;
+    let header_ttl =
+        call.header("cache-control").and_then(max_age).map(parse_ttl_seconds).transpose().map_err(bad_ttl)?;
+    Ok(EntryOptions { tags: query_tags.or(header_tags).unwrap_or_default(), ttl: query_ttl.or(header_ttl) })
 }
 
 /// The `max-age` directive of a `Cache-Control` header, as sent.

@@ -108,6 +108,17 @@ impl HttpFunction {
         }
     }
 
+    /// The methods the route takes in the form `keyed` (with a `{key}` in the path) or not: the
+    /// host routes every method of `function.json` to both forms, but discarding a dead letter
+    /// needs its id, and evicting one key in the path is `DELETE` only.
+    pub(crate) fn methods_for(self, keyed: bool) -> &'static [&'static str] {
+        match (self, keyed) {
+            (Self::DeadLetters, false) => &["GET", "POST"],
+            (Self::CacheInvalidate, true) => &["DELETE"],
+            _ => self.methods(),
+        }
+    }
+
     /// The name of the trigger binding in `function.json`.
     pub fn trigger_binding(self) -> &'static str {
         "req"
@@ -169,13 +180,26 @@ pub(crate) async fn dispatch(
 }
 
 async fn run(state: &AppState, function: HttpFunction, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
-    if !function.methods().contains(&call.method.as_str()) {
+    let allowed = function.methods_for(call.route_key.is_some());
+    if !allowed.contains(&call.method.as_str()) {
+        let form = match (function.takes_key(), call.route_key.is_some()) {
+            (false, _) => String::new(),
+            (true, true) => format!(" at api/{}/{{key}}", function.route_base()),
+            (true, false) => format!(" at api/{}", function.route_base()),
+        };
+        let hint = match (function, call.method.as_str()) {
+            (HttpFunction::DeadLetters, "DELETE") => "; discard one dead letter with DELETE api/dead-letters/{id}",
+            (HttpFunction::CacheInvalidate, "POST") => {
+                "; to evict one key send DELETE api/cache/{key}; POST api/cache takes {\"keys\":[…]} or {\"tags\":[…]}"
+            }
+            _ => "",
+        };
         return HttpReply::error(
             405,
             "method_not_allowed",
-            format!("{} accepts {}, not {}", function.name(), function.methods().join(", "), call.method),
+            format!("{} accepts {}{form}, not {}{hint}", function.name(), allowed.join(", "), call.method),
         )
-        .with_header("Allow", function.methods().join(", "));
+        .with_header("Allow", allowed.join(", "));
     }
     let services = &state.services;
     match function {
@@ -251,5 +275,18 @@ mod tests {
         assert_eq!(HttpFunction::by_route("cache-clear/x"), None);
         assert_eq!(HttpFunction::by_route("metrics"), Some((HttpFunction::Metrics, None)));
         assert_eq!(HttpFunction::by_name("cacheaside"), Some(HttpFunction::CacheAside));
+    }
+
+    #[test]
+    fn methods_per_form_are_among_the_function_json_methods() {
+        for function in HttpFunction::ALL {
+            for keyed in [false, true] {
+                let allowed = function.methods_for(keyed);
+                assert!(!allowed.is_empty());
+                assert!(allowed.iter().all(|m| function.methods().contains(m)), "{function:?} {keyed}");
+            }
+        }
+        assert_eq!(HttpFunction::DeadLetters.methods_for(false), ["GET", "POST"]);
+        assert_eq!(HttpFunction::CacheInvalidate.methods_for(true), ["DELETE"]);
     }
 }

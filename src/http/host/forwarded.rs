@@ -38,17 +38,33 @@ pub fn http_call(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes, r
         query: uri.query().map(parse_query).unwrap_or_default(),
         headers: headers
             .iter()
-            .filter_map(|(name, value)| {
-                value.to_str().ok().map(|v| (name.as_str().to_ascii_lowercase(), v.to_string()))
-            })
+            .map(|(name, value)| (name.as_str().to_ascii_lowercase(), header_text(value.as_bytes())))
             .collect(),
         body,
+    }
+}
+
+/// A header value as text: UTF-8 when it is, else ISO-8859-1 (the historical charset of HTTP
+/// headers), so that no header is dropped: a dropped `x-cache-tags` would have stored the write
+/// without its tags (found by scripts/api-fuzz.sh), where a tag that is not valid gets `400`.
+fn header_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_are_utf8_else_latin1() {
+        assert_eq!(header_text(b"a,b"), "a,b");
+        assert_eq!(header_text("café".as_bytes()), "café");
+        assert_eq!(header_text(b"caf\xe9"), "café");
+        assert_eq!(header_text(b"\x84"), "\u{84}", "a C1 control character stays one, to be refused");
+    }
 
     #[test]
     fn keys_from_the_path() {
