@@ -263,8 +263,12 @@ impl Cache for NearCache {
 
     async fn put(&self, key: &str, entry: &CacheEntry, now: Timestamp) -> Result<Put, CacheError> {
         let ticket = self.ticket();
-        // Dropped first: whatever happens to the shared write, this instance must not serve the
-        // older copy after it (it reads its own writes).
+        // Dropped first, and a floor left: whatever happens to the shared write, this instance
+        // must not serve or keep an older copy after it (it reads its own writes), not even one a
+        // read of this instance had in flight.
+        if entry.as_of == entry.version {
+            self.state.heard(&FeedEvent::Written { key: key.to_string(), version: entry.version });
+        }
         self.forget(key);
         let put = self.inner.put(key, entry, now).await;
         if matches!(put, Ok(Put::Written)) {
@@ -349,6 +353,12 @@ impl Cache for NearCache {
     }
 
     async fn evict(&self, key: &str, eviction: &Eviction, now: Timestamp) -> Result<(), CacheError> {
+        if let Some(stamp) = eviction.stamp {
+            self.state.heard(&FeedEvent::Evicted { key: key.to_string(), stamp });
+        }
+        if let Some(version) = eviction.below_version {
+            self.state.heard(&FeedEvent::Written { key: key.to_string(), version });
+        }
         self.forget(key);
         let done = self.inner.evict(key, eviction, now).await;
         self.forget(key);

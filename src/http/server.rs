@@ -258,7 +258,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         invocation = %invocation_id,
         path = ?path,
         faas.invocation_id = %invocation_id,
-        otel.name = %path,
+        otel.name = tracing::field::Empty,
         otel.kind = "server"
     );
     // Continue the caller's trace (W3C `traceparent`) when it sent one.
@@ -288,6 +288,8 @@ async fn route_body(
                 ),
             );
         };
+        // The span is named after the function, never after the path (it holds the key).
+        tracing::Span::current().record("otel.name", function.name());
         let route_key = match raw_key.map(|raw| forwarded::route_key(raw, &parts.headers)) {
             Some(Err(e)) => return json_response(400, &[], &error_body("bad_key", &e.to_string())),
             Some(Ok(key)) => Some(key),
@@ -309,6 +311,9 @@ async fn route_body(
             &[("Allow".into(), "POST".into())],
             &error_body("method_not_allowed", "invocations are POSTed by the Functions host"),
         );
+    }
+    if HttpFunction::by_name(name).is_some() || TriggerFunction::by_name(name).is_some() {
+        tracing::Span::current().record("otel.name", name);
     }
     invoke(&state, name, &body).await
 }

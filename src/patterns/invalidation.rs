@@ -104,6 +104,13 @@ impl Recovery {
 
     fn tags_later(&self, tags: &[Tag], stamp: u64) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.tags.len() + tags.len() > MAX_PENDING_KEYS {
+            // Bounded like the keys: one "all" covers every tag.
+            let newest = pending.tags.values().copied().chain(std::iter::once(stamp)).max().unwrap_or(stamp);
+            pending.tags.clear();
+            pending.all = Some(pending.all.unwrap_or(0).max(newest));
+            return;
+        }
         for tag in tags {
             let clock = pending.tags.entry(tag.as_str().to_string()).or_default();
             *clock = (*clock).max(stamp);

@@ -242,13 +242,12 @@ impl Core {
         self.report_put(key, entry, put)
     }
 
-    /// Caches what a write wrote. When Redis cannot be reached, remembers to evict older versions
-    /// of the key once it is back, so no instance keeps serving what this write replaced.
+    /// Caches what a write wrote. When Redis cannot be reached or refuses the write (out of memory,
+    /// a failed save), remembers to evict older versions of the key once it takes writes again, so
+    /// no instance keeps serving what this write replaced.
     pub(crate) async fn cache_write(&self, key: &Key, entry: &CacheEntry) -> bool {
         let put = self.cache.put(key.as_str(), entry, self.now()).await;
-        if let Err(e) = &put
-            && e.is_transient()
-        {
+        if put.is_err() {
             let eviction =
                 crate::ports::cache::Eviction { stamp: None, below_version: Some(entry.version), hard: false };
             self.recovery.evict_later(key.as_str(), eviction);

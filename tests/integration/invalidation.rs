@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cachepatterns::domain::key::Key;
 use cachepatterns::patterns::invalidation::{Outcome, Scope};
+use cachepatterns::ports::Cache;
 use cachepatterns::ports::clock::ManualClock;
 use cachepatterns::ports::store::{Change, Store};
 use common::host::{Call, FunctionDef, MODES, Mode, send};
@@ -332,4 +333,20 @@ async fn cache_writes_and_invalidations_that_failed_while_redis_was_away_are_rep
     assert_eq!(s.invalidation.pending(), 0);
     assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v2")));
     assert_eq!(s.cache_aside.get(&key("evicted-while-away")).await.unwrap().value, Some(json!("e2")));
+}
+
+#[tokio::test]
+async fn the_fail_safe_cannot_bring_back_a_value_evicted_hard() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let s = &t.app.services;
+    s.write_through.write(&key("gone"), Change::Upsert(json!("secret"))).await.unwrap();
+    let read_before = Cache::get(&t.app.redis, "gone").await.unwrap().expect("cached");
+    s.invalidation.invalidate(&Scope::Keys { keys: vec![key("gone")], hard: true }).await;
+    // A reader that read the entry before the hard eviction, then found the store down, tries to
+    // keep serving it as a fail-safe copy.
+    let fail_safe = cachepatterns::domain::entry::CacheEntry { fail_safe: true, ..read_before };
+    let put = Cache::put(&t.app.redis, "gone", &fail_safe, t.app.versions.now()).await.unwrap();
+    assert_eq!(put, cachepatterns::ports::cache::Put::Evicted);
+    assert_eq!(Cache::get(&t.app.redis, "gone").await.unwrap(), None, "the hard eviction holds");
 }

@@ -75,13 +75,15 @@ impl Redis {
                 })
                 .collect();
             let rows = self.read_with_clocks(self.query_each(cmds)).await?;
-            for (key, row) in chunk.iter().zip(rows) {
+            // Entries an invalidation covers are evicted in their hashes: all at once.
+            let checks = chunk.iter().zip(rows).map(|(key, row)| {
                 let found = row
                     .ok()
                     .and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())
                     .and_then(|fields| entry::from_fields(&fields));
-                out.push(self.checked(key, found).await);
-            }
+                self.checked(key, found)
+            });
+            out.extend(futures_util::future::join_all(checks).await);
         }
         Ok(out)
     }

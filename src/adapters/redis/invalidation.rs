@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubSink;
 use tokio_util::sync::CancellationToken;
 
@@ -386,12 +386,23 @@ impl Redis {
                     if let Err(why) = ping_within(&mut sink, SILENT_FOR_AT_MOST).await {
                         return Ended::Lost(why);
                     }
+                    // Messages that arrived before the answer are heard before the feed counts
+                    // as current again (after a stall, the ping may be polled first).
+                    while let Some(Some(message)) = stream.next().now_or_never() {
+                        if let Ok(text) = message.get_payload::<String>()
+                            && let Some(event) = FeedEvent::decode(&text)
+                        {
+                            self.feed.hear(&event);
+                        }
+                    }
                     self.feed.answered();
                 }
                 renewed = next_credentials(&mut credentials) => {
                     if renewed {
                         return Ended::NewCredentials;
                     }
+                    // The credential stream ended: keep the connection, stop waiting on it.
+                    credentials = None;
                 }
             }
         }

@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | `lk`, `lkx` | load lock token and its expiry (ms) |
 //! | `rk`, `rkx` | refresh lock token and its expiry (ms) |
-//! | `inv`, `minv` | the last eviction's stamp and version floor (docs/invalidation.md) |
+//! | `inv`, `minv`, `invx` | the last eviction's stamp and version floor, and until when (ms) the hash keeps them (docs/invalidation.md) |
 //!
 //! A hash that holds only lock fields reads as a miss. Scripts never delete or overwrite a key of
 //! another type: such a key is not the cache's (an older release's write-behind stream had a name a
@@ -40,7 +40,8 @@ end
 /// feed channel ('' for none), the cache key, announce (0/1).
 /// An equal version is rewritten: it is the same write, refreshed. Lock fields and the eviction
 /// memory (`inv`, `minv`) are kept. A value read no later than the last eviction (`asof` ≤ `inv`)
-/// is refused, unless it is the fail-safe marking a stale copy it already holds. The feed hears the
+/// is refused, unless it is the fail-safe marking a stale copy it already holds: a fail-safe write
+/// is refused when the entry no longer holds that version (evicted hard, or rewritten). The feed hears the
 /// write when `announce` is set or another version is replaced. Returns 1 when written, 0 when a
 /// newer version was kept, 2 when refused by an eviction, -1 when the key is not a cache entry.
 pub(crate) static PUT_IF_NOT_OLDER: LazyLock<Script> = LazyLock::new(|| {
@@ -52,6 +53,7 @@ local e = redis.call('HMGET', KEYS[1], 'ver', 'inv', 'minv')
 local cur = e[1]
 if cur and newer(cur, ARGV[1]) then return 0 end
 if e[3] and newer(e[3], ARGV[1]) then return 0 end
+if ARGV[7] == '1' and cur ~= ARGV[1] then return 2 end
 if ARGV[7] ~= '1' and e[2] and not newer(ARGV[9], e[2]) then return 2 end
 redis.call('HDEL', KEYS[1], 'data', 'neg', 'fs', 'tags')
 redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'at', ARGV[3], 'soft', ARGV[4], 'hard', ARGV[5], 'asof', ARGV[9])
@@ -59,7 +61,7 @@ if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'neg', '1') else redis.call('
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'fs', '1') end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'tags', ARGV[10]) end
 local hold = tonumber(ARGV[5])
-for _, f in ipairs({{'lkx', 'rkx'}}) do
+for _, f in ipairs({{'lkx', 'rkx', 'invx'}}) do
   local x = tonumber(redis.call('HGET', KEYS[1], f) or '')
   if x and x > hold then hold = x end
 end
@@ -106,6 +108,11 @@ if stamp ~= '' or floor ~= '' then
   local keep = tonumber(ARGV[4])
   local pttl = redis.call('PTTL', KEYS[1])
   if pttl < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+  -- Later writes keep the hash at least until then (their own expiry may be shorter).
+  local t = redis.call('TIME')
+  local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + keep
+  local invx = tonumber(redis.call('HGET', KEYS[1], 'invx') or '0')
+  if until_ms > invx then redis.call('HSET', KEYS[1], 'invx', until_ms) end
 end
 if ARGV[5] ~= '' then
   if stamp ~= '' then redis.call('PUBLISH', ARGV[5], 'e ' .. stamp .. ' ' .. ARGV[6]) end
