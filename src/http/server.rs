@@ -63,7 +63,8 @@ const EVENT_HUBS_MAX_EVENT: usize = 1024 * 1024;
 /// Shared server state: the services, the limits and the in-flight body budget.
 #[derive(Clone)]
 struct Server {
-    state: AppState,
+    /// Behind an `Arc`: the router clones the server state for every request.
+    state: Arc<AppState>,
     limits: Limits,
     budget: Arc<tokio::sync::Semaphore>,
 }
@@ -72,7 +73,7 @@ struct Server {
 /// reaches the function intact.
 pub fn router(state: AppState, limits: Limits) -> Router {
     let budget = Arc::new(tokio::sync::Semaphore::new(limits.in_flight_body_budget.max(1)));
-    Router::new().fallback(route).with_state(Server { state, limits, budget })
+    Router::new().fallback(route).with_state(Server { state: Arc::new(state), limits, budget })
 }
 
 /// The router of a handler that cannot work with its configuration (on Azure, where exiting would
@@ -268,7 +269,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
 }
 
 async fn route_body(
-    state: AppState,
+    state: Arc<AppState>,
     parts: axum::http::request::Parts,
     path: String,
     forwarded_path: Option<String>,
