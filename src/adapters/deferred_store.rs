@@ -41,7 +41,7 @@ impl Store for UnconfiguredStore {
         self.refuse()
     }
 
-    async fn apply(&self, _: &str, _: u64, _: Change) -> Result<Applied, StoreError> {
+    async fn apply_with(&self, _: &str, _: u64, _: Change, _: &EntryOptions) -> Result<Applied, StoreError> {
         self.refuse()
     }
 
@@ -123,10 +123,6 @@ impl Store for DeferredStore {
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
         self.inner()?.get_many(keys).await
-    }
-
-    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
-        self.inner()?.apply(key, version, change).await
     }
 
     async fn apply_with(

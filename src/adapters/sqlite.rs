@@ -303,10 +303,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
-        self.apply_with(key, version, change, &EntryOptions::NONE).await
-    }
-
     async fn apply_with(
         &self,
         key: &str,

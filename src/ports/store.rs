@@ -161,19 +161,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies `change` at `version` if and only if `version` is newer than the stored version
     /// (or nothing is stored), atomically with respect to concurrent writers.
-    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError>;
-
-    /// [`Store::apply`], keeping `options` (tags, TTL) with the item so every later load caches it
-    /// the same way. Stores that keep no options ignore them (the default).
+    /// The write keeps `options` (tags, TTL) with the item so every later load caches it the same
+    /// way (a write without options removes those of the item). Required of every store, so that
+    /// no wrapper can drop them by forgetting to pass them on.
     async fn apply_with(
         &self,
         key: &str,
         version: u64,
         change: Change,
         options: &EntryOptions,
-    ) -> Result<Applied, StoreError> {
-        let _ = options;
-        self.apply(key, version, change).await
+    ) -> Result<Applied, StoreError>;
+
+    /// [`Store::apply_with`] without cache options.
+    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
+        self.apply_with(key, version, change, &EntryOptions::NONE).await
     }
 
     /// A cheap round trip that proves the store answers.

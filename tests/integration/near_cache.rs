@@ -16,7 +16,7 @@ use cachepatterns::ports::store::{Change, Store};
 use cachepatterns::startup::{Application, Workers};
 use common::host::{Call, FunctionDef, MODES, send};
 use common::process::{Handler, sqlite_row};
-use common::{RedisServer, TestApp};
+use common::{RedisServer, Rng, TestApp};
 use serde_json::{Value, json};
 
 fn key(k: &str) -> Key {
@@ -222,18 +222,6 @@ struct Ack {
     key: String,
     version: u64,
     acked: Instant,
-}
-
-/// A deterministic pseudo-random sequence (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 const KEYS: [&str; 3] = ["n0", "n1", "n2"];

@@ -202,8 +202,14 @@ impl Store for HeldStore {
         record
     }
 
-    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
-        self.inner.apply(key, version, change).await
+    async fn apply_with(
+        &self,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &cachepatterns::domain::options::EntryOptions,
+    ) -> Result<Applied, StoreError> {
+        self.inner.apply_with(key, version, change, options).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

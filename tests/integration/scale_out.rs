@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use common::RedisServer;
 use common::process::{Handler, sqlite_row};
+use common::{RedisServer, Rng};
 use serde_json::{Value, json};
 
 /// What one `2xx` write answer reported.
@@ -24,18 +24,6 @@ struct Ack {
     /// The value written, `None` for a delete.
     value: Option<Value>,
     what: String,
-}
-
-/// A deterministic pseudo-random sequence (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 const KEYS: [&str; 4] = ["k0", "k1", "writebehind", "deadletter"];

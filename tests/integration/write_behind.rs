@@ -19,7 +19,7 @@ use cachepatterns::patterns::write_behind::DrainPolicy;
 use cachepatterns::ports::store::{Change, Store};
 use cachepatterns::ports::{Cache, DeadLetters, QueueError, WriteQueue};
 use common::host::{Call, FunctionDef, MODES, Mode, send};
-use common::{RedisServer, TestApp};
+use common::{RedisServer, Rng, TestApp};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -328,21 +328,6 @@ async fn a_batch_is_coalesced_and_old_or_duplicate_events_are_harmless() {
         .await;
     assert_eq!(report.failed, 1);
     assert!(matches!(&outcomes[0], Outcome::Failed { transient: true, attempts, .. } if *attempts > 1), "{outcomes:?}");
-}
-
-/// A deterministic pseudo-random sequence (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Thousands of writes over a few keys; duplicated and reordered deliveries; consumers killed

@@ -771,10 +771,6 @@ impl Store for CosmosStore {
         futures_util::stream::iter(reads).buffered(MAX_CONCURRENT_READS).try_collect().await
     }
 
-    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
-        self.apply_with(key, version, change, &EntryOptions::NONE).await
-    }
-
     async fn apply_with(
         &self,
         key: &str,

@@ -61,31 +61,42 @@ impl Redis {
         Ok(self.checked(key, fields.and_then(|fields| entry::from_fields(&fields))).await)
     }
 
-    /// Reads the entries of `keys` (in order): one pipeline of `HMGET`s per 200 keys (on a
-    /// cluster, sent to every node at once).
-    pub(crate) async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<CacheEntry>>, CacheError> {
+    /// `fields` of the entry hashes of `keys`, in order (`None` where a key is not a hash or the
+    /// reply is unreadable): one pipeline of `HMGET`s per 200 keys (on a cluster, sent to every
+    /// node at once).
+    pub(crate) async fn entry_fields(
+        &self,
+        keys: &[String],
+        fields: &[&str],
+    ) -> Result<Vec<Option<Vec<Option<String>>>>, CacheError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(200) {
             let cmds = chunk
                 .iter()
                 .map(|key| {
                     let mut cmd = redis::cmd("HMGET");
-                    cmd.arg(self.keys.entry(key)).arg(&entry::FIELDS[..]);
+                    cmd.arg(self.keys.entry(key)).arg(fields);
                     cmd
                 })
                 .collect();
-            let rows = self.read_with_clocks(self.query_each(cmds)).await?;
-            // Entries an invalidation covers are evicted in their hashes: all at once.
-            let checks = chunk.iter().zip(rows).map(|(key, row)| {
-                let found = row
-                    .ok()
-                    .and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())
-                    .and_then(|fields| entry::from_fields(&fields));
-                self.checked(key, found)
-            });
-            out.extend(futures_util::future::join_all(checks).await);
+            let rows = self.query_each(cmds).await?;
+            out.extend(
+                rows.into_iter()
+                    .map(|row| row.ok().and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())),
+            );
         }
         Ok(out)
+    }
+
+    /// Reads the entries of `keys` (in order), with the invalidation clocks at hand.
+    pub(crate) async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<CacheEntry>>, CacheError> {
+        let rows = self.read_with_clocks(self.entry_fields(keys, &entry::FIELDS)).await?;
+        // Entries an invalidation covers are evicted in their hashes: all at once.
+        let checks = keys
+            .iter()
+            .zip(rows)
+            .map(|(key, row)| self.checked(key, row.and_then(|fields| entry::from_fields(&fields))));
+        Ok(futures_util::future::join_all(checks).await)
     }
 
     /// Writes `entry` unless Redis holds a newer version, or the key is not a cache entry.

@@ -180,24 +180,8 @@ impl Redis {
     /// Entry metadata of `keys`, in order (`None` for a missing or unreadable entry): one pipeline
     /// of `HMGET`s per 200 keys.
     pub(crate) async fn entry_metadata(&self, keys: &[String]) -> Result<Vec<Option<EntryMeta>>, CacheError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(200) {
-            let cmds = chunk
-                .iter()
-                .map(|key| {
-                    let mut cmd = redis::cmd("HMGET");
-                    cmd.arg(self.keys.entry(key)).arg("ver").arg("at").arg("soft").arg("neg");
-                    cmd
-                })
-                .collect();
-            let rows = self.query_each(cmds).await?;
-            out.extend(rows.into_iter().map(|row| {
-                row.ok()
-                    .and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())
-                    .and_then(|row| parse_meta(&row))
-            }));
-        }
-        Ok(out)
+        let rows = self.entry_fields(keys, &["ver", "at", "soft", "neg"]).await?;
+        Ok(rows.into_iter().map(|row| row.and_then(|row| parse_meta(&row))).collect())
     }
 }
 

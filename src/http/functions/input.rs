@@ -12,12 +12,13 @@ use serde_json::Value;
 use crate::domain::key::{Key, KeyError};
 use crate::domain::options::{EntryOptions, OptionsError, parse_tag_list, parse_ttl_seconds};
 use crate::http::host::{HttpCall, HttpReply};
+use crate::ports::store::Change;
 
 /// The key and value of a write.
 #[derive(Debug)]
-pub(super) struct KeyAndValue {
-    pub(super) key: Key,
-    pub(super) value: Value,
+struct KeyAndValue {
+    key: Key,
+    value: Value,
 }
 
 fn bad_key(e: KeyError) -> HttpReply {
@@ -103,7 +104,7 @@ pub(super) fn bulk_read_keys(call: &HttpCall) -> Option<Result<Vec<Key>, HttpRep
 }
 
 /// The key and value of a write.
-pub(super) fn write_key_and_value(call: &HttpCall, max_value_bytes: usize) -> Result<KeyAndValue, HttpReply> {
+fn write_key_and_value(call: &HttpCall, max_value_bytes: usize) -> Result<KeyAndValue, HttpReply> {
     let text =
         std::str::from_utf8(&call.body).map_err(|_| HttpReply::error(400, "bad_body", "the body is not UTF-8 text"))?;
     if text.trim().is_empty() {
@@ -177,7 +178,7 @@ fn check_size(value: &Value, max_value_bytes: usize) -> Result<(), HttpReply> {
 /// `x-cache-tags` header, a TTL from `?ttl=<seconds>` or else `Cache-Control: max-age=<seconds>`.
 /// The query wins for both, so that each list is checked alone against the limit of 16 tags; what
 /// loses must still be well-formed: a malformed option is an error, never silently ignored.
-pub(super) fn entry_options(call: &HttpCall) -> Result<EntryOptions, HttpReply> {
+fn entry_options(call: &HttpCall) -> Result<EntryOptions, HttpReply> {
     let bad_tags = |e: OptionsError| HttpReply::error(400, "bad_tag", e.to_string());
     let query_tags = call.query("tags").map(parse_tag_list).transpose().map_err(bad_tags)?;
     let header_tags = call.header("x-cache-tags").map(parse_tag_list).transpose().map_err(bad_tags)?;
@@ -194,4 +195,16 @@ fn max_age(header: &str) -> Option<&str> {
         let (name, value) = directive.split_once('=')?;
         name.trim().eq_ignore_ascii_case("max-age").then(|| value.trim().trim_matches('"'))
     })
+}
+
+/// What a write asks (both write functions): the key, the change (`DELETE` deletes; otherwise the
+/// value from the body) and the cache options.
+pub(super) fn write_request(call: &HttpCall, max_value_bytes: usize) -> Result<(Key, Change, EntryOptions), HttpReply> {
+    let (key, change) = if call.method == "DELETE" {
+        (read_key(call)?, Change::Delete)
+    } else {
+        let input = write_key_and_value(call, max_value_bytes)?;
+        (input.key, Change::Upsert(input.value))
+    };
+    Ok((key, change, entry_options(call)?))
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::input::{entry_options, read_key, write_key_and_value};
+use super::input::write_request;
 use crate::http::errors;
 use crate::http::host::{HttpCall, HttpReply, InvocationLog};
 use crate::patterns::WriteBehind;
@@ -14,19 +14,8 @@ pub(super) async fn handle(
     call: &HttpCall,
     log: &mut InvocationLog,
 ) -> HttpReply {
-    let (key, change) = if call.method == "DELETE" {
-        match read_key(call) {
-            Ok(key) => (key, Change::Delete),
-            Err(reply) => return reply,
-        }
-    } else {
-        match write_key_and_value(call, max_value_bytes) {
-            Ok(input) => (input.key, Change::Upsert(input.value)),
-            Err(reply) => return reply,
-        }
-    };
-    let options = match entry_options(call) {
-        Ok(options) => options,
+    let (key, change, options) = match write_request(call, max_value_bytes) {
+        Ok(request) => request,
         Err(reply) => return reply,
     };
     let op = if change == Change::Delete { "delete" } else { "upsert" };

@@ -652,10 +652,6 @@ impl Store for FaultyStore {
         result
     }
 
-    async fn apply(&self, key: &str, version: u64, change: Change) -> Result<Applied, StoreError> {
-        self.apply_with(key, version, change, &EntryOptions::NONE).await
-    }
-
     async fn apply_with(
         &self,
         key: &str,
@@ -832,4 +828,20 @@ pub async fn live_feed(app: &Application) -> cachepatterns::startup::Workers {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     workers
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*): randomized tests replay the same run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
