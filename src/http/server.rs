@@ -418,23 +418,17 @@ fn strip_prefix_ignore_case<'a>(path: &'a str, prefix: &str) -> Option<&'a str> 
 
 /// A function's reply as an HTTP response (JSON, or text with its own `Content-Type`).
 fn reply_response(reply: &HttpReply) -> Response {
-    if !reply.text {
-        return json_response(reply.status, &reply.headers, &reply.body);
-    }
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Body::from(reply.body_text())).into_response();
-    let map = response.headers_mut();
-    for (name, value) in &reply.headers {
-        if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-            map.insert(name, value);
-        }
-    }
-    response
+    response(reply.status, &reply.headers, reply.body_text())
 }
 
 fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {
+    response(status, headers, body.to_string())
+}
+
+/// JSON by default; `headers` may set another `Content-Type` (a text answer does).
+fn response(status: u16, headers: &[(String, String)], body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Body::from(body.to_string())).into_response();
+    let mut response = (status, Body::from(body)).into_response();
     let map = response.headers_mut();
     map.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     for (name, value) in headers {
