@@ -291,12 +291,18 @@ async fn route_body(
         };
         // The span is named after the function, never after the path (it holds the key).
         tracing::Span::current().record("otel.name", function.name());
+        let emptied = raw_key == Some("");
+        let raw_key = raw_key.filter(|raw| !raw.is_empty());
+        if raw_key.is_some() && forwarded::is_legacy_forwarding(&parts.headers) {
+            return json_response(400, &[], &error_body("bad_key", forwarded::LEGACY_FORWARDING_LOSES_KEYS));
+        }
         let route_key = match raw_key.map(|raw| forwarded::route_key(raw, &parts.headers)) {
             Some(Err(e)) => return json_response(400, &[], &error_body("bad_key", &e.to_string())),
             Some(Ok(key)) => Some(key),
             None => None,
         };
-        let call = forwarded::http_call(&parts.method, &parts.uri, &parts.headers, body, route_key);
+        let mut call = forwarded::http_call(&parts.method, &parts.uri, &parts.headers, body, route_key);
+        call.key_segment_emptied = emptied;
         let mut log = InvocationLog::default();
         let reply = run_with_timeout(functions::dispatch(&state, function, &call, &mut log)).await;
         return reply_response(&reply);

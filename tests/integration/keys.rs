@@ -148,27 +148,32 @@ async fn paths_a_client_builds_by_hand() {
 }
 
 /// The host's legacy forwarding (`enableForwardingHttpRequest: true`) re-parses the decoded path
-/// as a URL: these keys arrive as other keys, which is why `host.json` does not use it.
+/// as a URL: these keys would arrive as other keys, which is why `host.json` does not use it. A
+/// request forwarded that way (the host's version header, no proxy invocation id) has its path
+/// key refused, with the way out; `?key=` is re-encoded properly and works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn legacy_forwarding_loses_keys_which_is_why_it_is_off() {
+async fn legacy_forwarding_refuses_path_keys_it_would_change() {
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[]);
     let router = t.app.router();
-    let through = FunctionDef::load("WriteThrough");
-    for (key, arrives_as) in [("a?b", "a"), ("a#b", "a"), ("a\\b", "a/b"), ("a%2541", "aA")] {
-        let put = send(
-            &router,
-            Mode::Forwarded,
-            &through,
-            &Call::new("PUT", None)
-                .path(&format!("/api/write-through/{}", common::host::encode_segment(key).replace("%25", "%")))
-                .json(&json!(key)),
-        )
-        .await;
-        assert_eq!((put.status, &put.body["key"]), (200, &json!(arrives_as)), "{key:?}");
+    let (through, aside) = (FunctionDef::load("WriteThrough"), FunctionDef::load("CacheAside"));
+    for (key, arrives_as) in [("a?b", "a"), ("a#b", "a"), ("a\\b", "a/b"), ("a%2541", "aA"), ("plain", "plain")] {
+        let path = format!("/api/write-through/{}", common::host::encode_segment(key).replace("%25", "%"));
+        let put = send(&router, Mode::Forwarded, &through, &Call::new("PUT", None).path(&path).json(&json!(key))).await;
+        let message = put.body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!((put.status, &put.body["error"]["code"]), (400, &json!("bad_key")), "{key:?}: {}", put.body);
+        assert!(message.contains("enableForwardingHttpRequest") && message.contains("?key="), "{message}");
+        assert!(t.sqlite.get(arrives_as).await.unwrap().is_none(), "{key:?} landed on {arrives_as:?}");
+        let read_path = path.replace("/write-through/", "/cache-aside/");
+        let read = send(&router, Mode::Forwarded, &aside, &Call::new("GET", None).path(&read_path)).await;
+        assert_eq!(read.status, 400, "reads of another key's value are refused too");
     }
-    let put = send(&router, Mode::Forwarded, &through, &Call::new("PUT", Some("?x")).json(&json!(1))).await;
-    assert_eq!(put.status, 400, "an empty key");
+    assert_eq!(rows(&t).await, 0, "nothing written");
+    for key in ["a?b", "a#b", "a\\b", "a%41"] {
+        let put =
+            send(&router, Mode::Forwarded, &through, &Call::new("PUT", None).query("key", key).json(&json!(key))).await;
+        assert_eq!((put.status, &put.body["key"]), (200, &json!(key)), "?key= survives forwarding");
+    }
 }
 
 /// A body sent chunked is dropped by the host (it forwards a body only with a Content-Length):
@@ -183,7 +188,13 @@ async fn a_chunked_body_is_refused_with_411_where_the_host_drops_it() {
     for mode in [Mode::Direct, Mode::Payload, Mode::Proxied, Mode::Forwarded] {
         for def in [&through, &behind] {
             let key = format!("chunked-{}-{mode:?}", def.name);
-            let call = Call::new("PUT", Some(&key)).json(&json!({"big": "enough"})).chunked();
+            // Legacy forwarding refuses keys in the path: the key goes in the query there.
+            let call = if mode == Mode::Forwarded {
+                Call::new("PUT", None).query("key", &key)
+            } else {
+                Call::new("PUT", Some(&key))
+            };
+            let call = call.json(&json!({"big": "enough"})).chunked();
             let reply = send(&router, mode, def, &call).await;
             match mode {
                 // No host, or the proxy (it streams): the body arrives.
@@ -208,4 +219,73 @@ async fn a_chunked_body_is_refused_with_411_where_the_host_drops_it() {
             assert_eq!(reply.status, 411, "{mode:?}");
         }
     }
+}
+
+/// A path whose key segment arrived empty (`…/write-through/`, which is what a client or the host
+/// makes of the key `.`) names no key: the body's own key must not be taken instead, or a write
+/// meant for `.` lands on whatever key the value happens to name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_emptied_key_segment_never_takes_the_key_from_the_body() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let (through, behind, aside) =
+        (FunctionDef::load("WriteThrough"), FunctionDef::load("WriteBehind"), FunctionDef::load("CacheAside"));
+    let victim = json!({"key": "victim", "value": "pwned", "Key": "victim", "ValueToInsert": "pwned"});
+    let put = send(&router, Mode::Direct, &through, &Call::new("PUT", Some("victim")).json(&json!("mine"))).await;
+    assert_eq!(put.status, 200);
+    for mode in [Mode::Direct, Mode::Payload, Mode::Proxied] {
+        // In direct mode the path is sent as a client that removed the `.` would send it.
+        let emptied = |method: &str| {
+            let call = Call::new(method, Some("."));
+            if mode == Mode::Direct { call.path("/api/write-through/") } else { call }
+        };
+        for (def, method) in [(&through, "PUT"), (&through, "POST"), (&behind, "PUT"), (&through, "DELETE")] {
+            let mut call = emptied(method).json(&victim);
+            if def.name == "WriteBehind" && mode == Mode::Direct {
+                call = call.path("/api/write-behind/");
+            }
+            let reply = send(&router, mode, def, &call).await;
+            let case = format!("{method} {} of `.` in {mode:?}", def.name);
+            assert_eq!(
+                (reply.status, &reply.body["error"]["code"]),
+                (400, &json!("bad_key")),
+                "{case}: {}",
+                reply.body
+            );
+            let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("?key="), "{case}: the 400 says how to send the key: {message}");
+        }
+        let mut read = Call::new("POST", Some(".")).json(&json!({"Key": "victim"}));
+        if mode == Mode::Direct {
+            read = read.path("/api/cache-aside/");
+        }
+        let reply = send(&router, mode, &aside, &read).await;
+        assert_eq!(reply.status, 400, "a read of `.` in {mode:?} does not read the body's key: {}", reply.body);
+    }
+    assert_eq!(t.sqlite.get("victim").await.unwrap().and_then(|r| r.value), Some(json!("mine")));
+    // The bare route (no `/` after it) keeps the seed's body-only forms.
+    let seed = Call::new("POST", None).json(&json!({"Key": "seeded", "ValueToInsert": 1}));
+    for mode in MODES {
+        assert_eq!(send(&router, mode, &through, &seed).await.status, 200, "{mode:?}");
+    }
+}
+
+/// `?key=` given twice: the host joins the values with a comma in payload mode (`a,b`), a direct
+/// call would take the first: neither is the key the client meant, so the request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_given_twice_in_the_query_is_refused() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let (through, aside) = (FunctionDef::load("WriteThrough"), FunctionDef::load("CacheAside"));
+    for mode in MODES {
+        let put =
+            send(&router, mode, &through, &Call::new("PUT", None).query("key", "a").query("key", "b").json(&json!(1)))
+                .await;
+        assert_eq!((put.status, &put.body["error"]["code"]), (400, &json!("bad_key")), "{mode:?}: {}", put.body);
+        let get = send(&router, mode, &aside, &Call::new("GET", None).query("key", "a").query("KEY", "b")).await;
+        assert_eq!(get.status, 400, "{mode:?}");
+    }
+    assert_eq!(rows(&t).await, 0, "nothing written");
 }

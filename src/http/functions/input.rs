@@ -51,10 +51,39 @@ fn key_text(value: &Value) -> Option<String> {
     }
 }
 
+/// The key the URL names (route, then `?key=`), `None` when it names none: then, and only then,
+/// the seed's body-only forms apply. Refused: `?key=` given more than once (the host would join
+/// the values with a comma), and a path whose key segment arrived empty (the key `.` or `..`,
+/// which URLs remove), lest the key be taken from a body that names another one.
+fn url_key(call: &HttpCall) -> Result<Option<Key>, HttpReply> {
+    if let Some(key) = &call.route_key {
+        return Key::new(key.clone()).map(Some).map_err(bad_key);
+    }
+    match call.query_count("key") {
+        0 => {}
+        1 => return call.query("key").map(|key| Key::new(key).map_err(bad_key)).transpose(),
+        n => {
+            return Err(HttpReply::error(
+                400,
+                "bad_key",
+                format!("`key` is given {n} times in the query; give it once (?key=…, percent-encoded)"),
+            ));
+        }
+    }
+    if call.key_segment_emptied {
+        return Err(HttpReply::error(
+            400,
+            "bad_key",
+            "the path ends in `/` after the function's route, so it names no key (`.` and `..` cannot travel in a URL path: URLs drop them); put the key after the route, percent-encoded, or send it with ?key=",
+        ));
+    }
+    Ok(None)
+}
+
 /// The key of a read (or delete): route, query, or body.
 pub(super) fn read_key(call: &HttpCall) -> Result<Key, HttpReply> {
-    if let Some(key) = call.route_key.as_ref().or(call.query("key").map(str::to_string).as_ref()) {
-        return Key::new(key.clone()).map_err(bad_key);
+    if let Some(key) = url_key(call)? {
+        return Ok(key);
     }
     let body =
         std::str::from_utf8(&call.body).map_err(|_| HttpReply::error(400, "bad_body", "the body is not UTF-8 text"))?;
@@ -80,7 +109,7 @@ pub(super) const MAX_KEYS_PER_READ: usize = 1000;
 /// The keys of a bulk read (`POST` `{"keys":[…]}`, 1 to [`MAX_KEYS_PER_READ`] keys, in order,
 /// duplicates kept), or `None` when the call is not a bulk read.
 pub(super) fn bulk_read_keys(call: &HttpCall) -> Option<Result<Vec<Key>, HttpReply>> {
-    if call.method != "POST" || call.route_key.is_some() || call.query("key").is_some() {
+    if call.method != "POST" || call.route_key.is_some() || call.query_count("key") > 0 || call.key_segment_emptied {
         return None;
     }
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&call.body) else { return None };
@@ -116,8 +145,7 @@ fn write_key_and_value(call: &HttpCall, max_value_bytes: usize) -> Result<KeyAnd
             )
         }));
     }
-    if let Some(key) = call.route_key.as_ref().or(call.query("key").map(str::to_string).as_ref()) {
-        let key = Key::new(key.clone()).map_err(bad_key)?;
+    if let Some(key) = url_key(call)? {
         let value = match serde_json::from_str::<Value>(text) {
             Ok(value) => value,
             Err(_) if call.content_type().is_some_and(|ct| ct.starts_with("text/plain")) => {

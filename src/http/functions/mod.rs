@@ -134,7 +134,8 @@ impl HttpFunction {
         Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
     }
 
-    /// The function whose route `path` (after `/api/`) matches, with the raw (undecoded) key part.
+    /// The function whose route `path` (after `/api/`) matches, with the raw (undecoded) key part:
+    /// `None` for the bare route, `Some("")` when the path goes on past it with an empty segment.
     pub(crate) fn by_route(path: &str) -> Option<(Self, Option<&str>)> {
         Self::ALL.into_iter().find_map(|f| {
             let base = f.route_base();
@@ -146,10 +147,9 @@ impl HttpFunction {
                 .then(|| &path[base.len()..])
             })?;
             match rest {
-                "" | "/" => Some((f, None)),
-                _ if f.takes_key() => {
-                    rest.strip_prefix('/').map(|k| (f, Some(k.trim_end_matches('/')).filter(|k| !k.is_empty())))
-                }
+                "" => Some((f, None)),
+                _ if f.takes_key() => rest.strip_prefix('/').map(|k| (f, Some(k.trim_end_matches('/')))),
+                "/" => Some((f, None)),
                 _ => None,
             }
         })
@@ -264,6 +264,8 @@ mod tests {
         assert_eq!(HttpFunction::by_route("cache-aside/abc"), Some((HttpFunction::CacheAside, Some("abc"))));
         assert_eq!(HttpFunction::by_route("Cache-Aside/a%2Fb/"), Some((HttpFunction::CacheAside, Some("a%2Fb"))));
         assert_eq!(HttpFunction::by_route("cache-aside"), Some((HttpFunction::CacheAside, None)));
+        assert_eq!(HttpFunction::by_route("cache-aside/"), Some((HttpFunction::CacheAside, Some(""))));
+        assert_eq!(HttpFunction::by_route("health/"), Some((HttpFunction::Health, None)));
         assert_eq!(HttpFunction::by_route("write-through/x/y"), Some((HttpFunction::WriteThrough, Some("x/y"))));
         assert_eq!(HttpFunction::by_route("health"), Some((HttpFunction::Health, None)));
         assert_eq!(HttpFunction::by_route("refresh-ahead/k"), Some((HttpFunction::RefreshAheadRead, Some("k"))));

@@ -19,6 +19,18 @@ use super::{HttpCall, parse_query, percent_decode};
 /// The header the host's reverse proxy adds (its invocation id).
 pub(crate) const PROXY_HEADER: &str = "x-ms-invocation-id";
 
+/// The header the host adds to every request it sends the handler (forwarded or proxied).
+const HOST_VERSION_HEADER: &str = "x-azure-functions-hostversion";
+
+/// Why a key in the path is refused under the host's legacy forwarding.
+pub(crate) const LEGACY_FORWARDING_LOSES_KEYS: &str = "this request was forwarded by the Functions host (host.json sets `enableForwardingHttpRequest: true`), which re-parses the path and changes keys holding `?`, `#`, `\\` or `%` into other keys, so keys in the path are refused; send the key in `?key=` (percent-encoded), or set `enableForwardingHttpRequest` to false in host.json (the invocation payload carries every key intact)";
+
+/// True for a request the host forwarded the legacy way (`enableForwardingHttpRequest`): it
+/// carries the host's version header but not the reverse proxy's invocation id.
+pub(crate) fn is_legacy_forwarding(headers: &HeaderMap) -> bool {
+    headers.contains_key(HOST_VERSION_HEADER) && !headers.contains_key(PROXY_HEADER)
+}
+
 /// Why the key in a path cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the key in the path is not valid percent-encoded UTF-8")]
@@ -35,6 +47,7 @@ pub fn http_call(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes, r
     HttpCall {
         method: method.as_str().to_ascii_uppercase(),
         route_key,
+        key_segment_emptied: false,
         query: uri.query().map(parse_query).unwrap_or_default(),
         headers: headers
             .iter()

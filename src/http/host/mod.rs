@@ -21,6 +21,10 @@ pub struct HttpCall {
     pub method: String,
     /// The `{key}` route parameter, percent-decoded, if the route had one.
     pub route_key: Option<String>,
+    /// True when the path went on past the function's route but its key segment was empty
+    /// (`…/write-through/`): what a client or the host leaves of the key `.` or `..`. Such a call
+    /// names a key the path could not carry, so no key is taken from its body either.
+    pub key_segment_emptied: bool,
     /// Query parameters (a parameter given several times appears several times).
     pub query: Vec<(String, String)>,
     /// Headers with lower-case names.
@@ -38,6 +42,11 @@ impl HttpCall {
     /// The first query parameter called `name` (case-insensitive).
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// How many times query parameter `name` was given (case-insensitive).
+    pub fn query_count(&self, name: &str) -> usize {
+        self.query.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
     }
 
     /// The media type of the body, lower-cased, without parameters.

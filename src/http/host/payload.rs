@@ -83,9 +83,21 @@ impl Invocation {
         let (path, url_query) = split_url(&url);
 
         let headers = field(&req, "Headers").and_then(lenient::object).map(header_pairs).unwrap_or_default();
+        let from_url = parse_query(url_query);
         let query = match field(&req, "Query").and_then(lenient::object) {
-            Some(map) => map.iter().filter_map(|(k, v)| plain_or_joined(v).map(|v| (k.clone(), v))).collect(),
-            None => parse_query(url_query),
+            Some(map) => {
+                let mut query: Vec<(String, String)> =
+                    map.iter().filter_map(|(k, v)| plain_or_joined(v).map(|v| (k.clone(), v))).collect();
+                // The host joins the values of a parameter given several times with commas
+                // (`?key=a&key=b` arrives as `a,b`); the `Url` still has them apart, as sent.
+                let repeated = |name: &str| from_url.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count() > 1;
+                if query.iter().any(|(name, _)| repeated(name)) {
+                    query.retain(|(name, _)| !repeated(name));
+                    query.extend(from_url.iter().filter(|(name, _)| repeated(name)).cloned());
+                }
+                query
+            }
+            None => from_url,
         };
         let route_key = field(&req, "Params")
             .and_then(lenient::object)
@@ -94,8 +106,9 @@ impl Invocation {
             .map(|k| k.replace("%2F", "/").replace("%2f", "/"))
             .filter(|k| !k.is_empty())
             .or_else(|| key_from_path(path, route_base));
+        let key_segment_emptied = route_key.is_none() && key_segment_emptied(path, route_base);
 
-        let mut call = HttpCall { method, route_key, query, headers, body: Bytes::new() };
+        let mut call = HttpCall { method, route_key, key_segment_emptied, query, headers, body: Bytes::new() };
         call.body = match field(&req, "Body") {
             None | Some(Value::Null) => Bytes::new(),
             Some(Value::String(text)) => {
@@ -126,6 +139,14 @@ fn split_url(url: &str) -> (&str, &str) {
     let path_and_query = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
     (path, query.split('#').next().unwrap_or(""))
+}
+
+/// True when a request path goes on past `/{prefix}/{route_base}` with nothing but `/`: what is
+/// left of a key `.` or `..` once URL dot segments are removed.
+fn key_segment_emptied(path: &str, route_base: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let marker = format!("/{}/", route_base.to_ascii_lowercase());
+    lower.find(&marker).is_some_and(|at| path[at + marker.len()..].bytes().all(|b| b == b'/'))
 }
 
 /// The key after `/{prefix}/{route_base}/` in a request path, percent-decoded.

@@ -371,7 +371,20 @@ fn payload_envelope(def: &FunctionDef, call: &Call, decoded: &str, key: Option<S
         headers.insert(name.clone(), json!([value]));
         header_strings.insert(name.clone(), json!(value));
     }
-    let query: Map<String, Value> = decoded_query(call).into_iter().map(|(k, v)| (k, json!(v))).collect();
+    // A name given several times becomes one entry, its values joined with commas (ASP.NET's
+    // `StringValues.ToString()`), the first occurrence's name and place kept.
+    let mut query: Map<String, Value> = Map::new();
+    for (name, value) in decoded_query(call) {
+        match query.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(&name)) {
+            Some((_, Value::String(joined))) => {
+                joined.push(',');
+                joined.push_str(&value);
+            }
+            _ => {
+                query.insert(name, json!(value));
+            }
+        }
+    }
     let mut params = Map::new();
     let mut metadata = Map::new();
     if let Some(key) = &key {
