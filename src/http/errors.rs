@@ -30,7 +30,7 @@ fn store_failure_code(error: &StoreError) -> &'static str {
 /// `500` when the store refused the request.
 pub(crate) fn store_failure(error: &StoreError, log: &mut InvocationLog) -> HttpReply {
     let (code, message) = (store_failure_code(error), Chain(error).to_string());
-    log.warn(format!("store failure: {message}"));
+    log.warn(format_args!("store failure: {message}"));
     match error {
         StoreError::Unavailable { retry_after, .. } => unavailable(code, message, *retry_after),
         StoreError::Rejected { .. } => HttpReply::error(500, code, message),
@@ -60,7 +60,7 @@ pub(crate) fn write_failure(error: &WriteError, log: &mut InvocationLog) -> Http
         WriteError::Contended => HttpReply::error(503, "contended", error.to_string()).with_header("Retry-After", "1"),
         WriteError::StoredVersionImplausible { .. } => {
             let message = Chain(error).to_string();
-            log.warn(format!("write refused: {message}"));
+            log.warn(format_args!("write refused: {message}"));
             HttpReply::error(409, "stored_version_implausible", message)
         }
     }
@@ -74,7 +74,7 @@ pub(crate) fn write_behind_failure(error: &WriteBehindError, log: &mut Invocatio
         WriteBehindError::Queue(e) => e,
     };
     let message = Chain(error).to_string();
-    log.warn(format!("queue failure: {message}"));
+    log.warn(format_args!("queue failure: {message}"));
     match error {
         QueueError::Unavailable { retry_after, .. } => unavailable("queue_unavailable", message, *retry_after),
         QueueError::TooLarge(_) => HttpReply::error(413, "value_too_large", message),

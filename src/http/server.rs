@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -103,12 +103,12 @@ fn misconfigured(problem: &str, request: Request) -> Response {
     };
     if let Some(rest) = strip_prefix_ignore_case(&path, "/api/") {
         let r = reply(HttpFunction::by_route(rest).map(|(f, _)| f));
-        return json_response(r.status, &r.headers, &r.body);
+        return reply_response(r);
     }
     let name = path.trim_matches('/');
     if let Some(function) = HttpFunction::by_name(name) {
         let mut outputs = Map::new();
-        outputs.insert(function.output_binding().to_string(), payload::http_output(&reply(Some(function))));
+        outputs.insert(function.output_binding().to_string(), payload::http_output(reply(Some(function))));
         return json_response(200, &[], &payload::envelope(outputs, vec![format!("misconfigured: {problem}")]));
     }
     match TriggerFunction::by_name(name) {
@@ -208,52 +208,60 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
     if declared.is_some_and(|n| n > limit) {
         return too_large(limit, state.max_value_bytes);
     }
-    // Room in the in-flight budget for what this body may hold (a request larger than the whole
-    // budget waits for all of it).
-    let limits = server.limits;
-    let want = declared.unwrap_or(limit).clamp(1, limits.in_flight_body_budget.max(1));
-    let permits = u32::try_from(want).unwrap_or(u32::MAX);
-    let mut room = match tokio::time::timeout(limits.budget_wait, server.budget.acquire_many(permits)).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            return json_response(
-                503,
-                &[("Retry-After".into(), "2".into())],
-                &error_body("busy", "too many large requests are being read at once; try again shortly"),
-            );
-        }
-    };
-    let read = tokio::time::timeout(limits.body_read_timeout, axum::body::to_bytes(body, limit)).await;
-    let body = match read {
-        Err(_) => {
-            return json_response(
-                408,
-                &[],
-                &error_body(
-                    "request_timeout",
-                    &format!("the request body did not arrive within {:?}", limits.body_read_timeout),
-                ),
-            );
-        }
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let reason = if is_length_limit(&e) {
-                format!("the invocation is larger than {limit} bytes")
-            } else {
-                format!("could not read the request body: {e}")
-            };
-            if forwarded_path.is_none() && TriggerFunction::by_name(path.trim_matches('/')).is_some() {
-                return unreadable_trigger(&state, path.trim_matches('/'), &reason, b"").await;
+    // A request without a body (a read) neither waits for room in the budget nor reads.
+    let mut _room = None;
+    let body = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        // Room in the in-flight budget for what this body may hold (a request larger than the whole
+        // budget waits for all of it).
+        let limits = server.limits;
+        let want = declared.unwrap_or(limit).clamp(1, limits.in_flight_body_budget.max(1));
+        let permits = u32::try_from(want).unwrap_or(u32::MAX);
+        let mut room = match tokio::time::timeout(limits.budget_wait, server.budget.acquire_many(permits)).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return json_response(
+                    503,
+                    &[("Retry-After".into(), "2".into())],
+                    &error_body("busy", "too many large requests are being read at once; try again shortly"),
+                );
             }
-            return if is_length_limit(&e) {
-                too_large(limit, state.max_value_bytes)
-            } else {
-                json_response(400, &[], &error_body("bad_body", &reason))
-            };
-        }
+        };
+        let read = tokio::time::timeout(limits.body_read_timeout, axum::body::to_bytes(body, limit)).await;
+        let body = match read {
+            Err(_) => {
+                return json_response(
+                    408,
+                    &[],
+                    &error_body(
+                        "request_timeout",
+                        &format!("the request body did not arrive within {:?}", limits.body_read_timeout),
+                    ),
+                );
+            }
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                let reason = if is_length_limit(&e) {
+                    format!("the invocation is larger than {limit} bytes")
+                } else {
+                    format!("could not read the request body: {e}")
+                };
+                if forwarded_path.is_none() && TriggerFunction::by_name(path.trim_matches('/')).is_some() {
+                    return Box::pin(unreadable_trigger(&state, path.trim_matches('/'), &reason, b"")).await;
+                }
+                return if is_length_limit(&e) {
+                    too_large(limit, state.max_value_bytes)
+                } else {
+                    json_response(400, &[], &error_body("bad_body", &reason))
+                };
+            }
+        };
+        // Keep room for what the body holds; give the rest back at once.
+        drop(room.split(want.saturating_sub(body.len().max(1))));
+        _room = Some(room);
+        body
     };
-    // Keep room for what the body holds; give the rest back at once.
-    drop(room.split(want.saturating_sub(body.len().max(1))));
     let span = tracing::info_span!(
         "request",
         invocation = %invocation_id,
@@ -303,9 +311,9 @@ async fn route_body(
         };
         let mut call = forwarded::http_call(&parts.method, &parts.uri, &parts.headers, body, route_key);
         call.key_segment_emptied = emptied;
-        let mut log = InvocationLog::default();
+        let mut log = InvocationLog::process_only();
         let reply = run_with_timeout(functions::dispatch(&state, function, &call, &mut log)).await;
-        return reply_response(&reply);
+        return reply_response(reply);
     }
 
     let name = path.trim_matches('/');
@@ -322,7 +330,9 @@ async fn route_body(
     if HttpFunction::by_name(name).is_some() || TriggerFunction::by_name(name).is_some() {
         tracing::Span::current().record("otel.name", name);
     }
-    invoke(&state, name, &body).await
+    // Boxed: payload invocations carry much more state than a forwarded read, which should not
+    // pay for moving it.
+    Box::pin(invoke(&state, name, &body)).await
 }
 
 /// Payload mode: one invocation of function `name`.
@@ -361,7 +371,7 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
     };
     let reply = run_with_timeout(functions::dispatch(state, function, &call, &mut log)).await;
     let mut outputs = Map::new();
-    outputs.insert(function.output_binding().to_string(), payload::http_output(&reply));
+    outputs.insert(function.output_binding().to_string(), payload::http_output(reply));
     json_response(200, &[], &payload::envelope(outputs, log.into_lines()))
 }
 
@@ -423,8 +433,9 @@ fn strip_prefix_ignore_case<'a>(path: &'a str, prefix: &str) -> Option<&'a str> 
 }
 
 /// A function's reply as an HTTP response (JSON, or text with its own `Content-Type`).
-fn reply_response(reply: &HttpReply) -> Response {
-    response(reply.status, &reply.headers, reply.body_text())
+fn reply_response(mut reply: HttpReply) -> Response {
+    let headers = std::mem::take(&mut reply.headers);
+    response(reply.status, &headers, reply.into_body_text())
 }
 
 fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {

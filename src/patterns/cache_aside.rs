@@ -26,11 +26,13 @@ impl CacheAside {
     pub async fn get(&self, key: &Key) -> Result<Lookup, ReadError> {
         let core = &self.read.core;
         match core.cache.get(key.as_str()).await {
-            Ok(Some(entry)) if entry.is_fresh(core.now()) => Ok(Lookup::from_entry(&entry)),
-            Ok(stale) => self.read.load(key, stale).await,
+            Ok(Some(entry)) if entry.is_fresh(core.now()) => Ok(Lookup::from_entry(entry)),
+            // The miss paths are boxed: inline, their state would make every hit's future
+            // kilobytes large, copied at each layer it is moved through.
+            Ok(stale) => Box::pin(self.read.load(key, stale)).await,
             Err(e) => {
                 tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "cache unavailable; reading the store directly");
-                self.read.load_bypassing_cache(key).await
+                Box::pin(self.read.load_bypassing_cache(key)).await
             }
         }
     }
@@ -58,7 +60,7 @@ impl CacheAside {
         let mut entries = entries.into_iter();
         for (at, key) in keys.iter().enumerate() {
             match entries.next().flatten() {
-                Some(entry) if entry.is_fresh(now) => answers.push((at, Ok(Lookup::from_entry(&entry)))),
+                Some(entry) if entry.is_fresh(now) => answers.push((at, Ok(Lookup::from_entry(entry)))),
                 stale => {
                     missed.push(at);
                     misses.push((key.clone(), stale));

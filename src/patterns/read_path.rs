@@ -101,13 +101,14 @@ pub struct Lookup {
 impl Lookup {
     /// A stale entry served by the fail-safe.
     pub(crate) fn stale(entry: &CacheEntry) -> Self {
-        Self { source: Source::Stale, cache: CacheStatus::Stale, tier: None, ..Self::from_entry(entry) }
+        Self { source: Source::Stale, cache: CacheStatus::Stale, tier: None, ..Self::from_entry(entry.clone()) }
     }
 
-    pub(crate) fn from_entry(entry: &CacheEntry) -> Self {
+    /// The answer a cached entry gives (taken by value: a hit moves the value, never copies it).
+    pub(crate) fn from_entry(entry: CacheEntry) -> Self {
         let stale = entry.fail_safe;
         Self {
-            value: entry.value.clone(),
+            value: entry.value,
             version: entry.version,
             source: if stale { Source::Stale } else { Source::Cache },
             cache: if stale { CacheStatus::Stale } else { CacheStatus::Hit },
@@ -173,7 +174,7 @@ impl ReadPath {
             .build();
         loop {
             match self.core.cache.load_gate(key.as_str(), &token, self.core.policy.lock_ttl, self.core.now()).await {
-                Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(&entry)),
+                Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(entry)),
                 Ok(Gate::Acquired) => return self.load_holding_lock(key, stale, token).await,
                 Ok(Gate::Unreadable) => {
                     tracing::warn!(key = ?key.as_str(), "the cached entry of this key cannot be read; loading it from the store and caching it again");
@@ -308,7 +309,7 @@ impl ReadPath {
             let (stale, cache_it, locked) = match gate {
                 None => (None, false, false),
                 Some(Ok(Gate::Fresh(entry))) => {
-                    let answer = Ok(Lookup::from_entry(&entry));
+                    let answer = Ok(Lookup::from_entry(entry));
                     leader.finish(answer.clone());
                     answers.push((at, answer));
                     continue;

@@ -52,9 +52,9 @@ fn reply(scope: &Scope, outcome: Outcome, described: String, log: &mut Invocatio
     body["stamp"] = json!(stamp);
     body["status"] = json!(state);
     if status == 202 {
-        log.info(format!("{described} when Redis answers again (stamp {stamp}): it is unreachable now"));
+        log.info(format_args!("{described} when Redis answers again (stamp {stamp}): it is unreachable now"));
     } else {
-        log.info(format!("{described} (stamp {stamp})"));
+        log.info(format_args!("{described} (stamp {stamp})"));
     }
     HttpReply::json(status, body)
 }

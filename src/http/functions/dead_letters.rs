@@ -55,7 +55,7 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
         },
         ("DELETE", Some(id)) => match admin.discard(&id).await {
             Ok(true) => {
-                log.info(format!("dead letter {id} discarded"));
+                log.info(format_args!("dead letter {id} discarded"));
                 HttpReply::json(200, json!({"discarded": id}))
             }
             Ok(false) => not_found(&id),
@@ -80,7 +80,7 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
 
 /// `200 {"replayed", "failed"}`; `422` when the one dead letter asked for was not replayed.
 fn replay_reply(replay: &Replay, one: bool, log: &mut InvocationLog) -> HttpReply {
-    log.info(format!("dead letters replayed: {}, not replayed: {}", replay.replayed.len(), replay.failed.len()));
+    log.info(format_args!("dead letters replayed: {}, not replayed: {}", replay.replayed.len(), replay.failed.len()));
     let failed: Vec<Value> = replay.failed.iter().map(|(id, reason)| json!({"id": id, "reason": reason})).collect();
     let status = if one && !failed.is_empty() { 422 } else { 200 };
     HttpReply::json(status, json!({"replayed": replay.replayed, "failed": failed}))

@@ -85,7 +85,7 @@ pub(super) async fn invoke(
     if let Some((count, max)) = retry
         && count != 0
     {
-        log.info(format!("retry {count} of this batch (at most {max}; -1: unbounded)"));
+        log.info(format_args!("retry {count} of this batch (at most {max}; -1: unbounded)"));
     }
     let deliveries = retry.map_or(1, |(count, _)| u64::try_from(count).unwrap_or(0) + 1);
     let deliveries = event_bodies(invocation)
@@ -97,7 +97,7 @@ pub(super) async fn invoke(
     let batch = PushedBatch { deliveries, retry, oldest_enqueued: oldest_enqueued(invocation) };
     let outcome = batches.apply(&batch).await?;
     let report = outcome.report;
-    log.info(format!(
+    log.info(format_args!(
         "EventHubConsumer: {} events, {} keys, {} applied, {} stale-skipped, {} dead-lettered",
         report.events, report.keys, report.applied, report.stale_skipped, outcome.dead_lettered
     ));

@@ -50,7 +50,7 @@ pub(super) async fn handle(health: &HealthCheck, log: &mut InvocationLog) -> Htt
     if healthy {
         return HttpReply::json(200, body);
     }
-    log.warn(format!(
+    log.warn(format_args!(
         "health: redis {}, store {}, queue {}",
         status_word(report.cache.up),
         status_word(report.store.up),

@@ -9,13 +9,22 @@ use crate::http::errors;
 use crate::http::host::{HttpReply, InvocationLog};
 use crate::patterns::{CacheStatus, Lookup, ReadError, Source};
 
+/// A value found: `{"key","value","version","source"}`, written straight from the looked-up value.
+#[derive(serde::Serialize)]
+struct Found<'a> {
+    key: &'a str,
+    value: &'a serde_json::Value,
+    version: u64,
+    source: &'a str,
+}
+
 /// The reply to a read by `pattern` of `key`, logged.
 pub(super) fn reply(pattern: &str, key: &Key, result: Result<Lookup, ReadError>, log: &mut InvocationLog) -> HttpReply {
     let lookup = match result {
         Ok(lookup) => lookup,
         Err(e) => return errors::read_failure(&e, log),
     };
-    log.info(format!(
+    log.info(format_args!(
         "{pattern} {:?}: {} (source {}, version {})",
         key.as_str(),
         lookup.cache.as_str(),
@@ -23,9 +32,9 @@ pub(super) fn reply(pattern: &str, key: &Key, result: Result<Lookup, ReadError>,
         lookup.version
     ));
     let reply = match &lookup.value {
-        Some(value) => HttpReply::json(
+        Some(value) => HttpReply::serialized(
             200,
-            json!({"key": key.as_str(), "value": value, "version": lookup.version, "source": lookup.source.as_str()}),
+            &Found { key: key.as_str(), value, version: lookup.version, source: lookup.source.as_str() },
         ),
         None => {
             HttpReply::error(404, "not_found", format!("no value for key {:?} in the cache or the store", key.as_str()))
@@ -88,7 +97,7 @@ pub(super) fn bulk_reply(
         (false, true) => CacheStatus::Hit,
         (false, false) => CacheStatus::Miss,
     };
-    log.info(format!(
+    log.info(format_args!(
         "{pattern} bulk read of {} keys: {} ({hits} hits, {stale} stale, {} found, {} missing, {} failed)",
         answers.len(),
         cache.as_str(),
@@ -97,7 +106,7 @@ pub(super) fn bulk_reply(
         failed.len()
     ));
     if let Some((first, e)) = answers.iter().find_map(|(key, answer)| answer.as_ref().err().map(|e| (key, e))) {
-        log.warn(format!(
+        log.warn(format_args!(
             "{} of {} keys could not be read; {:?}: {}",
             failed.len(),
             answers.len(),

@@ -49,11 +49,11 @@ pub(super) async fn invoke(
     let plan = refresh_ahead.plan(info.next);
     let late = if info.past_due { " (past due)" } else { "" };
     match refresh_ahead.run_timer(&plan).await {
-        Ok(report) if report.other_instance => log.info(format!(
+        Ok(report) if report.other_instance => log.info(format_args!(
             "refresh-ahead timer{late}: another instance is handling the tick of {}; 0 refreshed, 0 skipped, 0 failed",
             whole_seconds(plan.tick)
         )),
-        Ok(report) => log.info(format!(
+        Ok(report) => log.info(format_args!(
             "refresh-ahead timer{late}: {} refreshed, {} skipped, {} failed of {} hot keys (entries expiring before {}; next run {})",
             report.refreshed,
             report.skipped,
@@ -62,7 +62,7 @@ pub(super) async fn invoke(
             whole_seconds(plan.horizon),
             whole_seconds(plan.next_run)
         )),
-        Err(e) => log.warn(format!(
+        Err(e) => log.warn(format_args!(
             "refresh-ahead timer{late}: the cache is unavailable ({}); 0 refreshed, 0 skipped, 0 failed; the next run tries again",
             Chain(&e)
         )),

@@ -62,12 +62,12 @@ pub(super) async fn invoke(
     if let Some((count, max)) = retry_context(invocation)
         && count != 0
     {
-        log.info(format!("retry {count} of this batch of store changes (at most {max}; -1: unbounded)"));
+        log.info(format_args!("retry {count} of this batch of store changes (at most {max}; -1: unbounded)"));
     }
     let documents = match documents(invocation) {
         Ok(documents) => documents,
         Err(why) => {
-            log.warn(format!("StoreChanges: {why}; the batch is skipped (delivering it again would not help)"));
+            log.warn(format_args!("StoreChanges: {why}; the batch is skipped (delivering it again would not help)"));
             return Ok(Outputs::new());
         }
     };
@@ -79,19 +79,19 @@ pub(super) async fn invoke(
             Changed::Unusable(why) => {
                 unusable += 1;
                 if unusable <= LOGGED_UNUSABLE {
-                    log.warn(format!("StoreChanges: document {index} skipped: {why}"));
+                    log.warn(format_args!("StoreChanges: document {index} skipped: {why}"));
                 }
             }
         }
     }
     if unusable > LOGGED_UNUSABLE {
-        log.warn(format!(
+        log.warn(format_args!(
             "StoreChanges: {} more documents skipped for the same kinds of reasons",
             unusable - LOGGED_UNUSABLE
         ));
     }
     let followed = store_changes.follow(&items).await?;
-    log.info(format!(
+    log.info(format_args!(
         "StoreChanges: {} documents, {} keys: {} written by this service (skipped), {} evicted, {} waiting for Redis; {} of the service's own bookkeeping, {} unusable",
         documents.len(),
         followed.keys,

@@ -21,7 +21,7 @@ pub(super) async fn handle(
     let op = if change == Change::Delete { "delete" } else { "upsert" };
     match write_behind.accept_with(&key, change, &options).await {
         Ok(accepted) => {
-            log.info(format!(
+            log.info(format_args!(
                 "write-behind {op} {:?}: queued on {} at version {}, cache {}",
                 key.as_str(),
                 write_behind.queue_kind(),

@@ -25,11 +25,18 @@ pub(super) async fn handle(
     let cache = if written.cached { "updated" } else { "bypass" };
     let body = match change {
         Change::Delete => {
-            log.info(format!("write-through delete {key:?}: stored at version {}, cache {cache}", written.version));
+            log.info(format_args!(
+                "write-through delete {key:?}: stored at version {}, cache {cache}",
+                written.version
+            ));
             json!({"key": key.as_str(), "version": written.version, "deleted": true})
         }
         Change::Upsert(value) => {
-            log.info(format!("write-through {:?}: stored at version {}, cache {cache}", key.as_str(), written.version));
+            log.info(format_args!(
+                "write-through {:?}: stored at version {}, cache {cache}",
+                key.as_str(),
+                written.version
+            ));
             json!({"key": key.as_str(), "value": value, "version": written.version})
         }
     };

@@ -62,26 +62,38 @@ pub(crate) struct HttpReply {
     pub status: u16,
     /// Headers besides `Content-Type: application/json`.
     pub headers: Vec<(String, String)>,
-    /// The JSON body (a string holding the text, for a text answer).
-    pub body: Value,
-    /// True for a text answer (its `Content-Type` is in `headers`).
-    pub text: bool,
+    body: ReplyBody,
+}
+
+/// What an answer's body holds.
+#[derive(Debug, Clone, PartialEq)]
+enum ReplyBody {
+    /// JSON, as a value.
+    Json(Value),
+    /// JSON, already written out (a read's answer is serialised straight from the cached value,
+    /// without building a copy of it as a [`Value`] first).
+    JsonText(String),
+    /// Text whose `Content-Type` is in the headers.
+    Text(String),
 }
 
 impl HttpReply {
     /// A JSON answer.
     pub fn json(status: u16, body: Value) -> Self {
-        Self { status, headers: Vec::new(), body, text: false }
+        Self { status, headers: Vec::new(), body: ReplyBody::Json(body) }
+    }
+
+    /// A JSON answer serialised from `body` (`500` in the unlikely case it cannot be).
+    pub(crate) fn serialized(status: u16, body: &impl serde::Serialize) -> Self {
+        match serde_json::to_string(body) {
+            Ok(text) => Self { status, headers: Vec::new(), body: ReplyBody::JsonText(text) },
+            Err(e) => Self::error(500, "internal", format!("the answer could not be written as JSON: {e}")),
+        }
     }
 
     /// A text answer of `content_type`.
     pub(crate) fn text(status: u16, content_type: &str, body: String) -> Self {
-        Self {
-            status,
-            headers: vec![("Content-Type".into(), content_type.into())],
-            body: Value::String(body),
-            text: true,
-        }
+        Self { status, headers: vec![("Content-Type".into(), content_type.into())], body: ReplyBody::Text(body) }
     }
 
     /// The error shape every failure uses: `{"error":{"code","message"}}`.
@@ -95,35 +107,57 @@ impl HttpReply {
         self
     }
 
-    /// The body as text.
-    pub fn body_text(&self) -> String {
-        match (&self.body, self.text) {
-            (Value::String(text), true) => text.clone(),
-            (body, _) => body.to_string(),
+    /// The body as text, taken.
+    pub(crate) fn into_body_text(self) -> String {
+        match self.body {
+            ReplyBody::Json(body) => body.to_string(),
+            ReplyBody::JsonText(text) | ReplyBody::Text(text) => text,
         }
     }
 }
 
 /// Per-invocation log lines: returned in the envelope's `Logs` in payload mode, and always written
 /// to the process log too (the `Logs` of a failed invocation are lost).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct InvocationLog {
     lines: Vec<String>,
+    /// False where nobody reads the lines (a forwarded request's answer has no `Logs`): a line is
+    /// then only formatted when the process log takes it.
+    keeps_lines: bool,
+}
+
+impl Default for InvocationLog {
+    fn default() -> Self {
+        Self { lines: Vec::new(), keeps_lines: true }
+    }
 }
 
 impl InvocationLog {
+    /// A log whose lines go to the process log only.
+    pub(crate) fn process_only() -> Self {
+        Self { lines: Vec::new(), keeps_lines: false }
+    }
+
     /// Records a line.
-    pub fn info(&mut self, line: impl Into<String>) {
-        let line = line.into();
-        tracing::info!("{line}");
-        self.lines.push(line);
+    pub fn info(&mut self, line: impl std::fmt::Display) {
+        if self.keeps_lines {
+            let line = line.to_string();
+            tracing::info!("{line}");
+            self.lines.push(line);
+        } else {
+            tracing::info!("{line}");
+        }
     }
 
     /// Records a warning.
-    pub(crate) fn warn(&mut self, line: impl Into<String>) {
-        let line = line.into();
-        tracing::warn!("{line}");
-        self.lines.push(line);
+    pub(crate) fn warn(&mut self, line: impl std::fmt::Display) {
+        if self.keeps_lines {
+            let line = line.to_string();
+            tracing::warn!("{line}");
+            self.lines.push(line);
+        } else {
+            tracing::warn!("{line}");
+        }
     }
 
     /// Takes the lines.

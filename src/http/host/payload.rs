@@ -191,16 +191,16 @@ fn header_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
 }
 
 /// The `res` output object for an HTTP answer.
-pub(crate) fn http_output(reply: &HttpReply) -> Value {
+pub(crate) fn http_output(mut reply: HttpReply) -> Value {
     let mut headers = Map::new();
     headers.insert("Content-Type".into(), Value::String("application/json; charset=utf-8".into()));
-    for (name, value) in &reply.headers {
-        headers.insert(name.clone(), Value::String(value.clone()));
+    for (name, value) in std::mem::take(&mut reply.headers) {
+        headers.insert(name, Value::String(value));
     }
     json!({
         "statusCode": reply.status.to_string(),
         "headers": headers,
-        "body": reply.body_text(),
+        "body": reply.into_body_text(),
     })
 }
 
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn output_shape() {
         let reply = HttpReply::json(404, json!({"a": 1})).with_header("x-cache", "miss");
-        let out = http_output(&reply);
+        let out = http_output(reply);
         assert_eq!(out["statusCode"], "404");
         assert_eq!(out["body"], "{\"a\":1}");
         assert_eq!(out["headers"]["x-cache"], "miss");

@@ -149,12 +149,13 @@ impl RefreshAhead {
                 if self.refresh_due(&entry, now) {
                     self.spawn_refresh(key, entry.written_at);
                 }
-                Ok(Lookup::from_entry(&entry))
+                Ok(Lookup::from_entry(entry))
             }
-            Ok(stale) => self.read.load(key, stale).await,
+            // Boxed, as in Cache-Aside: the miss paths' state stays out of every hit's future.
+            Ok(stale) => Box::pin(self.read.load(key, stale)).await,
             Err(e) => {
                 tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "cache unavailable; reading the store directly");
-                self.read.load_bypassing_cache(key).await
+                Box::pin(self.read.load_bypassing_cache(key)).await
             }
         }
     }
