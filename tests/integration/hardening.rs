@@ -160,6 +160,60 @@ async fn a_stored_implausible_version_refuses_that_key_only() {
     }
 }
 
+/// The same class on the write-behind path: a write to a key whose store holds an implausible
+/// version was answered `202`, counted as stale and dropped, while the cache served it. Both queue
+/// transports dead-letter it, saying why, and the cache agrees with the store again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_behind_to_a_key_whose_store_holds_an_implausible_version_is_dead_lettered() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    for key in ["stuck-stream", "stuck-hub"] {
+        t.sqlite.apply(key, i64::MAX as u64, Change::Upsert(json!("poison"))).await.unwrap();
+        let put = send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(key)).json(&json!("queued"))).await;
+        assert_eq!(put.status, 202, "{}", put.body);
+    }
+    // Event Hubs delivers the event to `EventHubConsumer`: take it off the stream and post it.
+    let mut conn = redis.connection().await;
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(WRITE_BEHIND_STREAM).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let hub_entry = entries
+        .ids
+        .iter()
+        .find(|entry| entry.get::<String>("event").unwrap().contains("stuck-hub"))
+        .expect("the stuck-hub write is queued");
+    let _: i64 = redis::cmd("XDEL").arg(WRITE_BEHIND_STREAM).arg(&hub_entry.id).query_async(&mut conn).await.unwrap();
+    let (status, reply) = event_hub_batch(&router, &[hub_entry.get::<String>("event").unwrap()]).await;
+    assert_eq!(status, 200, "{reply}");
+    // The Redis Stream consumer.
+    let c = consumer(&t, |_, _| {});
+    let mut stale = 0;
+    for _ in 0..50 {
+        stale += c.run_once().await.unwrap().stale_skipped;
+        if redis.command(&format!("XLEN {WRITE_BEHIND_STREAM}")).unwrap().trim() == ":0" {
+            break;
+        }
+    }
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert!(letter.reason.contains("implausible"), "{:?}", letter.reason);
+    }
+    assert_eq!(stale, 0, "a write that can never be applied is not stale");
+    for key in ["stuck-stream", "stuck-hub"] {
+        assert!(letters.iter().any(|l| l.event.contains(key)), "{key} is dead-lettered: {letters:?}");
+        let stored = t.sqlite.get(key).await.unwrap().unwrap();
+        assert_eq!((stored.value, stored.version), (Some(json!("poison")), i64::MAX as u64), "{key}");
+        let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some(key))).await;
+        assert_eq!(
+            (read.status, &read.body["value"]),
+            (200, &json!("poison")),
+            "{key}: the cache agrees with the store"
+        );
+    }
+}
+
 /// Defect 6: malformed dead-letter ids and paging parameters looked like a Redis outage.
 #[tokio::test]
 async fn dead_letter_ids_and_paging_are_checked() {
