@@ -841,3 +841,31 @@ async fn an_unreadable_event_hubs_invocation_is_dead_lettered_not_retried_for_ev
     assert_eq!((letters.len(), letters[0].event.as_str()), (1, "{not an envelope"));
     assert!(letters[0].reason.contains("could not be read"), "{:?}", letters[0].reason);
 }
+
+/// The same for an invocation whose declared length is over the body cap: it was refused with
+/// `413` before the dead-letter path, and the host retried it without end, stalling the partition.
+/// It is dead-lettered (what can be kept: its reason and source), and succeeds; forwarded requests
+/// over the cap still get `413`.
+#[tokio::test]
+async fn an_event_hubs_invocation_declared_over_the_body_cap_is_dead_lettered_not_refused() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let request = |uri: &str| {
+        axum::http::Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("Content-Type", "application/json")
+            .header("Content-Length", "999999999999")
+            .body(axum::body::Body::from("{\"Data\":"))
+            .unwrap()
+    };
+    let (status, _, body) = common::host::raw(&router, request("/EventHubConsumer")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].reason.contains("could not be read"), "{:?}", letters[0].reason);
+    assert!(letters[0].reason.contains("999999999999"), "{:?}", letters[0].reason);
+    let (status, _, _) = common::host::raw(&router, request("/api/write-through/k")).await;
+    assert_eq!(status, 413);
+}
