@@ -308,53 +308,154 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
 }
 
-/// The slowest request seen by [`timed`] in this test binary, and how many there were.
-static SLOWEST: std::sync::Mutex<(Duration, usize)> = std::sync::Mutex::new((Duration::ZERO, 0));
-
-async fn timed(what: &str, request: impl std::future::Future<Output = common::host::Reply>) -> common::host::Reply {
-    let started = Instant::now();
-    let reply = request.await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(2500), "{what} took {took:?} with Redis not answering");
-    let mut slowest = SLOWEST.lock().unwrap();
-    *slowest = (slowest.0.max(took), slowest.1 + 1);
-    reply
+/// How long requests took in one test, each checked against the bound as it is measured.
+#[derive(Debug, Default)]
+struct Timings {
+    requests: usize,
+    slowest: Duration,
+    /// Answers by status.
+    statuses: std::collections::BTreeMap<u16, usize>,
+    health: usize,
+    slowest_health: Duration,
 }
 
-/// Every kind of request with Redis not answering: each within about two seconds.
-async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize) {
+/// No request may wait on Redis much longer than 2 s in all (the issue's ~2.5 s, with room for
+/// the store and a loaded machine); Health must answer within 2 s.
+const REQUEST_BOUND: Duration = Duration::from_millis(2500);
+const HEALTH_BOUND: Duration = Duration::from_millis(2000);
+
+impl Timings {
+    async fn time<T>(&mut self, what: &str, request: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let answer = request.await;
+        let took = started.elapsed();
+        assert!(took < REQUEST_BOUND, "{what} took {took:?}");
+        self.requests += 1;
+        self.slowest = self.slowest.max(took);
+        answer
+    }
+
+    async fn reply(
+        &mut self,
+        what: &str,
+        request: impl std::future::Future<Output = common::host::Reply>,
+    ) -> common::host::Reply {
+        let reply = self.time(what, request).await;
+        *self.statuses.entry(reply.status).or_default() += 1;
+        reply
+    }
+
+    async fn invocation(
+        &mut self,
+        what: &str,
+        request: impl std::future::Future<Output = (u16, Value)>,
+    ) -> (u16, Value) {
+        let (status, body) = self.time(what, request).await;
+        *self.statuses.entry(status).or_default() += 1;
+        (status, body)
+    }
+
+    async fn health(&mut self, request: impl std::future::Future<Output = common::host::Reply>) -> common::host::Reply {
+        let started = Instant::now();
+        let reply = request.await;
+        let took = started.elapsed();
+        assert!(took < HEALTH_BOUND, "Health took {took:?}");
+        self.health += 1;
+        self.slowest_health = self.slowest_health.max(took);
+        reply
+    }
+
+    fn print(&self, fault: &str) {
+        let statuses: Vec<String> = self.statuses.iter().map(|(status, n)| format!("{n}× {status}")).collect();
+        let health = match self.health {
+            0 => String::new(),
+            n => format!("; Health {n} times, slowest {:?} (bound {HEALTH_BOUND:?})", self.slowest_health),
+        };
+        eprintln!(
+            "FIGURES {fault}: {} requests ({}), slowest {:?} (bound {REQUEST_BOUND:?}){health}",
+            self.requests,
+            statuses.join(", "),
+            self.slowest,
+        );
+    }
+}
+
+/// Every kind of request with Redis not answering (or not there): each within the bound, and
+/// Health says Redis is down. Acknowledged writes all reach the store.
+async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize, fault: &str) {
     t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
     let router = t.app.router();
     let f = functions();
     let ahead = FunctionDef::load("RefreshAheadRead");
+    let invalidate = FunctionDef::load("CacheInvalidate");
+    let mut timings = Timings::default();
+    let mut acknowledged = Vec::new();
     for round in 0..rounds {
-        let read =
-            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
+        let read = timings
+            .reply("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k"))))
+            .await;
         assert_eq!((read.status, read.header("x-cache")), (200, Some("bypass")), "{}", read.body);
-        let read =
-            timed("a refresh-ahead read", send(&router, Mode::Payload, &ahead, &Call::new("GET", Some("k")))).await;
+        let read = timings
+            .reply("a refresh-ahead read", send(&router, Mode::Payload, &ahead, &Call::new("GET", Some("k"))))
+            .await;
         assert_eq!(read.status, 200);
-        let write = timed(
-            "a write-through",
-            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(round))),
-        )
-        .await;
+        let keys = json!({"keys": ["k", "absent"]});
+        let bulk = timings
+            .reply("a bulk read", send(&router, Mode::Direct, &f.aside, &Call::new("POST", None).json(&keys)))
+            .await;
+        assert_eq!(bulk.status, 200, "{}", bulk.body);
+        assert_eq!(bulk.body["items"][0]["value"], json!("stored"), "{}", bulk.body);
+        let written = format!("w{round}");
+        let write = timings
+            .reply(
+                "a write-through",
+                send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&written)).json(&json!(round))),
+            )
+            .await;
         assert_eq!(write.status, 200, "{}", write.body);
-        let queued = timed(
-            "a write-behind",
-            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))),
-        )
-        .await;
+        acknowledged.push((written, json!(round)));
+        let queued = timings
+            .reply(
+                "a write-behind",
+                send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))),
+            )
+            .await;
         assert_eq!(queued.status, 503, "{}", queued.body);
-        let started = Instant::now();
-        let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
-        assert!(started.elapsed() < Duration::from_millis(2000), "Health took {:?}", started.elapsed());
-        let (slowest, requests) = *SLOWEST.lock().unwrap();
-        eprintln!("Health answered in {:?}; slowest of {requests} requests so far: {slowest:?}", started.elapsed());
-        assert_eq!((health.status, &health.body["redis"]["status"]), (503, &json!("down")));
+        let pushed = format!("e{round}");
+        let (status, reply) = timings
+            .invocation(
+                "an Event Hubs batch",
+                event_hub_batch(&router, &[event(&pushed, t.app.versions.next(), json!(round))]),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        acknowledged.push((pushed, json!(round)));
+        let evicted = timings
+            .reply("an eviction", send(&router, Mode::Direct, &invalidate, &Call::new("DELETE", Some("k"))))
+            .await;
+        assert_eq!((evicted.status, &evicted.body["status"]), (202, &json!("pending")), "{}", evicted.body);
+        let letters = timings
+            .reply("a dead-letter list", send(&router, Mode::Direct, &f.dead_letters, &Call::new("GET", None)))
+            .await;
+        assert_eq!(letters.status, 503, "{}", letters.body);
+        let replay = timings
+            .reply(
+                "a dead-letter replay",
+                send(&router, Mode::Direct, &f.dead_letters, &Call::new("POST", Some("1-0"))),
+            )
+            .await;
+        assert_eq!(replay.status, 503, "{}", replay.body);
+        let health = timings.health(send(&router, Mode::Direct, &f.health, &Call::new("GET", None))).await;
+        assert_eq!((health.status, &health.body["redis"]["status"]), (503, &json!("down")), "{}", health.body);
+        assert_eq!(health.body["store"]["status"], json!("up"), "{}", health.body);
         // Let the breaker's 2 s window pass so that the next round reconnects again.
         tokio::time::sleep(Duration::from_millis(2100)).await;
     }
+    for (key, value) in &acknowledged {
+        assert_eq!(t.sqlite.get(key).await.unwrap().and_then(|r| r.value).as_ref(), Some(value), "{key} was lost");
+    }
+    timings.print(fault);
+    eprintln!("FIGURES {fault}: {} writes acknowledged, 0 lost", acknowledged.len());
 }
 
 /// Defect 4: a Redis that accepts connections and never answers stalled requests for 8–10 s.
@@ -362,7 +463,7 @@ async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize) {
 async fn a_blackholed_redis_bounds_every_request() {
     let hole = Blackhole::start();
     let t = TestApp::with_connection(&format!("127.0.0.1:{}", hole.port), &[]);
-    bounded_while_redis_does_not_answer(&t, 2).await;
+    bounded_while_redis_does_not_answer(&t, 2, "Redis blackholed").await;
 }
 
 /// The same with TLS asked of a plain port: the handshake never completes.
@@ -370,7 +471,7 @@ async fn a_blackholed_redis_bounds_every_request() {
 async fn tls_to_a_plain_port_bounds_every_request() {
     let redis = RedisServer::start();
     let t = TestApp::with_connection(&format!("rediss://127.0.0.1:{}", redis.port), &[]);
-    bounded_while_redis_does_not_answer(&t, 1).await;
+    bounded_while_redis_does_not_answer(&t, 1, "TLS to a plain port").await;
 }
 
 /// The same with the Redis process frozen (`SIGSTOP`) after it served: then it recovers by itself.
@@ -383,7 +484,7 @@ async fn a_hung_redis_bounds_every_request_and_recovers() {
     let warm = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("warm")).json(&json!(1))).await;
     assert_eq!(warm.status, 200);
     redis.pause();
-    bounded_while_redis_does_not_answer(&t, 2).await;
+    bounded_while_redis_does_not_answer(&t, 2, "Redis hung").await;
     redis.resume();
     let started = Instant::now();
     loop {
@@ -394,6 +495,33 @@ async fn a_hung_redis_bounds_every_request_and_recovers() {
         assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The same with Redis down (the process gone, connections refused) after it served: then it
+/// recovers by itself once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_is_down_bounds_every_request_and_recovers() {
+    let mut redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    let warm = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("warm")).json(&json!(1))).await;
+    assert_eq!(warm.status, 200);
+    redis.stop();
+    bounded_while_redis_does_not_answer(&t, 2, "Redis down").await;
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("warm"))).await;
+        if read.header("x-cache") != Some("bypass") {
+            assert_eq!((read.status, &read.body["value"]), (200, &json!(1)), "{}", read.body);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
+    assert_eq!(health.status, 200, "{}", health.body);
 }
 
 /// Defect 8: tombstones were never removed.
@@ -803,23 +931,28 @@ async fn a_slow_redis_bounds_each_request_in_all() {
     t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
     let router = t.app.router();
     let f = functions();
+    let mut timings = Timings::default();
     for round in 0..3 {
-        let read =
-            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
+        let read = timings
+            .reply("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k"))))
+            .await;
         assert_eq!(read.status, 200, "{}", read.body);
-        let queued = timed(
-            "a write-behind",
-            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("q{round}"))).json(&json!(1))),
-        )
-        .await;
+        let queued = timings
+            .reply(
+                "a write-behind",
+                send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("q{round}"))).json(&json!(1))),
+            )
+            .await;
         assert!(queued.status == 202 || queued.status == 503, "{}", queued.body);
-        let write = timed(
-            "a write-through",
-            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(1))),
-        )
-        .await;
+        let write = timings
+            .reply(
+                "a write-through",
+                send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(1))),
+            )
+            .await;
         assert_eq!(write.status, 200, "{}", write.body);
     }
+    timings.print("Redis slow (800 ms a command)");
 }
 
 /// `EventHubConsumer` retries without bound: an invocation that can never be read must not be
