@@ -99,6 +99,12 @@ async fn keys_named_like_internal_structures_are_ordinary_keys() {
     }
     let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
     assert_eq!(health.status, 200, "{}", health.body);
+    eprintln!(
+        "FIGURES internal names: {} names × {} host modes, {} requests answered as ordinary keys; 50 of 50 queued writes applied, 3 of 3 dead letters kept: 0 lost",
+        names.len(),
+        MODES.len(),
+        names.len() * MODES.len() * 5
+    );
 }
 
 fn event(key: &str, version: u64, value: Value) -> String {
@@ -142,6 +148,11 @@ async fn an_implausible_event_version_is_dead_lettered_and_never_moves_the_clock
     assert_eq!(put.status, 200, "{}", put.body);
     let version = put.body["version"].as_u64().unwrap();
     assert!(issued_at(version).since(now) < Duration::from_secs(60), "the clock did not jump: {version}");
+    eprintln!(
+        "FIGURES implausible event versions: 3 events, {} dead-lettered, 1 applied; the next write-through issued {:?} after the test began",
+        letters.len(),
+        issued_at(version).since(now)
+    );
 }
 
 /// The same class, in a store an older release already poisoned: only that key is refused.
@@ -158,6 +169,10 @@ async fn a_stored_implausible_version_refuses_that_key_only() {
         let other = send(&router, mode, &f.through, &Call::new("PUT", Some("other")).json(&json!(1))).await;
         assert_eq!(other.status, 200, "{}", other.body);
     }
+    eprintln!(
+        "FIGURES stored implausible version, write-through: {0} × 409 on that key, {0} × 200 on another",
+        MODES.len()
+    );
 }
 
 /// The same class on the write-behind path: a write to a key whose store holds an implausible
@@ -212,6 +227,10 @@ async fn a_write_behind_to_a_key_whose_store_holds_an_implausible_version_is_dea
             "{key}: the cache agrees with the store"
         );
     }
+    eprintln!(
+        "FIGURES stored implausible version, write-behind: 2 writes answered 202 (Redis Stream, Event Hubs), {} dead-lettered, {stale} counted as stale, reads answer the store's value",
+        letters.len()
+    );
 }
 
 /// Defect 6: malformed dead-letter ids and paging parameters looked like a Redis outage.
@@ -221,6 +240,7 @@ async fn dead_letter_ids_and_paging_are_checked() {
     let t = TestApp::new(&redis, &[]);
     let router = t.app.router();
     let f = functions();
+    let (mut refused, mut served) = (0, 0);
     for mode in MODES {
         for method in ["GET", "POST", "DELETE"] {
             for id in ["abc", "1-x", "\u{ff}", "1-2-3"] {
@@ -230,6 +250,7 @@ async fn dead_letter_ids_and_paging_are_checked() {
                     (400, &json!("bad_id")),
                     "{method} {id:?} {mode:?}"
                 );
+                refused += 1;
             }
         }
         for (name, value, code) in [
@@ -241,12 +262,17 @@ async fn dead_letter_ids_and_paging_are_checked() {
         ] {
             let reply = send(&router, mode, &f.dead_letters, &Call::new("GET", None).query(name, value)).await;
             assert_eq!((reply.status, &reply.body["error"]["code"]), (400, &json!(code)), "?{name}={value:?} {mode:?}");
+            refused += 1;
         }
         let fine =
             send(&router, mode, &f.dead_letters, &Call::new("GET", None).query("count", "5").query("after", "0-0"))
                 .await;
         assert_eq!(fine.status, 200, "{}", fine.body);
+        served += 1;
     }
+    eprintln!(
+        "FIGURES dead-letter ids: {refused} bad ids and paging parameters answered 400, {served} good ones 200, 0 answered 503"
+    );
 }
 
 /// Defects 5 and 7: Health said "healthy" while every write failed, with the queue key broken, and
@@ -258,7 +284,14 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     let router = t.app.router();
     let f = functions();
     let get = Call::new("GET", None);
-    let health = || send(&router, Mode::Direct, &f.health, &get);
+    let (slowest, calls) = (std::cell::Cell::new(Duration::ZERO), std::cell::Cell::new(0));
+    let health = || async {
+        let started = Instant::now();
+        let reply = send(&router, Mode::Direct, &f.health, &get).await;
+        slowest.set(slowest.get().max(started.elapsed()));
+        calls.set(calls.get() + 1);
+        reply
+    };
     assert_eq!(health().await.status, 200);
 
     // A full disk: writes fail, reads and the small probe still work.
@@ -306,6 +339,11 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     assert_eq!((put.status, &put.body["error"]["code"]), (503, &json!("store_unavailable")), "{}", put.body);
     let report = health().await;
     assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
+    eprintln!(
+        "FIGURES Health: 4 faults (writes failing, queue key of another type, a queue stuck 20 min, store file removed) each reported 503 naming the part (the first 3 healthy again once repaired); {} Health calls, slowest {:?}; the 3 writes made during faults refused (5xx), 0 acknowledged",
+        calls.get(),
+        slowest.get()
+    );
 }
 
 /// How long requests took in one test, each checked against the bound as it is measured.
@@ -557,6 +595,9 @@ async fn tombstones_are_purged_after_the_retention_window_and_never_resurrect() 
     assert_eq!(store.apply("deleted", clock.next(), Change::Upsert(json!("new"))).await.unwrap(), Applied::Yes);
     assert_eq!(store.apply("brand-new", clock.next(), Change::Upsert(json!(1))).await.unwrap(), Applied::Yes);
     assert!(store.get("recently-deleted").await.unwrap().unwrap().is_deleted());
+    eprintln!(
+        "FIGURES tombstones: 503 rows, 501 purged, 2 left; a late write below the purged tombstone refused, 0 resurrected"
+    );
 }
 
 /// A queued write older than a purged tombstone (a dead letter replayed weeks later) for a key
@@ -577,6 +618,7 @@ async fn a_write_older_than_the_purged_tombstones_is_dead_lettered_not_dropped()
     let letters = t.app.dead_letters().list(10, None).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(letters[0].reason.contains("TombstoneRetentionSeconds"), "{:?}", letters[0].reason);
+    eprintln!("FIGURES a write older than the purged tombstones: 1 event, 1 dead-lettered, 0 applied, 0 dropped");
 }
 
 /// Defect 11: an Event Hubs batch larger than the payload cap was refused, retried, then
@@ -590,11 +632,16 @@ async fn an_event_hubs_batch_of_large_events_is_applied() {
     let value = json!("\"\\".repeat(15_000));
     let now = common::now();
     let events: Vec<String> = (0..100).map(|i| event(&format!("big{i}"), at(now) + i, value.clone())).collect();
+    let envelope_bytes = json!({"Data": {"events": serde_json::to_string(&events).unwrap()}}).to_string().len();
     let (status, reply) = event_hub_batch(&router, &events).await;
     assert_eq!(status, 200, "{reply}");
     for i in 0..100 {
         assert_eq!(t.sqlite.get(&format!("big{i}")).await.unwrap().unwrap().value, Some(value.clone()));
     }
+    eprintln!(
+        "FIGURES large Event Hubs batch: a {:.1} MB envelope, 100 of 100 events applied",
+        envelope_bytes as f64 / 1e6
+    );
 }
 
 /// Defect 12: with the store's disk full for a few minutes, 41 % of accepted writes went to dead
@@ -641,6 +688,9 @@ async fn write_behind_retries_through_a_full_disk_then_dead_letters_after_the_wi
     time.advance(Duration::from_secs(2 * 3600));
     drain(&c, &redis).await;
     assert_eq!(t.app.dead_letters().count().await.unwrap(), 5);
+    eprintln!(
+        "FIGURES write-behind through a full disk: 20 writes through 6 failing rounds, 0 dead letters, 20 of 20 applied after recovery; past the window 5 of 5 dead-lettered: 0 lost"
+    );
 }
 
 /// Upgrading: what an older release queued in the streams a key could reach is moved, not lost.
@@ -748,6 +798,11 @@ async fn an_older_release_queue_and_dead_letters_survive_the_upgrade() {
     assert_eq!(put.status, 200);
     let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("writebehind"))).await;
     assert_eq!((read.body["value"].clone(), read.header("x-cache")), (json!("mine"), Some("hit")));
+    eprintln!(
+        "FIGURES upgrade: {} queued events (1 pending at a vanished consumer) and {} dead letter moved in 3 passes, 5 of 5 applied: 0 lost",
+        moved.events + again.events + last.events,
+        moved.dead_letters + again.dead_letters + last.dead_letters
+    );
 }
 
 /// Defect 2 in one process: two instances at the same microsecond used to issue the same version.
@@ -771,6 +826,13 @@ async fn two_instances_at_the_same_instant_issue_different_versions() {
     assert_ne!(wb.version, wt.version);
     assert_eq!(issued_at(wb.version), issued_at(wt.version), "the same instant");
     let _ = time.now();
+    eprintln!(
+        "FIGURES same instant: node ids {} and {}, versions {} and {}: different",
+        a.app.versions.node(),
+        b.app.versions.node(),
+        wb.version,
+        wt.version
+    );
 }
 
 /// Defect 9: half-sent headers or bodies held a connection for minutes, and bodies in memory had
@@ -802,14 +864,17 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let started = Instant::now();
     read_all(slow).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "held for {:?}", started.elapsed());
+    let headers_held = started.elapsed();
+    assert!(headers_held < Duration::from_secs(3), "held for {headers_held:?}");
 
     // A body that never arrives: 408.
     let mut slow = connect().await.unwrap();
     slow.write_all(b"PUT /api/write-through/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
         .await
         .unwrap();
+    let started = Instant::now();
     let answer = read_all(slow).await;
+    let body_held = started.elapsed();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     // Bodies in memory at once are bounded: of three large uploads that fit two at a time, one
@@ -833,6 +898,10 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     }
     statuses.sort();
     assert_eq!(statuses, ["408", "408", "503"]);
+    eprintln!(
+        "FIGURES slow clients (limits of the test: headers {:?}, body {:?}, 100 kB in flight): unfinished headers closed after {headers_held:?}, an unfinished body answered 408 after {body_held:?}; 3 uploads of 45 kB: {statuses:?}",
+        limits.header_read_timeout, limits.body_read_timeout
+    );
 }
 
 /// Defect 12 on Event Hubs: a batch the store refuses for now is handed back to the host's retry
@@ -888,6 +957,9 @@ async fn event_hub_batches_are_retried_by_the_host_while_the_store_refuses_write
     let letters = t.app.dead_letters().list(10, None).await.unwrap();
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert!(letters.iter().all(|l| l.reason.contains("full")), "{letters:?}");
+    eprintln!(
+        "FIGURES Event Hubs while the store refuses writes: 2 invocations failed for a retry (500) with 0 dead letters, the retry after recovery applied (200); past the window and on the last retry: 2 of 2 dead-lettered (200): 0 lost"
+    );
 }
 
 /// Defect 7: with SQLite's `-shm` file made immutable, one write killed the process with `SIGBUS`
@@ -919,6 +991,9 @@ async fn an_unwritable_sqlite_shared_memory_file_refuses_writes_instead_of_crash
     assert!(body["error"]["message"].as_str().unwrap().contains("store.db-shm"), "{body}");
     assert_eq!(health.unwrap().0, 503);
     assert_eq!(handler.request("PUT", "/api/write-through/b", Some("2")).unwrap().0, 200);
+    eprintln!(
+        "FIGURES unwritable -shm: write 503, read 503, Health 503, the process alive; the write 200 once writable"
+    );
 }
 
 /// A Redis that answers every command just under the deadline never trips the breaker, and a
@@ -973,6 +1048,7 @@ async fn an_unreadable_event_hubs_invocation_is_dead_lettered_not_retried_for_ev
     let letters = t.app.dead_letters().list(10, None).await.unwrap();
     assert_eq!((letters.len(), letters[0].event.as_str()), (1, "{not an envelope"));
     assert!(letters[0].reason.contains("could not be read"), "{:?}", letters[0].reason);
+    eprintln!("FIGURES unreadable Event Hubs invocation: answered 200, 1 dead letter with the whole body");
 }
 
 /// The same for an invocation whose declared length is over the body cap: it was refused with
@@ -1001,4 +1077,7 @@ async fn an_event_hubs_invocation_declared_over_the_body_cap_is_dead_lettered_no
     assert!(letters[0].reason.contains("999999999999"), "{:?}", letters[0].reason);
     let (status, _, _) = common::host::raw(&router, request("/api/write-through/k")).await;
     assert_eq!(status, 413);
+    eprintln!(
+        "FIGURES Event Hubs invocation declared over the cap: answered 200 (not 413), 1 dead letter; a forwarded request over its cap: 413"
+    );
 }
