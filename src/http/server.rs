@@ -205,7 +205,12 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        // A trigger invocation refused here would be retried by the host for ever (as when the read fails).
+        if forwarded_path.is_none() && TriggerFunction::by_name(path.trim_matches('/')).is_some() {
+            let reason = format!("the invocation declares {n} bytes, more than {limit}");
+            return unreadable_trigger(&state, path.trim_matches('/'), &reason, b"").await;
+        }
         return too_large(limit, state.max_value_bytes);
     }
     // A request without a body (a read) neither waits for room in the budget nor reads.

@@ -22,9 +22,10 @@ use super::Core;
 use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
 use crate::domain::time::Timestamp;
-use crate::domain::version::is_plausible;
+use crate::domain::version::{Implausible, is_plausible};
 use crate::domain::write_event::{EventError, Op, WriteEvent};
 use crate::ports::DeadLetters;
+use crate::ports::cache::Eviction;
 use crate::ports::dead_letters::Failed;
 use crate::ports::store::{Applied, Change};
 
@@ -287,6 +288,35 @@ impl Applier {
         (outcomes, report)
     }
 
+    /// A write the store refused because it holds an implausible version of the key (far in the
+    /// future, or past what stores hold): no write can be newer, so it is not stale but can never be
+    /// applied. It fails for good (it is dead-lettered, with the reason), and the cache entry it
+    /// may have put there when it was accepted is evicted, value and all, so that reads answer what
+    /// the store holds.
+    async fn refused_by_implausible(
+        &self,
+        key: &Key,
+        event: &WriteEvent,
+        current: u64,
+        why: Implausible,
+        attempts: u64,
+    ) -> Outcome {
+        let core = &self.core;
+        tracing::error!(key = ?key.as_str(), version = event.version, current, reason = %why, "the store holds an implausible version of this key; the queued write cannot be applied");
+        let eviction = Eviction { stamp: None, below_version: Some(event.version.saturating_add(1)), hard: true };
+        if let Err(e) = core.cache.evict(key.as_str(), &eviction, core.now()).await {
+            tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "could not evict the key; it is evicted when Redis answers again");
+            core.recovery.evict_later(key.as_str(), eviction);
+        }
+        Outcome::Failed {
+            reason: format!(
+                "the store holds version {current} of this key, which is implausible ({why}); no write to the key can be applied until the stored item is repaired (write-through answers 409 stored_version_implausible)"
+            ),
+            transient: false,
+            attempts,
+        }
+    }
+
     /// Applies one event: versioned store write with retries, then a never-older cache refresh.
     async fn apply_event(&self, key: &Key, event: &WriteEvent, deadline: Instant) -> Outcome {
         let change = match (event.op, &event.value) {
@@ -328,6 +358,9 @@ impl Applier {
                     };
                 }
                 Ok(Applied::Stale { current }) => {
+                    if let Err(why) = is_plausible(current, core.now()) {
+                        return self.refused_by_implausible(key, event, current, why, attempts).await;
+                    }
                     tracing::debug!(key = ?key.as_str(), version = event.version, current, "queued write is older than the store; skipped");
                     return Outcome::Stale;
                 }

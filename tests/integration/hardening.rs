@@ -99,6 +99,12 @@ async fn keys_named_like_internal_structures_are_ordinary_keys() {
     }
     let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
     assert_eq!(health.status, 200, "{}", health.body);
+    eprintln!(
+        "FIGURES internal names: {} names × {} host modes, {} requests answered as ordinary keys; 50 of 50 queued writes applied, 3 of 3 dead letters kept: 0 lost",
+        names.len(),
+        MODES.len(),
+        names.len() * MODES.len() * 5
+    );
 }
 
 fn event(key: &str, version: u64, value: Value) -> String {
@@ -142,6 +148,11 @@ async fn an_implausible_event_version_is_dead_lettered_and_never_moves_the_clock
     assert_eq!(put.status, 200, "{}", put.body);
     let version = put.body["version"].as_u64().unwrap();
     assert!(issued_at(version).since(now) < Duration::from_secs(60), "the clock did not jump: {version}");
+    eprintln!(
+        "FIGURES implausible event versions: 3 events, {} dead-lettered, 1 applied; the next write-through issued {:?} after the test began",
+        letters.len(),
+        issued_at(version).since(now)
+    );
 }
 
 /// The same class, in a store an older release already poisoned: only that key is refused.
@@ -158,6 +169,68 @@ async fn a_stored_implausible_version_refuses_that_key_only() {
         let other = send(&router, mode, &f.through, &Call::new("PUT", Some("other")).json(&json!(1))).await;
         assert_eq!(other.status, 200, "{}", other.body);
     }
+    eprintln!(
+        "FIGURES stored implausible version, write-through: {0} × 409 on that key, {0} × 200 on another",
+        MODES.len()
+    );
+}
+
+/// The same class on the write-behind path: a write to a key whose store holds an implausible
+/// version was answered `202`, counted as stale and dropped, while the cache served it. Both queue
+/// transports dead-letter it, saying why, and the cache agrees with the store again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_behind_to_a_key_whose_store_holds_an_implausible_version_is_dead_lettered() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    for key in ["stuck-stream", "stuck-hub"] {
+        t.sqlite.apply(key, i64::MAX as u64, Change::Upsert(json!("poison"))).await.unwrap();
+        let put = send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(key)).json(&json!("queued"))).await;
+        assert_eq!(put.status, 202, "{}", put.body);
+    }
+    // Event Hubs delivers the event to `EventHubConsumer`: take it off the stream and post it.
+    let mut conn = redis.connection().await;
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(WRITE_BEHIND_STREAM).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let hub_entry = entries
+        .ids
+        .iter()
+        .find(|entry| entry.get::<String>("event").unwrap().contains("stuck-hub"))
+        .expect("the stuck-hub write is queued");
+    let _: i64 = redis::cmd("XDEL").arg(WRITE_BEHIND_STREAM).arg(&hub_entry.id).query_async(&mut conn).await.unwrap();
+    let (status, reply) = event_hub_batch(&router, &[hub_entry.get::<String>("event").unwrap()]).await;
+    assert_eq!(status, 200, "{reply}");
+    // The Redis Stream consumer.
+    let c = consumer(&t, |_, _| {});
+    let mut stale = 0;
+    for _ in 0..50 {
+        stale += c.run_once().await.unwrap().stale_skipped;
+        if redis.command(&format!("XLEN {WRITE_BEHIND_STREAM}")).unwrap().trim() == ":0" {
+            break;
+        }
+    }
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert!(letter.reason.contains("implausible"), "{:?}", letter.reason);
+    }
+    assert_eq!(stale, 0, "a write that can never be applied is not stale");
+    for key in ["stuck-stream", "stuck-hub"] {
+        assert!(letters.iter().any(|l| l.event.contains(key)), "{key} is dead-lettered: {letters:?}");
+        let stored = t.sqlite.get(key).await.unwrap().unwrap();
+        assert_eq!((stored.value, stored.version), (Some(json!("poison")), i64::MAX as u64), "{key}");
+        let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some(key))).await;
+        assert_eq!(
+            (read.status, &read.body["value"]),
+            (200, &json!("poison")),
+            "{key}: the cache agrees with the store"
+        );
+    }
+    eprintln!(
+        "FIGURES stored implausible version, write-behind: 2 writes answered 202 (Redis Stream, Event Hubs), {} dead-lettered, {stale} counted as stale, reads answer the store's value",
+        letters.len()
+    );
 }
 
 /// Defect 6: malformed dead-letter ids and paging parameters looked like a Redis outage.
@@ -167,6 +240,7 @@ async fn dead_letter_ids_and_paging_are_checked() {
     let t = TestApp::new(&redis, &[]);
     let router = t.app.router();
     let f = functions();
+    let (mut refused, mut served) = (0, 0);
     for mode in MODES {
         for method in ["GET", "POST", "DELETE"] {
             for id in ["abc", "1-x", "\u{ff}", "1-2-3"] {
@@ -176,6 +250,7 @@ async fn dead_letter_ids_and_paging_are_checked() {
                     (400, &json!("bad_id")),
                     "{method} {id:?} {mode:?}"
                 );
+                refused += 1;
             }
         }
         for (name, value, code) in [
@@ -187,12 +262,17 @@ async fn dead_letter_ids_and_paging_are_checked() {
         ] {
             let reply = send(&router, mode, &f.dead_letters, &Call::new("GET", None).query(name, value)).await;
             assert_eq!((reply.status, &reply.body["error"]["code"]), (400, &json!(code)), "?{name}={value:?} {mode:?}");
+            refused += 1;
         }
         let fine =
             send(&router, mode, &f.dead_letters, &Call::new("GET", None).query("count", "5").query("after", "0-0"))
                 .await;
         assert_eq!(fine.status, 200, "{}", fine.body);
+        served += 1;
     }
+    eprintln!(
+        "FIGURES dead-letter ids: {refused} bad ids and paging parameters answered 400, {served} good ones 200, 0 answered 503"
+    );
 }
 
 /// Defects 5 and 7: Health said "healthy" while every write failed, with the queue key broken, and
@@ -204,7 +284,14 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     let router = t.app.router();
     let f = functions();
     let get = Call::new("GET", None);
-    let health = || send(&router, Mode::Direct, &f.health, &get);
+    let (slowest, calls) = (std::cell::Cell::new(Duration::ZERO), std::cell::Cell::new(0));
+    let health = || async {
+        let started = Instant::now();
+        let reply = send(&router, Mode::Direct, &f.health, &get).await;
+        slowest.set(slowest.get().max(started.elapsed()));
+        calls.set(calls.get() + 1);
+        reply
+    };
     assert_eq!(health().await.status, 200);
 
     // A full disk: writes fail, reads and the small probe still work.
@@ -252,55 +339,161 @@ async fn health_tells_the_truth_about_the_write_path_and_the_queue() {
     assert_eq!((put.status, &put.body["error"]["code"]), (503, &json!("store_unavailable")), "{}", put.body);
     let report = health().await;
     assert_eq!((report.status, &report.body["store"]["status"]), (503, &json!("down")), "{}", report.body);
+    eprintln!(
+        "FIGURES Health: 4 faults (writes failing, queue key of another type, a queue stuck 20 min, store file removed) each reported 503 naming the part (the first 3 healthy again once repaired); {} Health calls, slowest {:?}; the 3 writes made during faults refused (5xx), 0 acknowledged",
+        calls.get(),
+        slowest.get()
+    );
 }
 
-/// The slowest request seen by [`timed`] in this test binary, and how many there were.
-static SLOWEST: std::sync::Mutex<(Duration, usize)> = std::sync::Mutex::new((Duration::ZERO, 0));
-
-async fn timed(what: &str, request: impl std::future::Future<Output = common::host::Reply>) -> common::host::Reply {
-    let started = Instant::now();
-    let reply = request.await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(2500), "{what} took {took:?} with Redis not answering");
-    let mut slowest = SLOWEST.lock().unwrap();
-    *slowest = (slowest.0.max(took), slowest.1 + 1);
-    reply
+/// How long requests took in one test, each checked against the bound as it is measured.
+#[derive(Debug, Default)]
+struct Timings {
+    requests: usize,
+    slowest: Duration,
+    /// Answers by status.
+    statuses: std::collections::BTreeMap<u16, usize>,
+    health: usize,
+    slowest_health: Duration,
 }
 
-/// Every kind of request with Redis not answering: each within about two seconds.
-async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize) {
+/// No request may wait on Redis much longer than 2 s in all (the issue's ~2.5 s, with room for
+/// the store and a loaded machine); Health must answer within 2 s.
+const REQUEST_BOUND: Duration = Duration::from_millis(2500);
+const HEALTH_BOUND: Duration = Duration::from_millis(2000);
+
+impl Timings {
+    async fn time<T>(&mut self, what: &str, request: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let answer = request.await;
+        let took = started.elapsed();
+        assert!(took < REQUEST_BOUND, "{what} took {took:?}");
+        self.requests += 1;
+        self.slowest = self.slowest.max(took);
+        answer
+    }
+
+    async fn reply(
+        &mut self,
+        what: &str,
+        request: impl std::future::Future<Output = common::host::Reply>,
+    ) -> common::host::Reply {
+        let reply = self.time(what, request).await;
+        *self.statuses.entry(reply.status).or_default() += 1;
+        reply
+    }
+
+    async fn invocation(
+        &mut self,
+        what: &str,
+        request: impl std::future::Future<Output = (u16, Value)>,
+    ) -> (u16, Value) {
+        let (status, body) = self.time(what, request).await;
+        *self.statuses.entry(status).or_default() += 1;
+        (status, body)
+    }
+
+    async fn health(&mut self, request: impl std::future::Future<Output = common::host::Reply>) -> common::host::Reply {
+        let started = Instant::now();
+        let reply = request.await;
+        let took = started.elapsed();
+        assert!(took < HEALTH_BOUND, "Health took {took:?}");
+        self.health += 1;
+        self.slowest_health = self.slowest_health.max(took);
+        reply
+    }
+
+    fn print(&self, fault: &str) {
+        let statuses: Vec<String> = self.statuses.iter().map(|(status, n)| format!("{n}× {status}")).collect();
+        let health = match self.health {
+            0 => String::new(),
+            n => format!("; Health {n} times, slowest {:?} (bound {HEALTH_BOUND:?})", self.slowest_health),
+        };
+        eprintln!(
+            "FIGURES {fault}: {} requests ({}), slowest {:?} (bound {REQUEST_BOUND:?}){health}",
+            self.requests,
+            statuses.join(", "),
+            self.slowest,
+        );
+    }
+}
+
+/// Every kind of request with Redis not answering (or not there): each within the bound, and
+/// Health says Redis is down. Acknowledged writes all reach the store.
+async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize, fault: &str) {
     t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
     let router = t.app.router();
     let f = functions();
     let ahead = FunctionDef::load("RefreshAheadRead");
+    let invalidate = FunctionDef::load("CacheInvalidate");
+    let mut timings = Timings::default();
+    let mut acknowledged = Vec::new();
     for round in 0..rounds {
-        let read =
-            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
+        let read = timings
+            .reply("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k"))))
+            .await;
         assert_eq!((read.status, read.header("x-cache")), (200, Some("bypass")), "{}", read.body);
-        let read =
-            timed("a refresh-ahead read", send(&router, Mode::Payload, &ahead, &Call::new("GET", Some("k")))).await;
+        let read = timings
+            .reply("a refresh-ahead read", send(&router, Mode::Payload, &ahead, &Call::new("GET", Some("k"))))
+            .await;
         assert_eq!(read.status, 200);
-        let write = timed(
-            "a write-through",
-            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(round))),
-        )
-        .await;
+        let keys = json!({"keys": ["k", "absent"]});
+        let bulk = timings
+            .reply("a bulk read", send(&router, Mode::Direct, &f.aside, &Call::new("POST", None).json(&keys)))
+            .await;
+        assert_eq!(bulk.status, 200, "{}", bulk.body);
+        assert_eq!(bulk.body["items"][0]["value"], json!("stored"), "{}", bulk.body);
+        let written = format!("w{round}");
+        let write = timings
+            .reply(
+                "a write-through",
+                send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&written)).json(&json!(round))),
+            )
+            .await;
         assert_eq!(write.status, 200, "{}", write.body);
-        let queued = timed(
-            "a write-behind",
-            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))),
-        )
-        .await;
+        acknowledged.push((written, json!(round)));
+        let queued = timings
+            .reply(
+                "a write-behind",
+                send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some("q")).json(&json!(1))),
+            )
+            .await;
         assert_eq!(queued.status, 503, "{}", queued.body);
-        let started = Instant::now();
-        let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
-        assert!(started.elapsed() < Duration::from_millis(2000), "Health took {:?}", started.elapsed());
-        let (slowest, requests) = *SLOWEST.lock().unwrap();
-        eprintln!("Health answered in {:?}; slowest of {requests} requests so far: {slowest:?}", started.elapsed());
-        assert_eq!((health.status, &health.body["redis"]["status"]), (503, &json!("down")));
+        let pushed = format!("e{round}");
+        let (status, reply) = timings
+            .invocation(
+                "an Event Hubs batch",
+                event_hub_batch(&router, &[event(&pushed, t.app.versions.next(), json!(round))]),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        acknowledged.push((pushed, json!(round)));
+        let evicted = timings
+            .reply("an eviction", send(&router, Mode::Direct, &invalidate, &Call::new("DELETE", Some("k"))))
+            .await;
+        assert_eq!((evicted.status, &evicted.body["status"]), (202, &json!("pending")), "{}", evicted.body);
+        let letters = timings
+            .reply("a dead-letter list", send(&router, Mode::Direct, &f.dead_letters, &Call::new("GET", None)))
+            .await;
+        assert_eq!(letters.status, 503, "{}", letters.body);
+        let replay = timings
+            .reply(
+                "a dead-letter replay",
+                send(&router, Mode::Direct, &f.dead_letters, &Call::new("POST", Some("1-0"))),
+            )
+            .await;
+        assert_eq!(replay.status, 503, "{}", replay.body);
+        let health = timings.health(send(&router, Mode::Direct, &f.health, &Call::new("GET", None))).await;
+        assert_eq!((health.status, &health.body["redis"]["status"]), (503, &json!("down")), "{}", health.body);
+        assert_eq!(health.body["store"]["status"], json!("up"), "{}", health.body);
         // Let the breaker's 2 s window pass so that the next round reconnects again.
         tokio::time::sleep(Duration::from_millis(2100)).await;
     }
+    for (key, value) in &acknowledged {
+        assert_eq!(t.sqlite.get(key).await.unwrap().and_then(|r| r.value).as_ref(), Some(value), "{key} was lost");
+    }
+    timings.print(fault);
+    eprintln!("FIGURES {fault}: {} writes acknowledged, 0 lost", acknowledged.len());
 }
 
 /// Defect 4: a Redis that accepts connections and never answers stalled requests for 8–10 s.
@@ -308,7 +501,7 @@ async fn bounded_while_redis_does_not_answer(t: &TestApp, rounds: usize) {
 async fn a_blackholed_redis_bounds_every_request() {
     let hole = Blackhole::start();
     let t = TestApp::with_connection(&format!("127.0.0.1:{}", hole.port), &[]);
-    bounded_while_redis_does_not_answer(&t, 2).await;
+    bounded_while_redis_does_not_answer(&t, 2, "Redis blackholed").await;
 }
 
 /// The same with TLS asked of a plain port: the handshake never completes.
@@ -316,7 +509,7 @@ async fn a_blackholed_redis_bounds_every_request() {
 async fn tls_to_a_plain_port_bounds_every_request() {
     let redis = RedisServer::start();
     let t = TestApp::with_connection(&format!("rediss://127.0.0.1:{}", redis.port), &[]);
-    bounded_while_redis_does_not_answer(&t, 1).await;
+    bounded_while_redis_does_not_answer(&t, 1, "TLS to a plain port").await;
 }
 
 /// The same with the Redis process frozen (`SIGSTOP`) after it served: then it recovers by itself.
@@ -329,7 +522,7 @@ async fn a_hung_redis_bounds_every_request_and_recovers() {
     let warm = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("warm")).json(&json!(1))).await;
     assert_eq!(warm.status, 200);
     redis.pause();
-    bounded_while_redis_does_not_answer(&t, 2).await;
+    bounded_while_redis_does_not_answer(&t, 2, "Redis hung").await;
     redis.resume();
     let started = Instant::now();
     loop {
@@ -340,6 +533,33 @@ async fn a_hung_redis_bounds_every_request_and_recovers() {
         assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The same with Redis down (the process gone, connections refused) after it served: then it
+/// recovers by itself once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_is_down_bounds_every_request_and_recovers() {
+    let mut redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    let warm = send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some("warm")).json(&json!(1))).await;
+    assert_eq!(warm.status, 200);
+    redis.stop();
+    bounded_while_redis_does_not_answer(&t, 2, "Redis down").await;
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("warm"))).await;
+        if read.header("x-cache") != Some("bypass") {
+            assert_eq!((read.status, &read.body["value"]), (200, &json!(1)), "{}", read.body);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = send(&router, Mode::Direct, &f.health, &Call::new("GET", None)).await;
+    assert_eq!(health.status, 200, "{}", health.body);
 }
 
 /// Defect 8: tombstones were never removed.
@@ -375,6 +595,9 @@ async fn tombstones_are_purged_after_the_retention_window_and_never_resurrect() 
     assert_eq!(store.apply("deleted", clock.next(), Change::Upsert(json!("new"))).await.unwrap(), Applied::Yes);
     assert_eq!(store.apply("brand-new", clock.next(), Change::Upsert(json!(1))).await.unwrap(), Applied::Yes);
     assert!(store.get("recently-deleted").await.unwrap().unwrap().is_deleted());
+    eprintln!(
+        "FIGURES tombstones: 503 rows, 501 purged, 2 left; a late write below the purged tombstone refused, 0 resurrected"
+    );
 }
 
 /// A queued write older than a purged tombstone (a dead letter replayed weeks later) for a key
@@ -395,6 +618,7 @@ async fn a_write_older_than_the_purged_tombstones_is_dead_lettered_not_dropped()
     let letters = t.app.dead_letters().list(10, None).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(letters[0].reason.contains("TombstoneRetentionSeconds"), "{:?}", letters[0].reason);
+    eprintln!("FIGURES a write older than the purged tombstones: 1 event, 1 dead-lettered, 0 applied, 0 dropped");
 }
 
 /// Defect 11: an Event Hubs batch larger than the payload cap was refused, retried, then
@@ -408,11 +632,16 @@ async fn an_event_hubs_batch_of_large_events_is_applied() {
     let value = json!("\"\\".repeat(15_000));
     let now = common::now();
     let events: Vec<String> = (0..100).map(|i| event(&format!("big{i}"), at(now) + i, value.clone())).collect();
+    let envelope_bytes = json!({"Data": {"events": serde_json::to_string(&events).unwrap()}}).to_string().len();
     let (status, reply) = event_hub_batch(&router, &events).await;
     assert_eq!(status, 200, "{reply}");
     for i in 0..100 {
         assert_eq!(t.sqlite.get(&format!("big{i}")).await.unwrap().unwrap().value, Some(value.clone()));
     }
+    eprintln!(
+        "FIGURES large Event Hubs batch: a {:.1} MB envelope, 100 of 100 events applied",
+        envelope_bytes as f64 / 1e6
+    );
 }
 
 /// Defect 12: with the store's disk full for a few minutes, 41 % of accepted writes went to dead
@@ -459,6 +688,9 @@ async fn write_behind_retries_through_a_full_disk_then_dead_letters_after_the_wi
     time.advance(Duration::from_secs(2 * 3600));
     drain(&c, &redis).await;
     assert_eq!(t.app.dead_letters().count().await.unwrap(), 5);
+    eprintln!(
+        "FIGURES write-behind through a full disk: 20 writes through 6 failing rounds, 0 dead letters, 20 of 20 applied after recovery; past the window 5 of 5 dead-lettered: 0 lost"
+    );
 }
 
 /// Upgrading: what an older release queued in the streams a key could reach is moved, not lost.
@@ -566,6 +798,11 @@ async fn an_older_release_queue_and_dead_letters_survive_the_upgrade() {
     assert_eq!(put.status, 200);
     let read = send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("writebehind"))).await;
     assert_eq!((read.body["value"].clone(), read.header("x-cache")), (json!("mine"), Some("hit")));
+    eprintln!(
+        "FIGURES upgrade: {} queued events (1 pending at a vanished consumer) and {} dead letter moved in 3 passes, 5 of 5 applied: 0 lost",
+        moved.events + again.events + last.events,
+        moved.dead_letters + again.dead_letters + last.dead_letters
+    );
 }
 
 /// Defect 2 in one process: two instances at the same microsecond used to issue the same version.
@@ -589,6 +826,13 @@ async fn two_instances_at_the_same_instant_issue_different_versions() {
     assert_ne!(wb.version, wt.version);
     assert_eq!(issued_at(wb.version), issued_at(wt.version), "the same instant");
     let _ = time.now();
+    eprintln!(
+        "FIGURES same instant: node ids {} and {}, versions {} and {}: different",
+        a.app.versions.node(),
+        b.app.versions.node(),
+        wb.version,
+        wt.version
+    );
 }
 
 /// Defect 9: half-sent headers or bodies held a connection for minutes, and bodies in memory had
@@ -620,14 +864,17 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let started = Instant::now();
     read_all(slow).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "held for {:?}", started.elapsed());
+    let headers_held = started.elapsed();
+    assert!(headers_held < Duration::from_secs(3), "held for {headers_held:?}");
 
     // A body that never arrives: 408.
     let mut slow = connect().await.unwrap();
     slow.write_all(b"PUT /api/write-through/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
         .await
         .unwrap();
+    let started = Instant::now();
     let answer = read_all(slow).await;
+    let body_held = started.elapsed();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     // Bodies in memory at once are bounded: of three large uploads that fit two at a time, one
@@ -651,6 +898,10 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     }
     statuses.sort();
     assert_eq!(statuses, ["408", "408", "503"]);
+    eprintln!(
+        "FIGURES slow clients (limits of the test: headers {:?}, body {:?}, 100 kB in flight): unfinished headers closed after {headers_held:?}, an unfinished body answered 408 after {body_held:?}; 3 uploads of 45 kB: {statuses:?}",
+        limits.header_read_timeout, limits.body_read_timeout
+    );
 }
 
 /// Defect 12 on Event Hubs: a batch the store refuses for now is handed back to the host's retry
@@ -706,6 +957,9 @@ async fn event_hub_batches_are_retried_by_the_host_while_the_store_refuses_write
     let letters = t.app.dead_letters().list(10, None).await.unwrap();
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert!(letters.iter().all(|l| l.reason.contains("full")), "{letters:?}");
+    eprintln!(
+        "FIGURES Event Hubs while the store refuses writes: 2 invocations failed for a retry (500) with 0 dead letters, the retry after recovery applied (200); past the window and on the last retry: 2 of 2 dead-lettered (200): 0 lost"
+    );
 }
 
 /// Defect 7: with SQLite's `-shm` file made immutable, one write killed the process with `SIGBUS`
@@ -737,6 +991,9 @@ async fn an_unwritable_sqlite_shared_memory_file_refuses_writes_instead_of_crash
     assert!(body["error"]["message"].as_str().unwrap().contains("store.db-shm"), "{body}");
     assert_eq!(health.unwrap().0, 503);
     assert_eq!(handler.request("PUT", "/api/write-through/b", Some("2")).unwrap().0, 200);
+    eprintln!(
+        "FIGURES unwritable -shm: write 503, read 503, Health 503, the process alive; the write 200 once writable"
+    );
 }
 
 /// A Redis that answers every command just under the deadline never trips the breaker, and a
@@ -749,23 +1006,28 @@ async fn a_slow_redis_bounds_each_request_in_all() {
     t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
     let router = t.app.router();
     let f = functions();
+    let mut timings = Timings::default();
     for round in 0..3 {
-        let read =
-            timed("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k")))).await;
+        let read = timings
+            .reply("a cache-aside read", send(&router, Mode::Direct, &f.aside, &Call::new("GET", Some("k"))))
+            .await;
         assert_eq!(read.status, 200, "{}", read.body);
-        let queued = timed(
-            "a write-behind",
-            send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("q{round}"))).json(&json!(1))),
-        )
-        .await;
+        let queued = timings
+            .reply(
+                "a write-behind",
+                send(&router, Mode::Direct, &f.behind, &Call::new("PUT", Some(&format!("q{round}"))).json(&json!(1))),
+            )
+            .await;
         assert!(queued.status == 202 || queued.status == 503, "{}", queued.body);
-        let write = timed(
-            "a write-through",
-            send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(1))),
-        )
-        .await;
+        let write = timings
+            .reply(
+                "a write-through",
+                send(&router, Mode::Direct, &f.through, &Call::new("PUT", Some(&format!("w{round}"))).json(&json!(1))),
+            )
+            .await;
         assert_eq!(write.status, 200, "{}", write.body);
     }
+    timings.print("Redis slow (800 ms a command)");
 }
 
 /// `EventHubConsumer` retries without bound: an invocation that can never be read must not be
@@ -786,4 +1048,36 @@ async fn an_unreadable_event_hubs_invocation_is_dead_lettered_not_retried_for_ev
     let letters = t.app.dead_letters().list(10, None).await.unwrap();
     assert_eq!((letters.len(), letters[0].event.as_str()), (1, "{not an envelope"));
     assert!(letters[0].reason.contains("could not be read"), "{:?}", letters[0].reason);
+    eprintln!("FIGURES unreadable Event Hubs invocation: answered 200, 1 dead letter with the whole body");
+}
+
+/// The same for an invocation whose declared length is over the body cap: it was refused with
+/// `413` before the dead-letter path, and the host retried it without end, stalling the partition.
+/// It is dead-lettered (what can be kept: its reason and source), and succeeds; forwarded requests
+/// over the cap still get `413`.
+#[tokio::test]
+async fn an_event_hubs_invocation_declared_over_the_body_cap_is_dead_lettered_not_refused() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let request = |uri: &str| {
+        axum::http::Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("Content-Type", "application/json")
+            .header("Content-Length", "999999999999")
+            .body(axum::body::Body::from("{\"Data\":"))
+            .unwrap()
+    };
+    let (status, _, body) = common::host::raw(&router, request("/EventHubConsumer")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let letters = t.app.dead_letters().list(10, None).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].reason.contains("could not be read"), "{:?}", letters[0].reason);
+    assert!(letters[0].reason.contains("999999999999"), "{:?}", letters[0].reason);
+    let (status, _, _) = common::host::raw(&router, request("/api/write-through/k")).await;
+    assert_eq!(status, 413);
+    eprintln!(
+        "FIGURES Event Hubs invocation declared over the cap: answered 200 (not 413), 1 dead letter; a forwarded request over its cap: 413"
+    );
 }

@@ -334,6 +334,10 @@ async fn store_down_serves_stale_within_the_fail_safe_window_then_503() {
     t.store.set_failing(false);
     let back = t.app.services.cache_aside.get(&key("k")).await.unwrap();
     assert_eq!((back.value, back.source), (Some(json!("kept")), Source::Store));
+    eprintln!(
+        "FIGURES store down: {} reads served stale (200) within the window with 1 store attempt; past it 503 + Retry-After, a key never cached 503; fresh again once the store is back",
+        MODES.len()
+    );
 }
 
 #[tokio::test]
