@@ -20,10 +20,11 @@ param environmentName string = 'cachepatterns'
 @description('Region of every resource.')
 param location string = resourceGroup().location
 
-@description('''Hosting plan SKU. Linux plans that run custom handlers without a storage key:
-Dedicated (B1-B3, S1-S3, P0v3-P3v3; default B1: cheapest SKU with Always On) or FC1 (Flex Consumption).
-Elastic Premium and classic Linux Consumption also run custom handlers but need an Azure Files
-content share, which only takes a storage key, so they are not offered here.''')
+@description('''Hosting plan SKU: Dedicated (B1-B3, S1-S3, P0v3-P3v3; default B1: cheapest SKU with
+Always On), the Linux plans that run custom handlers without a storage key. Elastic Premium and
+classic Linux Consumption also run custom handlers but need an Azure Files content share, which only
+takes a storage key; Flex Consumption (FC1) is not documented to accept the custom runtime
+(infra/README.md, "Which plan"). None of them is offered here.''')
 @allowed([
   'B1'
   'B2'
@@ -35,27 +36,13 @@ content share, which only takes a storage key, so they are not offered here.''')
   'P1v3'
   'P2v3'
   'P3v3'
-  'FC1'
 ])
 param planSku string = 'B1'
 
-@description('Dedicated plans: instance count (every instance runs the handler). Ignored for FC1.')
+@description('Instance count (every instance runs the handler).')
 @minValue(1)
 @maxValue(30)
 param planCapacity int = 1
-
-@description('FC1 only: maximum instances.')
-@minValue(40)
-@maxValue(1000)
-param flexMaximumInstanceCount int = 100
-
-@description('FC1 only: instance memory (MB).')
-@allowed([
-  512
-  2048
-  4096
-])
-param flexInstanceMemoryMB int = 2048
 
 @description('managed: Azure Managed Redis (redisEnterprise, default). classic: Azure Cache for Redis.')
 @allowed([
@@ -142,10 +129,8 @@ var token = toLower(uniqueString(subscription().id, resourceGroup().id, environm
 var allTags = union(tags, {
   'azd-env-name': environmentName
 })
-var isFlex = planSku == 'FC1'
 var useEventHubs = writeBehindQueue == 'eventHubs'
 var useManagedRedis = redisKind == 'managed'
-var deploymentContainerName = 'app-package-${token}'
 
 // ---------------------------------------------------------------------------------------------
 // Identity: the one identity the app uses for everything
@@ -179,7 +164,6 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: allTags
     principalId: appIdentity.properties.principalId
-    deploymentContainerName: isFlex ? deploymentContainerName : ''
   }
 }
 
@@ -244,9 +228,8 @@ var redisHostName = useManagedRedis ? redisManaged!.outputs.hostName : redisClas
 // App settings (scripts/check_infra.py --app-settings lists them from these variables)
 // ---------------------------------------------------------------------------------------------
 
-// Dedicated plans only: Flex Consumption refuses these (its runtime is in functionAppConfig and it
-// always runs from its deployment package).
-var dedicatedAppSettings = [
+// The custom handler runtime on Functions 4.x.
+var runtimeAppSettings = [
   { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
   { name: 'FUNCTIONS_WORKER_RUNTIME', value: 'custom' }
   // Run from the zip that azd / `az functionapp deployment source config-zip` uploads.
@@ -298,7 +281,7 @@ var redisStreamAppSettings = [
 ]
 
 var appSettings = concat(
-  isFlex ? [] : dedicatedAppSettings,
+  runtimeAppSettings,
   commonAppSettings,
   useEventHubs ? eventHubsAppSettings : redisStreamAppSettings
 )
@@ -318,10 +301,6 @@ module functionApp 'modules/functionapp.bicep' = {
     planCapacity: planCapacity
     identityId: appIdentity.id
     appSettings: appSettings
-    storageBlobEndpoint: storage.outputs.blobEndpoint
-    deploymentContainerName: deploymentContainerName
-    flexMaximumInstanceCount: flexMaximumInstanceCount
-    flexInstanceMemoryMB: flexInstanceMemoryMB
   }
 }
 

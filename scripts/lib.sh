@@ -48,5 +48,20 @@ build_handler() {
     fi
   fi
   cargo build --release --locked ${features[@]+"${features[@]}"}
-  cp target/release/handler ./handler
+  install_handler "${CARGO_TARGET_DIR:-target}/release/handler"
+}
+
+# Puts a copy of the binary $1 at ./handler atomically: copied to a temporary name in the same
+# directory, then renamed over ./handler. The other run script may be running ./handler at that
+# moment (run-local.sh execs it, `func start` starts it): copying onto a running executable fails
+# with "Text file busy", while a rename leaves the running file alone and points the name at the
+# new one.
+install_handler() {
+  local tmp
+  tmp=$(mktemp ./handler.XXXXXX)
+  if ! { cp "$1" "$tmp" && chmod 755 "$tmp" && mv -f "$tmp" ./handler; }; then
+    rm -f "$tmp"
+    echo "$0: could not put $1 at ./handler" >&2
+    return 1
+  fi
 }

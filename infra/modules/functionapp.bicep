@@ -1,15 +1,10 @@
 // The hosting plan and the Linux function app that runs `handler` as a custom handler.
 //
-// Dedicated (B*/S*/P*v3, the default family): custom handlers are supported, no Azure Files content
-// share is needed (so the host storage account can refuse shared keys), and Always On keeps one
-// process alive, which the in-process Redis Stream consumer (write-behind) and the refresh-ahead
-// timer want. The runtime is chosen by FUNCTIONS_WORKER_RUNTIME=custom with an empty linuxFxVersion,
-// which is what the Functions stacks API (and `az functionapp create --runtime custom`) use.
-//
-// Flex Consumption (FC1): also keyless (deployment package in a blob container read with the
-// managed identity), scales to zero, but the runtime is declared in functionAppConfig and the
-// FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION / WEBSITE_RUN_FROM_PACKAGE app settings are
-// not allowed (main.bicep leaves them out for FC1).
+// Dedicated (B*/S*/P*v3): custom handlers are supported, no Azure Files content share is needed (so
+// the host storage account can refuse shared keys), and Always On keeps one process alive, which the
+// in-process Redis Stream consumer (write-behind) and the refresh-ahead timer want. The runtime is
+// chosen by FUNCTIONS_WORKER_RUNTIME=custom with an empty linuxFxVersion, which is what the Functions
+// stacks API (and `az functionapp create --runtime custom`) use.
 
 @description('Function app name (globally unique).')
 param name string
@@ -23,10 +18,10 @@ param location string
 @description('Tags.')
 param tags object
 
-@description('Plan SKU: a Dedicated SKU or FC1 (Flex Consumption).')
+@description('Plan SKU: a Dedicated (App Service plan) SKU.')
 param planSku string
 
-@description('Dedicated plan instance count (ignored on FC1).')
+@description('Instance count.')
 param planCapacity int
 
 @description('Resource id of the user-assigned identity the app runs as.')
@@ -35,34 +30,15 @@ param identityId string
 @description('App settings as [{ name, value }].')
 param appSettings array
 
-@description('Flex Consumption: blob endpoint of the storage account holding the deployment container.')
-param storageBlobEndpoint string
-
-@description('Flex Consumption: deployment container name.')
-param deploymentContainerName string
-
-@description('Flex Consumption: maximum instances (40-1000).')
-param flexMaximumInstanceCount int
-
-@description('Flex Consumption: instance memory in MB.')
-param flexInstanceMemoryMB int
-
-var isFlex = planSku == 'FC1'
-
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
   tags: tags
-  kind: isFlex ? 'functionapp' : 'linux'
-  sku: isFlex
-    ? {
-        name: 'FC1'
-        tier: 'FlexConsumption'
-      }
-    : {
-        name: planSku
-        capacity: planCapacity
-      }
+  kind: 'linux'
+  sku: {
+    name: planSku
+    capacity: planCapacity
+  }
   properties: {
     // Linux.
     reserved: true
@@ -89,41 +65,16 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     clientAffinityEnabled: false
     publicNetworkAccess: 'Enabled'
-    siteConfig: union(
-      {
-        appSettings: appSettings
-        // Keep the host and the handler running (Redis Stream consumer, timer) on Dedicated plans.
-        alwaysOn: !isFlex
-        ftpsState: 'Disabled'
-        minTlsVersion: '1.2'
-        http20Enabled: true
-      },
-      // Custom handler on Dedicated: no language image to pick (empty, as the stacks API says).
-      // Flex Consumption takes no linuxFxVersion at all.
-      isFlex ? {} : { linuxFxVersion: '' }
-    )
-    functionAppConfig: isFlex
-      ? {
-          runtime: {
-            name: 'custom'
-            version: '1.0'
-          }
-          deployment: {
-            storage: {
-              type: 'blobContainer'
-              value: '${storageBlobEndpoint}${deploymentContainerName}'
-              authentication: {
-                type: 'UserAssignedIdentity'
-                userAssignedIdentityResourceId: identityId
-              }
-            }
-          }
-          scaleAndConcurrency: {
-            maximumInstanceCount: flexMaximumInstanceCount
-            instanceMemoryMB: flexInstanceMemoryMB
-          }
-        }
-      : null
+    siteConfig: {
+      appSettings: appSettings
+      // Keep the host and the handler running (Redis Stream consumer, timer).
+      alwaysOn: true
+      ftpsState: 'Disabled'
+      minTlsVersion: '1.2'
+      http20Enabled: true
+      // Custom handler: no language image to pick (empty, as the stacks API says).
+      linuxFxVersion: ''
+    }
   }
 }
 

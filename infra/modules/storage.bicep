@@ -1,7 +1,7 @@
 // The Functions host storage account (AzureWebJobsStorage), reached with the app's managed identity
-// only: shared keys are disabled. That is possible because the chosen plans (Dedicated, Flex
-// Consumption) need no Azure Files content share; Elastic Premium and Linux Consumption do, and the
-// content share (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING) only takes a connection string with a key.
+// only: shared keys are disabled. That is possible because the Dedicated plans the template offers
+// need no Azure Files content share; Elastic Premium and Linux Consumption do, and the content share
+// (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING) only takes a connection string with a key.
 
 @description('Storage account name (3-24 lowercase letters and digits).')
 param name string
@@ -15,15 +15,11 @@ param tags object
 @description('Principal (object) id of the app identity.')
 param principalId string
 
-@description('Blob container for Flex Consumption deployment packages; empty on Dedicated plans.')
-param deploymentContainerName string = ''
-
 // What the host does with each service, and the built-in role that allows it:
 var roles = [
   // Blob: function keys (azure-webjobs-secrets), timer schedule monitors (useMonitor), singleton and
   // listener leases, and the Event Hubs trigger's checkpoints and partition ownership. Owner, not
-  // Contributor, because the host manages blob leases and containers. Also lets the identity read
-  // the Flex Consumption deployment package.
+  // Contributor, because the host manages blob leases and containers.
   'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
   // Queue: host-internal queues (blob trigger receipts/poison queues); cheap insurance for the host.
   '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor
@@ -51,19 +47,6 @@ resource account 'Microsoft.Storage/storageAccounts@2024-01-01' = {
       defaultAction: 'Allow'
       bypass: 'AzureServices'
     }
-  }
-}
-
-resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2024-01-01' = {
-  parent: account
-  name: 'default'
-}
-
-resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' = if (!empty(deploymentContainerName)) {
-  parent: blobService
-  name: empty(deploymentContainerName) ? 'unused' : deploymentContainerName
-  properties: {
-    publicAccess: 'None'
   }
 }
 

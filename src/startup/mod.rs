@@ -325,21 +325,26 @@ type Opened = (Arc<dyn Store>, Option<(Arc<DeferredStore>, CosmosSettings)>);
 
 async fn open_store(settings: &Settings, environment: &Environment) -> Result<Opened, StartupError> {
     match &settings.store {
-        StoreSettings::Sqlite { path, explicit } => {
-            if environment.on_azure {
-                let under_app_root = !path.is_absolute() || path.starts_with(&environment.app_root);
-                if !explicit || under_app_root {
-                    let why = format!(
-                        "on Azure set {STORE_SETTINGS}; the embedded SQLite store is for local runs (the app root is read-only there, and it would be one file per instance){}",
-                        if *explicit { "; LocalStorePath must be an absolute path outside the app root" } else { "" }
-                    );
-                    tracing::error!(
-                        "no backing store is configured: {why}; store-backed functions answer 503 store_not_configured"
-                    );
-                    return Ok((Arc::new(UnconfiguredStore::new(why)), None));
-                }
-                tracing::warn!(path = %path.display(), "backing store: embedded SQLite on Azure: one file per instance, not shared by a scaled-out app");
-            }
+        // On Azure never SQLite, wherever LocalStorePath points: each instance would have a file of
+        // its own, so a scaled-out (or restarted elsewhere) app would read other data than it wrote.
+        StoreSettings::Sqlite { path, explicit } if environment.on_azure => {
+            let ignored = if *explicit {
+                format!(
+                    "; LocalStorePath ({}) is ignored on Azure: SQLite there would be a file per instance, not shared by a scaled-out app",
+                    path.display()
+                )
+            } else {
+                String::new()
+            };
+            let why = format!(
+                "on Azure set {STORE_SETTINGS}; the embedded SQLite store is for local runs (the app root is read-only there, and it would be one file per instance){ignored}"
+            );
+            tracing::error!(
+                "no backing store is configured: {why}; store-backed functions answer 503 store_not_configured"
+            );
+            Ok((Arc::new(UnconfiguredStore::new(why)), None))
+        }
+        StoreSettings::Sqlite { path, .. } => {
             let store = SqliteStore::open(path).map_err(StartupError::Store)?;
             tracing::info!(path = %path.display(), "backing store: embedded SQLite");
             Ok((Arc::new(store), None))

@@ -143,16 +143,14 @@ fn event_hubs_settings_switch_write_behind_to_event_hubs() {
     assert!(stderr.contains("EventHubConnection") && !stderr.contains("s3cr+t"), "{stderr}");
 }
 
-/// On Azure with no store setting the handler must not exit (the host would give up and take every
-/// function down) nor write under the read-only app root: it runs degraded and says why.
-#[test]
-fn on_azure_without_a_store_it_runs_degraded_and_writes_nothing_under_the_app_root() {
-    let redis = RedisServer::start();
-    let mut handler = Handler::start_on_azure(&[("RedisCache", &redis.connection_string())]);
+/// Checks a handler started on Azure without a usable store: Health `503` naming the store
+/// settings, store-backed functions `503 store_not_configured`, and (once stopped) one ERROR line
+/// naming `CosmosDBConnection` / `CosmosDBConnection__accountEndpoint`, which it returns.
+fn assert_degraded_without_a_store(handler: &mut Handler) -> String {
     let (status, body) = handler.request("GET", "/api/health", None).unwrap();
     assert_eq!((status, &body["store"]["status"]), (503, &json!("down")), "{body}");
     let error = body["store"]["error"].as_str().unwrap();
-    assert!(error.contains("CosmosDBConnection__accountEndpoint") && error.contains("CosmosDBConnection"), "{error}");
+    assert!(error.contains("CosmosDBConnection__accountEndpoint") && error.contains("CosmosDBConnection "), "{error}");
     for (method, path, body) in [
         ("PUT", "/api/write-through/k", Some("1")),
         ("PUT", "/api/write-behind/k", Some("1")),
@@ -162,8 +160,42 @@ fn on_azure_without_a_store_it_runs_degraded_and_writes_nothing_under_the_app_ro
         assert_eq!((status, &reply["error"]["code"]), (503, &json!("store_not_configured")), "{method} {path}");
     }
     let stderr = handler.stop();
-    let errors = stderr.lines().filter(|l| l.contains(" ERROR ") && l.contains("no backing store is configured"));
-    assert_eq!(errors.count(), 1, "one error line at start-up: {stderr}");
+    let errors: Vec<&str> =
+        stderr.lines().filter(|l| l.contains(" ERROR ") && l.contains("no backing store is configured")).collect();
+    assert_eq!(errors.len(), 1, "one error line at start-up: {stderr}");
+    let line = errors[0];
+    assert!(line.contains("CosmosDBConnection__accountEndpoint") && line.contains("CosmosDBConnection "), "{line}");
+    line.to_string()
+}
+
+/// On Azure with no store setting the handler must not exit (the host would give up and take every
+/// function down) nor write under the read-only app root: it runs degraded and says why.
+#[test]
+fn on_azure_without_a_store_it_runs_degraded_and_writes_nothing_under_the_app_root() {
+    let redis = RedisServer::start();
+    let mut handler = Handler::start_on_azure(&[("RedisCache", &redis.connection_string())]);
+    assert_degraded_without_a_store(&mut handler);
+    let left: Vec<_> = std::fs::read_dir(handler.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "nothing may be written under the app root: {left:?}");
+}
+
+/// On Azure SQLite is never used, even at an explicit absolute `LocalStorePath` outside the app
+/// root (writable there, but a file per instance): the handler runs degraded exactly as with no
+/// store, and its one error line says the path is ignored and why.
+#[test]
+fn on_azure_local_store_path_is_ignored_and_it_runs_degraded_as_without_a_store() {
+    let redis = RedisServer::start();
+    let outside = TempDir::new("store-outside-the-app-root");
+    let path = outside.path().join("store.db");
+    let mut handler = Handler::start_on_azure(&[
+        ("RedisCache", &redis.connection_string()),
+        ("LocalStorePath", path.to_str().unwrap()),
+    ]);
+    let line = assert_degraded_without_a_store(&mut handler);
+    assert!(line.contains("LocalStorePath") && line.contains("ignored on Azure"), "{line}");
+    assert!(line.contains("a file per instance"), "says why: {line}");
+    let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(written.is_empty(), "no SQLite file: {written:?}");
     let left: Vec<_> = std::fs::read_dir(handler.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "nothing may be written under the app root: {left:?}");
 }

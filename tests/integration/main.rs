@@ -24,6 +24,7 @@ mod openapi;
 mod properties;
 mod redis_entra_id;
 mod refresh_ahead;
+mod run_scripts;
 mod scale_out;
 mod store_changes;
 mod store_cosmos;

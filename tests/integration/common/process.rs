@@ -42,12 +42,15 @@ impl Handler {
     }
 
     /// Starts a handler as Azure runs it: the platform's variables set, the app root (its working
-    /// directory) read-only where `chattr` can make it so, and no `LocalStorePath`.
+    /// directory) read-only where `chattr` can make it so, and no `LocalStorePath` unless `env`
+    /// sets one.
     pub fn start_on_azure(env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("handler-azure");
         let mut cmd = command(env, &dir, free_port());
-        cmd.env_remove("LocalStorePath")
-            .env("WEBSITE_INSTANCE_ID", "0123456789abcdef0123456789abcdef")
+        if !env.iter().any(|(name, _)| *name == "LocalStorePath") {
+            cmd.env_remove("LocalStorePath");
+        }
+        cmd.env("WEBSITE_INSTANCE_ID", "0123456789abcdef0123456789abcdef")
             .env("WEBSITE_SITE_NAME", "cachepatterns-test")
             .env("FUNCTIONS_APP_ROOT_PATH", dir.path());
         let read_only = Command::new("chattr").arg("+i").arg(dir.path()).status().is_ok_and(|s| s.success());
