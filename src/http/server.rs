@@ -209,7 +209,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         // A trigger invocation refused here would be retried by the host for ever (as when the read fails).
         if forwarded_path.is_none() && TriggerFunction::by_name(path.trim_matches('/')).is_some() {
             let reason = format!("the invocation declares {n} bytes, more than {limit}");
-            return unreadable_trigger(&state, path.trim_matches('/'), &reason, b"").await;
+            return Box::pin(unreadable_trigger(&state, path.trim_matches('/'), &reason, b"")).await;
         }
         return too_large(limit, state.max_value_bytes);
     }
