@@ -476,6 +476,12 @@ def site_settings(files: dict[Path, BicepFile], scope: Scope, found: list) -> No
         site_kind = scope.eval(object_property(body, "kind")) if object_property(body, "kind") else ""
         if not (isinstance(site_kind, str) and "functionapp" in site_kind):
             continue
+        # A child `config` resource named `appsettings` replaces every app setting at deployment.
+        for inner in walk(body):
+            if inner.type == "resource_declaration":
+                inner_type = string_literal(next((c for c in named(inner) if c.type == "string"), None)) or ""
+                if inner_type.lower().split("@", 1)[0] in ("config", "microsoft.web/sites/config"):
+                    scope.fail(inner, "app settings set by a nested config resource are not followed; use siteConfig.appSettings")
         properties = object_property(body, "properties")
         if properties is None:
             scope.fail(body, "the site has no properties")

@@ -306,7 +306,9 @@ async fn route_body(
         tracing::Span::current().record("otel.name", function.name());
         let emptied = raw_key == Some("");
         let raw_key = raw_key.filter(|raw| !raw.is_empty());
-        if raw_key.is_some() && forwarded::is_legacy_forwarding(&parts.headers) {
+        // Dead-letter ids (`<ms>-<seq>`) survive the re-parse; cache keys may not.
+        if raw_key.is_some() && function != HttpFunction::DeadLetters && forwarded::is_legacy_forwarding(&parts.headers)
+        {
             return json_response(400, &[], &error_body("bad_key", forwarded::LEGACY_FORWARDING_LOSES_KEYS));
         }
         let route_key = match raw_key.map(|raw| forwarded::route_key(raw, &parts.headers)) {
@@ -315,7 +317,7 @@ async fn route_body(
             None => None,
         };
         let mut call = forwarded::http_call(&parts.method, &parts.uri, &parts.headers, body, route_key);
-        call.key_segment_emptied = emptied;
+        call.path_key_unusable = emptied;
         let mut log = InvocationLog::process_only();
         let reply = run_with_timeout(functions::dispatch(&state, function, &call, &mut log)).await;
         return reply_response(reply);

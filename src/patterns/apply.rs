@@ -310,7 +310,7 @@ impl Applier {
         }
         Outcome::Failed {
             reason: format!(
-                "the store holds version {current} of this key, which is implausible ({why}); no write to the key can be applied until the stored item is repaired (write-through answers 409 stored_version_implausible)"
+                "the store holds version {current} of this key, which is implausible ({why}); no write to the key can be applied until the stored item is repaired (write-through refuses such writes too)"
             ),
             transient: false,
             attempts,

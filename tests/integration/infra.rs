@@ -355,6 +355,20 @@ fn the_checker_can_fail() {
     let found = problems(opaque.path()).join("\n");
     assert!(found.contains("not a plain string"), "{found}");
 
+    // A nested `config` resource would replace every app setting at deployment: not followed.
+    let nested = broken_copy(|text| text.to_string() + "\n");
+    let module = nested.path().join("modules").join("functionapp.bicep");
+    let site = std::fs::read_to_string(&module).unwrap();
+    let edited = site.replacen(
+        "  kind: 'functionapp,linux'\n",
+        "  kind: 'functionapp,linux'\n  resource settings 'config' = {\n    name: 'appsettings'\n    properties: {}\n  }\n",
+        1,
+    );
+    assert_ne!(edited, site, "the edit must change the site");
+    std::fs::write(&module, edited).unwrap();
+    let found = problems(nested.path()).join("\n");
+    assert!(found.contains("nested config resource"), "{found}");
+
     // By hand, the same rules from the command line.
     let output = check_infra(&["--required", "NoSuchSetting"]);
     assert_eq!(output.status.code(), Some(1));

@@ -289,3 +289,29 @@ async fn a_key_given_twice_in_the_query_is_refused() {
     }
     assert_eq!(rows(&t).await, 0, "nothing written");
 }
+
+/// `?tags=a&tags=b` tags the entry with both, in every mode: the host joins them as `a,b`, and the
+/// handler takes every occurrence (it took only the first, so invalidating `b` missed the entry).
+/// A `ttl` given twice is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tags_given_twice_in_the_query_are_both_kept() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let (through, aside, invalidate) =
+        (FunctionDef::load("WriteThrough"), FunctionDef::load("CacheAside"), FunctionDef::load("CacheInvalidate"));
+    for mode in MODES {
+        let key = format!("twice-tagged-{mode:?}");
+        let tag = format!("second-{mode:?}");
+        let put = Call::new("PUT", Some(&key)).query("tags", "first").query("tags", &tag).json(&json!(1));
+        assert_eq!(send(&router, mode, &through, &put).await.status, 200, "{mode:?}");
+        assert_eq!(send(&router, mode, &aside, &Call::new("GET", Some(&key))).await.header("x-cache"), Some("hit"));
+        let evict = send(&router, mode, &invalidate, &Call::new("POST", None).json(&json!({"tags": [tag]}))).await;
+        assert_eq!(evict.status, 200, "{mode:?}: {}", evict.body);
+        let read = send(&router, mode, &aside, &Call::new("GET", Some(&key))).await;
+        assert_eq!(read.header("x-cache"), Some("miss"), "{mode:?}: the second tag was kept");
+        let ttl = Call::new("PUT", Some(&key)).query("ttl", "60").query("ttl", "3600").json(&json!(2));
+        let reply = send(&router, mode, &through, &ttl).await;
+        assert_eq!((reply.status, &reply.body["error"]["code"]), (400, &json!("bad_ttl")), "{mode:?}");
+    }
+}

@@ -149,7 +149,7 @@ mod tests {
         HttpCall {
             method: method.into(),
             route_key: route_key.map(str::to_string),
-            key_segment_emptied: false,
+            path_key_unusable: false,
             query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             headers: Vec::new(),
             body: body.as_bytes().to_vec().into(),

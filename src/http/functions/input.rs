@@ -70,11 +70,11 @@ fn url_key(call: &HttpCall) -> Result<Option<Key>, HttpReply> {
             ));
         }
     }
-    if call.key_segment_emptied {
+    if call.path_key_unusable {
         return Err(HttpReply::error(
             400,
             "bad_key",
-            "the path ends in `/` after the function's route, so it names no key (`.` and `..` cannot travel in a URL path: URLs drop them); put the key after the route, percent-encoded, or send it with ?key=",
+            "the path names no key that arrived intact (it ends in `/` after the function's route, which is what URLs leave of the keys `.` and `..`, or the invocation's Params lack the key); put the key after the route, percent-encoded, or send it with ?key=",
         ));
     }
     Ok(None)
@@ -109,7 +109,7 @@ pub(super) const MAX_KEYS_PER_READ: usize = 1000;
 /// The keys of a bulk read (`POST` `{"keys":[…]}`, 1 to [`MAX_KEYS_PER_READ`] keys, in order,
 /// duplicates kept), or `None` when the call is not a bulk read.
 pub(super) fn bulk_read_keys(call: &HttpCall) -> Option<Result<Vec<Key>, HttpReply>> {
-    if call.method != "POST" || call.route_key.is_some() || call.query_count("key") > 0 || call.key_segment_emptied {
+    if call.method != "POST" || call.route_key.is_some() || call.query_count("key") > 0 || call.path_key_unusable {
         return None;
     }
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&call.body) else { return None };
@@ -164,6 +164,16 @@ fn write_key_and_value(call: &HttpCall, max_value_bytes: usize) -> Result<KeyAnd
         check_size(&value, max_value_bytes)?;
         return Ok(KeyAndValue { key, value });
     }
+    if call.method != "POST" {
+        return Err(HttpReply::error(
+            400,
+            "bad_key",
+            format!(
+                "a {} needs the key in the route (…/{{key}}, percent-encoded) or in ?key=; the body-only form {{\"Key\": \"…\", \"ValueToInsert\": …}} is POSTed",
+                call.method
+            ),
+        ));
+    }
     let parsed: Value = serde_json::from_str(text).map_err(|e| {
         HttpReply::error(400, "bad_body", format!("the body is not valid JSON ({e}); without a key in the route or in ?key=, send {{\"Key\": \"…\", \"ValueToInsert\": …}}"))
     })?;
@@ -208,7 +218,18 @@ fn check_size(value: &Value, max_value_bytes: usize) -> Result<(), HttpReply> {
 /// loses must still be well-formed: a malformed option is an error, never silently ignored.
 fn entry_options(call: &HttpCall) -> Result<EntryOptions, HttpReply> {
     let bad_tags = |e: OptionsError| HttpReply::error(400, "bad_tag", e.to_string());
-    let query_tags = call.query("tags").map(parse_tag_list).transpose().map_err(bad_tags)?;
+    // `?tags=a&tags=b` names both (the host joins them as `a,b` too); a TTL is given once.
+    let query_tags = match call.query_count("tags") {
+        0 => None,
+        _ => {
+            let all: Vec<&str> =
+                call.query.iter().filter(|(n, _)| n.eq_ignore_ascii_case("tags")).map(|(_, v)| v.as_str()).collect();
+            Some(parse_tag_list(&all.join(","))).transpose().map_err(bad_tags)?
+        }
+    };
+    if call.query_count("ttl") > 1 {
+        return Err(HttpReply::error(400, "bad_ttl", "`ttl` is given more than once in the query; give it once"));
+    }
     let header_tags = call.header("x-cache-tags").map(parse_tag_list).transpose().map_err(bad_tags)?;
     let bad_ttl = |e: OptionsError| HttpReply::error(400, "bad_ttl", e.to_string());
     let query_ttl = call.query("ttl").map(parse_ttl_seconds).transpose().map_err(bad_ttl)?;

@@ -47,7 +47,7 @@ pub fn http_call(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes, r
     HttpCall {
         method: method.as_str().to_ascii_uppercase(),
         route_key,
-        key_segment_emptied: false,
+        path_key_unusable: false,
         query: uri.query().map(parse_query).unwrap_or_default(),
         headers: headers
             .iter()

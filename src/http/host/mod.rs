@@ -21,10 +21,11 @@ pub struct HttpCall {
     pub method: String,
     /// The `{key}` route parameter, percent-decoded, if the route had one.
     pub route_key: Option<String>,
-    /// True when the path went on past the function's route but its key segment was empty
-    /// (`…/write-through/`): what a client or the host leaves of the key `.` or `..`. Such a call
-    /// names a key the path could not carry, so no key is taken from its body either.
-    pub key_segment_emptied: bool,
+    /// True when the path went on past the function's route but gave no usable key: its key
+    /// segment was empty (`…/write-through/`: what a client or the host leaves of the key `.` or
+    /// `..`), or an invocation's `Params` lacked the key its `Url` shows. Such a call names a key
+    /// it could not carry, so no key is taken from its body either.
+    pub path_key_unusable: bool,
     /// Query parameters (a parameter given several times appears several times).
     pub query: Vec<(String, String)>,
     /// Headers with lower-case names.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::lenient::{self, field};
-use super::{HttpCall, HttpReply, parse_query, percent_decode};
+use super::{HttpCall, HttpReply, parse_query};
 
 /// A decoded invocation envelope.
 #[derive(Debug, Clone, Default)]
@@ -104,11 +104,20 @@ impl Invocation {
             .and_then(|params| field(&params, "key").and_then(plain_text))
             // ASP.NET decodes route values except `%2F`, which it leaves escaped.
             .map(|k| k.replace("%2F", "/").replace("%2f", "/"))
-            .filter(|k| !k.is_empty())
-            .or_else(|| key_from_path(path, route_base));
-        let key_segment_emptied = route_key.is_none() && key_segment_emptied(path, route_base);
+            .filter(|k| !k.is_empty());
+        // Without the route value, the key is read from the `Url` only when that is unambiguous:
+        // the host writes its decoded path back escaping some characters but leaving `%XX`
+        // sequences as they are, so `a%41` there may be the key `a%41` or an escaped `aA`. A
+        // path that names a key this way (or ends in `/` after the route) names one the call
+        // cannot use.
+        let (route_key, path_key_unusable) = match (route_key, key_in_url(path, route_base)) {
+            (Some(key), _) => (Some(key), false),
+            (None, None) => (None, false),
+            (None, Some(raw)) if !raw.is_empty() && !raw.contains('%') => (Some(raw.to_string()), false),
+            (None, Some(_)) => (None, true),
+        };
 
-        let mut call = HttpCall { method, route_key, key_segment_emptied, query, headers, body: Bytes::new() };
+        let mut call = HttpCall { method, route_key, path_key_unusable, query, headers, body: Bytes::new() };
         call.body = match field(&req, "Body") {
             None | Some(Value::Null) => Bytes::new(),
             Some(Value::String(text)) => {
@@ -141,22 +150,13 @@ fn split_url(url: &str) -> (&str, &str) {
     (path, query.split('#').next().unwrap_or(""))
 }
 
-/// True when a request path goes on past `/{prefix}/{route_base}` with nothing but `/`: what is
-/// left of a key `.` or `..` once URL dot segments are removed.
-fn key_segment_emptied(path: &str, route_base: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    let marker = format!("/{}/", route_base.to_ascii_lowercase());
-    lower.find(&marker).is_some_and(|at| path[at + marker.len()..].bytes().all(|b| b == b'/'))
-}
-
-/// The key after `/{prefix}/{route_base}/` in a request path, percent-decoded.
-pub(crate) fn key_from_path(path: &str, route_base: &str) -> Option<String> {
+/// What a request path holds after `/{prefix}/{route_base}/`, trailing `/` removed (empty when the
+/// path ends there), or `None` when it does not go on past the route.
+fn key_in_url<'a>(path: &'a str, route_base: &str) -> Option<&'a str> {
     let lower = path.to_ascii_lowercase();
     let marker = format!("/{}/", route_base.to_ascii_lowercase());
     let at = lower.find(&marker)?;
-    let rest = &path[at + marker.len()..];
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() { None } else { percent_decode(rest) }
+    Some(path[at + marker.len()..].trim_end_matches('/'))
 }
 
 /// A route or query value. `req` reaches the handler as one object, so the strings inside it are
@@ -229,11 +229,30 @@ mod tests {
         let inv = Invocation::parse(body.to_string().as_bytes()).unwrap();
         let call = inv.http_call("req", "cache-aside").unwrap();
         assert_eq!(call.method, "GET");
-        assert_eq!(call.route_key.as_deref(), Some("a/b"));
+        // `Params` lacks the key and the `Url`'s `%2F` cannot be read for sure: no key is taken.
+        assert_eq!((call.route_key.as_deref(), call.path_key_unusable), (None, true));
         assert_eq!(call.header("x-multi"), Some("a,b"));
         assert_eq!(call.query("X"), Some("1"));
         assert!(call.body.is_empty());
         assert_eq!(inv.metadata("x"), Some(json!("1")));
+    }
+
+    #[test]
+    fn without_params_only_an_unescaped_url_key_is_taken() {
+        let call = |url: &str| {
+            let body = json!({"Data": {"req": {"Url": url, "Method": "GET", "Params": {}}}});
+            Invocation::parse(body.to_string().as_bytes()).unwrap().http_call("req", "cache-aside").unwrap()
+        };
+        let plain = call("http://h/api/cache-aside/user:1");
+        assert_eq!((plain.route_key.as_deref(), plain.path_key_unusable), (Some("user:1"), false));
+        for ambiguous in
+            ["http://h/api/cache-aside/a%41", "http://h/api/cache-aside/a%20b", "http://h/api/cache-aside/"]
+        {
+            let c = call(ambiguous);
+            assert_eq!((c.route_key.as_deref(), c.path_key_unusable), (None, true), "{ambiguous}");
+        }
+        let bare = call("http://h/api/cache-aside");
+        assert_eq!((bare.route_key.as_deref(), bare.path_key_unusable), (None, false));
     }
 
     #[test]
