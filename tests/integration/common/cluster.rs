@@ -59,6 +59,18 @@ impl RedisCluster {
             .expect("redis-cli --cluster create (redis-tools)");
         assert!(status.success(), "redis-cli --cluster create failed");
         cluster.wait_ok();
+        // A replica is a copy only once its first full sync is done: writes made before that
+        // reach it in the snapshot, not in the replication stream whose offsets tests compare.
+        wait_until(Duration::from_secs(30), || {
+            let synced = cluster.nodes.iter().filter(|n| {
+                inline_command(n.port, "INFO replication").is_ok_and(|info| {
+                    info.contains("role:slave")
+                        && info.contains("master_link_status:up")
+                        && info.contains("master_sync_in_progress:0")
+                })
+            });
+            synced.count() == masters * replicas
+        });
         cluster
     }
 
@@ -108,6 +120,26 @@ impl RedisCluster {
             }
         }
         None
+    }
+
+    /// A replica of the master on `master`, as the master lists them (`INFO replication`).
+    pub fn replica_of(&self, master: u16) -> Option<u16> {
+        let info = inline_command(master, "INFO replication").ok()?;
+        info.lines()
+            .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+            .find_map(|line| line.split(',').find_map(|kv| kv.strip_prefix("port=")).and_then(|p| p.parse().ok()))
+    }
+
+    /// How far the node on `port` is in its replication stream (`INFO replication`): a master's
+    /// `master_repl_offset` (what it has sent), a replica's `slave_repl_offset` (what it has
+    /// received and applied).
+    pub fn replication_offset(&self, port: u16) -> u64 {
+        let info = inline_command(port, "INFO replication").expect("INFO replication");
+        let field = if info.contains("role:master") { "master_repl_offset:" } else { "slave_repl_offset:" };
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix(field))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in INFO replication of {port}: {info}"))
     }
 
     /// The ports of the nodes still running.
@@ -167,6 +199,8 @@ fn spawn_node(port: u16, dir: &str) -> Child {
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+        // A replica's first copy starts at once (Redis waits 5 s by default for more replicas).
+        .args(["--repl-diskless-sync-delay", "0"])
         .args(["--dir", dir])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
