@@ -250,6 +250,38 @@ async fn a_master_dies_under_load_and_the_service_carries_on() {
     assert!(workers.stop(Duration::from_secs(10)).await, "the background workers stop when asked");
 }
 
+/// A cluster node whose `INFO` says `cluster_enabled:0` (a proxy rewrites it) is taken for a
+/// single node: calls on keys of the other shards are redirected (`MOVED`) and the cache is
+/// bypassed (the answers stay right), and the first redirection is logged once, as an error
+/// naming the situation.
+#[test]
+fn a_cluster_that_says_it_is_none_is_named_in_one_error_on_its_first_redirection() {
+    let cluster = RedisCluster::start(3, 0);
+    let seed = cluster.nodes[0].port;
+    let proxy = common::cluster::HidingProxy::start(seed);
+    let connection = format!("127.0.0.1:{}", proxy.port);
+    let mut handler =
+        common::process::Handler::start_keeping_logs(&[("RedisCache", &connection), ("L1MaxEntries", "0")]);
+    let mut redirected = 0;
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let (status, body) =
+            handler.request("PUT", &format!("/api/write-through/{key}"), Some(&i.to_string())).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let answer = handler.exchange("GET", &format!("/api/cache-aside/{key}"), &[], "").unwrap();
+        assert_eq!((answer.status, &answer.body["value"]), (200, &json!(i)), "{key}");
+        assert!(matches!(answer.header("x-cache"), Some("hit" | "bypass")), "{key}: {:?}", answer.headers);
+        redirected += usize::from(cluster.master_of(&key) != seed);
+    }
+    assert!(redirected > 0, "some keys live on the other masters");
+    let logs = handler.stop();
+    let named: Vec<&str> = logs.lines().filter(|line| line.contains("on a single-node connection")).collect();
+    assert_eq!(named.len(), 1, "one error, once: {logs}");
+    for word in ["ERROR", "MOVED", "cluster_enabled:0", "RedisCache"] {
+        assert!(named[0].contains(word), "{word}: {}", named[0]);
+    }
+}
+
 /// Azure's clusters speak TLS on every node: the handler reaches every shard with TLS, trusting
 /// the CA it is given, from the portal-style connection string of one node.
 #[test]
