@@ -15,6 +15,8 @@
 #   3. write-through and write-behind throughput, write-behind coalescing and lag
 #   4. value sizes (100 B, 10 KB, 100 KB): hit throughput and the handler's RSS
 #   5. cold start (process start to the first 200 hit) and RSS idle and under load
+#   6. hit path on a local 3-master Redis Cluster against the single node, interleaved:
+#      Cache-Aside (L2) and Refresh-Ahead hits, Redis commands and round trips per hit
 #
 # --quick: one short run per figure, concurrency 1 and 50 only (about 1.5 minutes with the build
 # done); the full run takes about 10 minutes. Everything started here is stopped on exit.
@@ -26,10 +28,10 @@ export LC_ALL=C
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0
-ONLY=${BENCH_ONLY:-1,2,3,4,5}
+ONLY=${BENCH_ONLY:-1,2,3,4,5,6}
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for arg in "$@"; do
   case "$arg" in
@@ -44,6 +46,7 @@ if [ "$QUICK" = 1 ]; then
 else
   RUNS=3 DURATION=5 CONNS=(1 10 50 200) WRITE_CONNS=(10 50) COLD_RUNS=10 STAMPEDE_RUNS=3 CHECK_SECONDS=2
 fi
+CLUSTER_CONNS=(1 50)     # scenario 6 (cluster against single node)
 SIZE_CONNS=50            # value-size scenario
 STAMPEDE_READERS=200     # concurrent readers of one cold key
 WB_FEW_KEYS=10           # write-behind coalescing: many writes to this many keys
@@ -182,12 +185,13 @@ redis_bench() {
 # Handlers
 
 declare -A HPORT HPID
-# start_handler NAME L1MAXENTRIES [RUST_LOG]: L1MAXENTRIES "" leaves the default (1000).
+# start_handler NAME L1MAXENTRIES [RUST_LOG] [REDISCACHE]: L1MAXENTRIES "" leaves the default
+# (1000); REDISCACHE defaults to the script's redis-server.
 start_handler() {
-  local name=$1 l1=$2 filter=${3:-warn} port attempt
+  local name=$1 l1=$2 filter=${3:-warn} redis=${4:-} port attempt
   for attempt in 1 2 3; do
     free_port port
-    spawn_handler "$name" "$l1" "$filter" "$port"
+    spawn_handler "$name" "$l1" "$filter" "$port" "$redis"
     wait_ready "$name" && return 0
     # Another program may have taken the port meanwhile: try another one.
     grep -q 'Address already in use' "$WORK/$name.err" || break
@@ -196,10 +200,10 @@ start_handler() {
   die "handler $name did not become ready"
 }
 spawn_handler() {
-  local name=$1 l1=$2 filter=$3 port=$4
+  local name=$1 l1=$2 filter=$3 port=$4 redis=${5:-127.0.0.1:$REDIS_PORT}
   local settings=(
     "PATH=$PATH" "HOME=${HOME:-/tmp}"
-    "FUNCTIONS_CUSTOMHANDLER_PORT=$port" "RedisCache=127.0.0.1:$REDIS_PORT"
+    "FUNCTIONS_CUSTOMHANDLER_PORT=$port" "RedisCache=$redis"
     "LocalStorePath=$WORK/store.db" "RUST_LOG=$filter"
     # Entries stay fresh through the whole run, so that hits stay hits.
     "CacheTtlSeconds=3600"
@@ -769,12 +773,179 @@ say "## 5. Cold start and memory" "" \
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 6. Hit path on a Redis Cluster
+
+# free_cluster_port VAR: a free port whose cluster bus port (port + 10000) is free as well.
+free_cluster_port() {
+  local candidate probe
+  while :; do
+    free_port candidate
+    [ $((candidate + 10000)) -le 65535 ] || continue
+    if ! { exec {probe}<>"/dev/tcp/127.0.0.1/$((candidate + 10000))"; } 2>/dev/null; then
+      USED_PORTS+="$((candidate + 10000)) "
+      printf -v "$1" '%s' "$candidate"
+      return
+    fi
+    exec {probe}>&-
+  done
+}
+
+# start_cluster: three masters (no replicas, no persistence) joined with `redis-cli --cluster
+# create`, as the integration tests start theirs; waits for cluster_state:ok on every node.
+CLUSTER_PORTS=()
+start_cluster() {
+  local i port
+  for i in 1 2 3; do
+    free_cluster_port port
+    mkdir -p "$WORK/cluster.$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/cluster.$port" \
+      --cluster-enabled yes --cluster-node-timeout 5000 --cluster-config-file nodes.conf \
+      --logfile "$WORK/cluster.$port.log" --daemonize no &
+    PIDS+=("$!")
+    CLUSTER_PORTS+=("$port")
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for i in $(seq 1 100); do
+      [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break
+      nap 0.05
+    done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-yes \
+    >"$WORK/cluster.create" 2>&1 || die "redis-cli --cluster create failed; see $WORK/cluster.create"
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for i in $(seq 1 300); do
+      redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q 'cluster_state:ok' && break
+      nap 0.1
+    done
+    redis-cli -p "$port" CLUSTER INFO | grep -q 'cluster_state:ok' || die "the cluster node on $port is not ok"
+  done
+}
+
+# node_stats NAME PORT...: INFO commandstats of the nodes, summed, as "command calls" lines into
+# $WORK/stats.NAME (like commandstats).
+node_stats() {
+  local name=$1 port
+  shift
+  for port in "$@"; do
+    redis-cli -p "$port" INFO commandstats | tr -d '\r' | awk -F'[_:=,]' '/^cmdstat_/ { print $2, $4 }'
+  done | awk '{ calls[$1] += $2 } END { for (c in calls) print c, calls[c] }' >"$WORK/stats.$name"
+}
+# round_trips HANDLER: the handler's Redis round trips so far (its own count in api/metrics: a
+# pipeline, or commands sent to several cluster nodes at once, count once).
+round_trips() {
+  curl -s "$(url "$1" /api/metrics)" |
+    awk '/^db_client_operation_duration_seconds_count[{]/ && /db_system_name="redis"/ && /db_operation_name="round_trip"/ { s += $NF }
+      END { print s + 0 }'
+}
+
+if want 6; then
+log "scenario 6: hit path on a Redis Cluster against the single node"
+SECTION=6
+start_cluster
+log "  cluster nodes on ports ${CLUSTER_PORTS[*]}"
+start_handler c6single 0   # the near cache off: every hit reads Redis
+start_handler c6cluster 0 warn "127.0.0.1:${CLUSTER_PORTS[0]}"
+put_value c6single "$HIT_KEY" 100
+put_value c6cluster "$HIT_KEY" 100
+# slot_owner SLOT: the port of the master serving SLOT.
+slot_owner() {
+  redis-cli -p "${CLUSTER_PORTS[0]}" CLUSTER NODES | awk -v s="$1" '$3 ~ /master/ {
+    for (i = 9; i <= NF; i++) { n = split($i, r, "-"); if (n == 1) r[2] = r[1]; if (s >= r[1] && s <= r[2]) { split($2, a, "[:@]"); print a[2] } } }'
+}
+HIT_SLOT=$(redis-cli -p "${CLUSTER_PORTS[0]}" CLUSTER KEYSLOT "$HIT_KEY")
+HOT_SLOT=$(redis-cli -p "${CLUSTER_PORTS[0]}" CLUSTER KEYSLOT '{hot}set')
+if [ "$(slot_owner "$HIT_SLOT")" = "$(slot_owner "$HOT_SLOT")" ]; then HOT_WHERE="the same master"; else HOT_WHERE="another master"; fi
+
+# label|path|what
+CLUSTER_TARGETS=(
+  "aside|/api/cache-aside/$HIT_KEY|Cache-Aside, forwarded \`GET /api/cache-aside/k\` (L2 hit)"
+  "refresh|/api/refresh-ahead/$HIT_KEY|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit + hot-key count)"
+)
+# Check pass on each: every answer a Redis hit; Redis commands (summed over the nodes) and the
+# handler's round trips per hit.
+: >"$RES/cluster.commands"
+for target in "${CLUSTER_TARGETS[@]}"; do
+  IFS='|' read -r label path what <<<"$target"
+  for where in single cluster; do
+    if [ "$where" = single ]; then ports=("$REDIS_PORT"); else ports=("${CLUSTER_PORTS[@]}"); fi
+    for port in "${ports[@]}"; do redis-cli -p "$port" CONFIG RESETSTAT >/dev/null; done
+    trips0=$(round_trips "c6$where")
+    read -r rps p50 p99 requests non2xx errors ok bad why < <(run_wrk 10 "$CHECK_SECONDS" get.lua "$(url "c6$where" "$path")" BENCH_CHECK=1 BENCH_EXPECT=x-cache-tier=l2)
+    trips1=$(round_trips "c6$where")
+    node_stats "c6.$where.$label" "${ports[@]}"
+    [ "$ok" -gt 0 ] || die "check pass of $label on the $where Redis: no answer as expected ($bad not: $why)"
+    [ "$bad" = 0 ] || log "  check pass of $label on the $where Redis: $bad of $((ok + bad)) answers not as expected ($why)"
+    per_hit=$(awk -v n="$requests" '$1 != "info" && $1 !~ /^config/ && $1 != "ping" && $1 != "cluster" { total += $2; if ($2 / n >= 0.01) parts = parts sprintf("%s`%s` %.2f", parts == "" ? "" : ", ", $1, $2 / n) }
+      END { printf "%.2f|%s\n", total / n, parts == "" ? "none" : parts }' "$WORK/stats.c6.$where.$label")
+    trips=$(awk -v a="$trips0" -v b="$trips1" -v n="$requests" 'BEGIN { printf "%.2f", (b - a) / n }')
+    echo "$label|$where|$requests|$ok|$bad|$why|$trips|$per_hit" >>"$RES/cluster.commands"
+  done
+done
+
+for c in "${CLUSTER_CONNS[@]}"; do
+  log "  $c connection(s)"
+  for r in $(seq 1 "$RUNS"); do
+    for target in "${CLUSTER_TARGETS[@]}"; do
+      IFS='|' read -r label path what <<<"$target"
+      # Interleaved: single node, then cluster, for each route and run.
+      for where in single cluster; do
+        run_wrk "$c" "$DURATION" get.lua "$(url "c6$where" "$path")" >>"$RES/cluster.$c.$label.$where"
+      done
+    done
+  done
+done
+stop_handler c6cluster
+stop_handler c6single
+
+say "## 6. Hit path on a Redis Cluster" "" \
+  "The hits of scenario 1 (near cache off, a 100-byte value) through two handlers of the same build: one" \
+  "on the script's single \`redis-server\`, one on a local Redis Cluster of three masters (no replicas, no" \
+  "persistence; \`RedisCache\` names one node, the handler finds out the cluster by itself). Their runs are" \
+  "interleaved (single node, then cluster, route by route, run by run); the baseline of each figure is the" \
+  "same route on the single node. The key lives in slot $HIT_SLOT, on one master: a Cache-Aside hit reads" \
+  "that node. Refresh-Ahead also counts the read in the hot-key set (hash tag \`{hot}\`, slot $HOT_SLOT, on" \
+  "$HOT_WHERE): on a cluster its commands go to each node at once and are awaited together." ""
+for c in "${CLUSTER_CONNS[@]}"; do
+  say "**$c connection(s)**" "" \
+    "| route | single node req/s | cluster req/s | × single node | single p50 / p99 ms | cluster p50 / p99 ms |" \
+    "| --- | ---: | ---: | ---: | ---: | ---: |"
+  for target in "${CLUSTER_TARGETS[@]}"; do
+    IFS='|' read -r label path what <<<"$target"
+    single=$RES/cluster.$c.$label.single
+    cluster=$RES/cluster.$c.$label.cluster
+    say "| $what | $(num "$(median "$single" 1)") | $(num "$(median "$cluster" 1)") | $(ratio "$(median "$cluster" 1)" "$(median "$single" 1)") | $(num "$(median "$single" 2)" 3) / $(num "$(median "$single" 3)" 3) | $(num "$(median "$cluster" 2)" 3) / $(num "$(median "$cluster" 3)" 3) |"
+  done
+  non2xx=$(cat "$RES"/cluster."$c".* | awk '{ s += $5 + $6 } END { print s + 0 }')
+  [ "$non2xx" = 0 ] || say "" "($non2xx answers were not 2xx or had socket errors at $c connections.)"
+  say ""
+done
+say "### Redis commands and round trips per hit, cluster against single node" "" \
+  "\`CONFIG RESETSTAT\` on every node, a ${CHECK_SECONDS} s check pass at 10 connections (every answer checked:" \
+  "status and \`x-cache-tier: l2\`), then the \`INFO commandstats\` calls summed over the nodes divided by the" \
+  "requests served (\`info\`, \`config\`, \`ping\` and \`cluster\` left out: the cluster client's topology checks" \
+  "are \`cluster\` calls). Round trips are the handler's own count (\`db_client_operation_duration_seconds_count\`" \
+  "of \`round_trip\` in \`api/metrics\`, before and after): a pipeline, or commands sent to several nodes at" \
+  "once and awaited together, is one." "" \
+  "| route | Redis | requests | answers as expected | round trips per hit | commands per hit | commands (≥ 0.01 per hit) |" \
+  "| --- | --- | ---: | ---: | ---: | ---: | --- |"
+while IFS='|' read -r label where requests ok bad why trips total parts; do
+  for target in "${CLUSTER_TARGETS[@]}"; do
+    IFS='|' read -r l _ what <<<"$target"
+    [ "$bad" = 0 ] && why="" || why=" (first other: ${why//_/ })"
+    [ "$where" = single ] && redis="single node" || redis="3-master cluster"
+    [ "$l" = "$label" ] && say "| $what | $redis | $requests | $ok of $((ok + bad))$why | $trips | $total | $parts |"
+  done
+done <"$RES/cluster.commands"
+say ""
+fi
+
+# ---------------------------------------------------------------------------------------------
 
 total=$(elapsed_s)
-SECTION=6
+SECTION=7
 say "---" "" "The whole run took $(awk -v s="$total" 'BEGIN { printf "%d min %d s", s / 60, s % 60 }') (build included)."
 mkdir -p "$(dirname "$REPORT")"
-for n in 0 1 2 3 4 5 6; do
+for n in 0 1 2 3 4 5 6 7; do
   [ -f "$WORK/section.$n.md" ] && cat "$WORK/section.$n.md"
 done >"$REPORT"
 log "report written to $REPORT"

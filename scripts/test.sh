@@ -46,9 +46,15 @@ if ! python3 -c "import tree_sitter, tree_sitter_bicep" 2>/dev/null; then
 fi
 # The unit tests and the one integration-test binary, against a single Redis node.
 cargo test --locked --tests
-# The Redis-backed suites again, in the same binary, against a three-master Redis Cluster.
+# Every test that uses the tests' Redis again, in the same binary, against a three-master Redis
+# Cluster. Left out: the modules without Redis (architecture, infra, eventhubs_amqp, store_sqlite),
+# cluster (it starts clusters of its own), and the tests of properties and store_cosmos that
+# touch no Redis (decoders, settings, the Cosmos store alone).
 CACHEPATTERNS_TEST_REDIS=cluster cargo test --locked --test integration -- \
-  http_api:: invariants:: write_behind:: refresh_ahead:: keys:: hardening:: redis_entra_id:: scale_out:: invalidation:: near_cache::
+  http_api:: invariants:: write_behind:: refresh_ahead:: keys:: hardening:: redis_entra_id:: scale_out:: \
+  invalidation:: near_cache:: bulk_read:: store_changes:: telemetry:: binary:: openapi:: \
+  properties::any_ store_cosmos::throttling_reaches_the_caller store_cosmos::cache_aside_and_write_through_over_http \
+  store_cosmos::an_unreachable_account
 # What differs without the `eventhubs` feature: start-up with an Event Hubs setting says how to get it.
 cargo test --locked --no-default-features --lib -- without_the_event_hubs_feature
 # The deployment package: the portable release binary (glibc 2.28, OpenSSL built in) and

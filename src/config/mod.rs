@@ -104,10 +104,7 @@ impl Settings {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let redis = redis::from_lookup(&get)?;
         // Not trimmed: a prefix may end in a space on purpose.
-        let instance_name = lookup("RedisInstanceName").unwrap_or_default();
-        if instance_name.chars().any(char::is_control) {
-            return Err(SettingsError::new("RedisInstanceName", "must not contain control characters"));
-        }
+        let instance_name = redis::instance_name(lookup("RedisInstanceName"))?;
         let store = match cosmos::from_lookup(&get)? {
             Some(cosmos) => StoreSettings::Cosmos(cosmos),
             None => {

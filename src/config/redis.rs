@@ -9,6 +9,7 @@ use super::{SettingsError, parse_bool};
 use crate::adapters::redis::RedisTarget;
 
 const REDIS_CACHE: &str = "RedisCache";
+const REDIS_INSTANCE_NAME: &str = "RedisInstanceName";
 const REDIS_HOST_NAME: &str = "RedisCache__hostName";
 const REDIS_CLIENT_ID: &str = "RedisCache__clientId";
 
@@ -27,6 +28,25 @@ pub(crate) fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Redis
             "is not set; set it to the connection string the Azure portal shows (host:6380,password=…,ssl=True,abortConnect=False) or to localhost:6379, or set RedisCache__hostName for Entra ID",
         )),
     }
+}
+
+/// `RedisInstanceName`, the prefix of every Redis key (empty when unset). A control character
+/// could reach the internal keys (they start with `\x1f`). A brace would make Redis Cluster read a
+/// hash tag in the prefix: `{app}` puts every key in one slot, and a lone `{` or `}` breaks the
+/// tags the internal keys share (`{hot}`, `{inv}`); refused on every Redis, as the handler learns
+/// it is on a cluster only once connected.
+pub(crate) fn instance_name(raw: Option<String>) -> Result<String, SettingsError> {
+    let name = raw.unwrap_or_default();
+    if name.chars().any(char::is_control) {
+        return Err(SettingsError::new(REDIS_INSTANCE_NAME, "must not contain control characters"));
+    }
+    if name.contains(['{', '}']) {
+        return Err(SettingsError::new(
+            REDIS_INSTANCE_NAME,
+            "must not contain `{` or `}`: on a Redis Cluster they make a hash tag that puts every key in one slot or breaks the tags the handler uses",
+        ));
+    }
+    Ok(name)
 }
 
 /// `RedisCache__hostName` (+ `RedisCache__clientId`): Azure Cache for Redis with Entra ID. The host
@@ -245,6 +265,20 @@ mod tests {
         assert_eq!((t.user.as_deref(), t.password.as_deref()), (Some("user"), Some("p@ss")));
         let t = parse("redis://[::1]:7000").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 7000));
+    }
+
+    #[test]
+    fn an_instance_name_with_a_brace_or_a_control_character_is_refused() {
+        for bad in ["{app}:", "app{", "app}", "a{b}c:", "app\u{1f}", "app\n"] {
+            let err = instance_name(Some(bad.into())).unwrap_err();
+            assert_eq!(err.name, "RedisInstanceName", "{bad:?}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+        let err = instance_name(Some("{app}:".into())).unwrap_err().to_string();
+        assert!(err.starts_with("setting `RedisInstanceName`: must not contain `{` or `}`"), "{err}");
+        for good in [None, Some(String::new()), Some("app1:".into()), Some("my app ".into())] {
+            assert_eq!(instance_name(good.clone()).unwrap(), good.unwrap_or_default());
+        }
     }
 
     #[test]

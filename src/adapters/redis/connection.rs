@@ -11,8 +11,14 @@
 //!   connection the same way (password, or Entra ID tokens kept fresh).
 //!
 //! Until Redis has answered once, calls fail (and the cache is bypassed) like any unreachable Redis.
+//!
+//! A node that says `cluster_enabled:0` yet redirects (`MOVED`/`ASK`, which only a cluster node
+//! answers) is a cluster the handler did not find out: the first redirection on the single-node
+//! connection is logged once, as an error naming the situation (the call itself counts as an
+//! outage: the cache is bypassed for it).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -111,5 +117,19 @@ impl Connector {
     /// Whether Redis turned out to be a cluster (`None` before it first answered).
     pub(crate) fn is_cluster(&self) -> Option<bool> {
         self.decided.get().map(|conn| matches!(conn, Connection::Cluster(_)))
+    }
+
+    /// Called with every error: a redirection on the single-node connection means the endpoint
+    /// is a cluster that `INFO cluster` did not report. Logged once per process.
+    pub(crate) fn check_redirection(&self, error: &redis::RedisError, target: &str) {
+        static REPORTED: AtomicBool = AtomicBool::new(false);
+        let redirected = matches!(error.code(), Some("MOVED" | "ASK"));
+        if redirected && self.is_cluster() == Some(false) && !REPORTED.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                target_redis = %target,
+                "Redis answered {} on a single-node connection: the endpoint said cluster_enabled:0 in INFO cluster, yet it is a Redis Cluster node; calls on keys of its other shards fail, so the cache is mostly bypassed; point RedisCache at a node that reports cluster_enabled:1, or at the cache's proxied (non-OSS) endpoint",
+                error.code().unwrap_or("MOVED"),
+            );
+        }
     }
 }

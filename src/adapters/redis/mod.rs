@@ -265,6 +265,7 @@ impl Redis {
     }
 
     fn classify(&self, e: RedisError) -> CacheError {
+        self.connector.check_redirection(&e, &self.target);
         // Redis answering that it cannot serve for now (a cluster failing over, a replica being
         // promoted, a dataset still loading) is an outage too, not a refused command. So is a
         // redirection the cluster client gave up following while the slot map settles.

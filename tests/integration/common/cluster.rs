@@ -2,7 +2,11 @@
 //! cluster bus port, port + 10000, is free too), joined with `redis-cli --cluster create`, killed
 //! on drop.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{TempDir, inline_command};
@@ -59,6 +63,18 @@ impl RedisCluster {
             .expect("redis-cli --cluster create (redis-tools)");
         assert!(status.success(), "redis-cli --cluster create failed");
         cluster.wait_ok();
+        // A replica is a copy only once its first full sync is done: writes made before that
+        // reach it in the snapshot, not in the replication stream whose offsets tests compare.
+        wait_until(Duration::from_secs(30), || {
+            let synced = cluster.nodes.iter().filter(|n| {
+                inline_command(n.port, "INFO replication").is_ok_and(|info| {
+                    info.contains("role:slave")
+                        && info.contains("master_link_status:up")
+                        && info.contains("master_sync_in_progress:0")
+                })
+            });
+            synced.count() == masters * replicas
+        });
         cluster
     }
 
@@ -108,6 +124,26 @@ impl RedisCluster {
             }
         }
         None
+    }
+
+    /// A replica of the master on `master`, as the master lists them (`INFO replication`).
+    pub fn replica_of(&self, master: u16) -> Option<u16> {
+        let info = inline_command(master, "INFO replication").ok()?;
+        info.lines()
+            .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+            .find_map(|line| line.split(',').find_map(|kv| kv.strip_prefix("port=")).and_then(|p| p.parse().ok()))
+    }
+
+    /// How far the node on `port` is in its replication stream (`INFO replication`): a master's
+    /// `master_repl_offset` (what it has sent), a replica's `slave_repl_offset` (what it has
+    /// received and applied).
+    pub fn replication_offset(&self, port: u16) -> u64 {
+        let info = inline_command(port, "INFO replication").expect("INFO replication");
+        let field = if info.contains("role:master") { "master_repl_offset:" } else { "slave_repl_offset:" };
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix(field))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in INFO replication of {port}: {info}"))
     }
 
     /// The ports of the nodes still running.
@@ -162,11 +198,72 @@ impl RedisCluster {
     }
 }
 
+/// A TCP proxy to one cluster node that turns `cluster_enabled:1` into `cluster_enabled:0` in what
+/// the node answers: a cluster node whose `INFO` says it is none. Every other byte passes as is.
+pub struct HidingProxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl HidingProxy {
+    pub fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                client.set_nonblocking(false).unwrap();
+                let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_read, &mut server_write);
+                    let _ = server_write.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let (from, to) = (b"cluster_enabled:1", b"cluster_enabled:0");
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &mut buf[..n];
+                        for at in 0..chunk.len().saturating_sub(from.len() - 1) {
+                            if &chunk[at..at + from.len()] == from {
+                                chunk[at..at + to.len()].copy_from_slice(to);
+                            }
+                        }
+                        if client_write.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port, stop }
+    }
+}
+
+impl Drop for HidingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 fn spawn_node(port: u16, dir: &str) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+        // A replica's first copy starts at once (Redis waits 5 s by default for more replicas).
+        .args(["--repl-diskless-sync-delay", "0"])
         .args(["--dir", dir])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

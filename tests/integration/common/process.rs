@@ -41,6 +41,14 @@ impl Handler {
         Self::spawn(cmd, dir, false)
     }
 
+    /// Like [`Handler::start`], keeping the error output (the logs) for [`Handler::stop`] (only
+    /// for short runs: nobody reads the pipe before then).
+    pub fn start_keeping_logs(env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("handler");
+        let cmd = command(env, &dir, free_port());
+        Self::spawn(cmd, dir, true)
+    }
+
     /// Starts a handler as Azure runs it: the platform's variables set, the app root (its working
     /// directory) read-only where `chattr` can make it so, and no `LocalStorePath` unless `env`
     /// sets one.
