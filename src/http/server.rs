@@ -352,7 +352,9 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
             &error_body("unknown_function", &format!("this handler has no function called {name:?}")),
         );
     }
-    let invocation = match payload::Invocation::parse(body) {
+    let parsed =
+        if trigger.is_some() { payload::Invocation::parse(body) } else { payload::Invocation::parse_data_only(body) };
+    let invocation = match parsed {
         Ok(invocation) => invocation,
         Err(e) if trigger.is_some() => return unreadable_trigger(state, name, &e.to_string(), body).await,
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
@@ -379,7 +381,7 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
     let reply = run_with_timeout(functions::dispatch(state, function, &call, &mut log)).await;
     let mut outputs = Map::new();
     outputs.insert(function.output_binding().to_string(), payload::http_output(reply));
-    json_response(200, &[], &payload::envelope(outputs, log.into_lines()))
+    response(200, &[], payload::envelope_text(&outputs, &log.into_lines()))
 }
 
 /// A trigger invocation that cannot be read. Failing it would make the host retry the same

@@ -5,7 +5,9 @@
 //! offset. Every rule here also accepts the plain form, so a host that stops doing any of this
 //! keeps working.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
 
 use crate::domain::time::Timestamp;
 
@@ -13,16 +15,22 @@ use crate::domain::time::Timestamp;
 /// `"[1,2]"` → `[1,2]`, `"{\"a\":1}"` → `{"a":1}`. Anything else comes back unchanged (plain text
 /// stays a string; `"123"` stays the string `"123"` so keys like `007` survive).
 pub fn unwrap(value: &Value) -> Value {
-    let mut current = value.clone();
+    unwrapped(value).into_owned()
+}
+
+/// [`unwrap`] without copying what needs no unwrapping (the usual case: the host's objects arrive
+/// as objects).
+pub(crate) fn unwrapped(value: &Value) -> Cow<'_, Value> {
+    let mut current = Cow::Borrowed(value);
     for _ in 0..2 {
-        let Value::String(text) = &current else { break };
+        let Value::String(text) = current.as_ref() else { break };
         let trimmed = text.trim_start();
         let looks_like_json = trimmed.starts_with('"') || trimmed.starts_with('[') || trimmed.starts_with('{');
         if !looks_like_json {
             break;
         }
         match serde_json::from_str::<Value>(text) {
-            Ok(parsed) => current = parsed,
+            Ok(parsed) => current = Cow::Owned(parsed),
             Err(_) => break,
         }
     }
@@ -31,8 +39,8 @@ pub fn unwrap(value: &Value) -> Value {
 
 /// A scalar as text: strings unwrapped, numbers and booleans printed; `None` for null, arrays and objects.
 pub fn text(value: &Value) -> Option<String> {
-    match unwrap(value) {
-        Value::String(s) => Some(s),
+    match unwrapped(value).as_ref() {
+        Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
@@ -40,10 +48,24 @@ pub fn text(value: &Value) -> Option<String> {
 }
 
 /// An object, whether it came as an object or as a string holding one.
-pub fn object(value: &Value) -> Option<serde_json::Map<String, Value>> {
-    match unwrap(value) {
-        Value::Object(map) => Some(map),
+pub fn object(value: &Value) -> Option<Map<String, Value>> {
+    object_ref(value).map(Cow::into_owned)
+}
+
+/// [`object`], borrowed when it came as an object.
+pub(crate) fn object_ref(value: &Value) -> Option<Cow<'_, Map<String, Value>>> {
+    match unwrapped(value) {
+        Cow::Borrowed(Value::Object(map)) => Some(Cow::Borrowed(map)),
+        Cow::Owned(Value::Object(map)) => Some(Cow::Owned(map)),
         _ => None,
+    }
+}
+
+/// An object taken by value, whether it came as an object or as a string holding one.
+pub(crate) fn into_object(value: Value) -> Option<Map<String, Value>> {
+    match value {
+        Value::Object(map) => Some(map),
+        other => object(&other),
     }
 }
 
@@ -56,7 +78,7 @@ pub fn array(value: &Value) -> Option<Vec<Value>> {
 }
 
 /// The value of `name` in `map`, matching the name case-insensitively (Newtonsoft matches that way).
-pub fn field<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub fn field<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 

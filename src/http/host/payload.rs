@@ -27,6 +27,33 @@ pub struct Invocation {
     pub metadata: Map<String, Value>,
 }
 
+/// The `Data` of an envelope (its name in any casing), everything else skipped.
+struct DataOnly(Option<Value>);
+
+impl<'de> serde::Deserialize<'de> for DataOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = DataOnly;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an invocation envelope object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DataOnly, A::Error> {
+                let mut data = None;
+                while let Some(name) = map.next_key::<String>()? {
+                    if name.eq_ignore_ascii_case("data") {
+                        data = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(DataOnly(data))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// Why an envelope could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
@@ -50,11 +77,22 @@ impl Invocation {
     /// Parses an envelope body.
     pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-        let Value::Object(root) = value else {
+        let Value::Object(mut root) = value else {
             return Err(EnvelopeError::NotJson("the top level is not an object".into()));
         };
-        let part = |name: &str| field(&root, name).and_then(lenient::object).unwrap_or_default();
+        let mut part = |name: &str| {
+            let found = root.keys().find(|k| k.as_str() == name || k.eq_ignore_ascii_case(name)).cloned();
+            found.and_then(|k| root.remove(&k)).and_then(lenient::into_object).unwrap_or_default()
+        };
         Ok(Self { data: part("Data"), metadata: part("Metadata") })
+    }
+
+    /// Parses the envelope of an HTTP-triggered invocation: only `Data`, which is all an HTTP
+    /// function reads; `Metadata` (a second copy of the request, and of every field of a JSON
+    /// body) is checked to be JSON and skipped, not built.
+    pub fn parse_data_only(body: &[u8]) -> Result<Self, EnvelopeError> {
+        let DataOnly(data) = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        Ok(Self { data: data.and_then(lenient::into_object).unwrap_or_default(), metadata: Map::new() })
     }
 
     /// The value of input binding `binding` (case-insensitive).
@@ -71,7 +109,7 @@ impl Invocation {
     /// without its `{key?}` (e.g. `cache-aside`), used to find the key in `Url` when `Params` lacks it.
     pub fn http_call(&self, trigger: &str, route_base: &str) -> Result<HttpCall, EnvelopeError> {
         let raw = self.binding(trigger).ok_or_else(|| EnvelopeError::MissingTrigger(trigger.to_string()))?;
-        let req = lenient::object(raw).ok_or_else(|| EnvelopeError::Malformed {
+        let req = lenient::object_ref(raw).ok_or_else(|| EnvelopeError::Malformed {
             binding: trigger.to_string(),
             problem: "expected an object with Url, Method, Headers, Query, Params and Body".into(),
         })?;
@@ -82,9 +120,10 @@ impl Invocation {
         let url = field(&req, "Url").and_then(lenient::text).unwrap_or_default();
         let (path, url_query) = split_url(&url);
 
-        let headers = field(&req, "Headers").and_then(lenient::object).map(header_pairs).unwrap_or_default();
+        let headers =
+            field(&req, "Headers").and_then(lenient::object_ref).map(|h| header_pairs(&h)).unwrap_or_default();
         let from_url = parse_query(url_query);
-        let query = match field(&req, "Query").and_then(lenient::object) {
+        let query = match field(&req, "Query").and_then(lenient::object_ref) {
             Some(map) => {
                 let mut query: Vec<(String, String)> =
                     map.iter().filter_map(|(k, v)| plain_or_joined(v).map(|v| (k.clone(), v))).collect();
@@ -100,7 +139,7 @@ impl Invocation {
             None => from_url,
         };
         let route_key = field(&req, "Params")
-            .and_then(lenient::object)
+            .and_then(lenient::object_ref)
             .and_then(|params| field(&params, "key").and_then(plain_text))
             // ASP.NET decodes route values except `%2F`, which it leaves escaped.
             .map(|k| k.replace("%2F", "/").replace("%2f", "/"))
@@ -180,13 +219,13 @@ fn plain_or_joined(value: &Value) -> Option<String> {
 }
 
 fn scalar_or_joined(value: &Value) -> Option<String> {
-    match lenient::unwrap(value) {
+    match lenient::unwrapped(value).as_ref() {
         Value::Array(items) => Some(items.iter().filter_map(lenient::text).collect::<Vec<_>>().join(",")),
-        other => lenient::text(&other),
+        other => lenient::text(other),
     }
 }
 
-fn header_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
+fn header_pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
     map.iter().filter_map(|(name, value)| scalar_or_joined(value).map(|v| (name.to_ascii_lowercase(), v))).collect()
 }
 
@@ -197,16 +236,32 @@ pub(crate) fn http_output(mut reply: HttpReply) -> Value {
     for (name, value) in std::mem::take(&mut reply.headers) {
         headers.insert(name, Value::String(value));
     }
-    json!({
-        "statusCode": reply.status.to_string(),
-        "headers": headers,
-        "body": reply.into_body_text(),
-    })
+    // Built by moving each part in (`json!` would copy the headers and the body once more).
+    let mut res = Map::new();
+    res.insert("statusCode".into(), Value::String(reply.status.to_string()));
+    res.insert("headers".into(), Value::Object(headers));
+    res.insert("body".into(), Value::String(reply.into_body_text()));
+    Value::Object(res)
 }
 
 /// The response envelope.
 pub fn envelope(outputs: Map<String, Value>, logs: Vec<String>) -> Value {
     json!({"Outputs": outputs, "Logs": logs, "ReturnValue": Value::Null})
+}
+
+/// The response envelope, written straight out as JSON text.
+pub(crate) fn envelope_text(outputs: &Map<String, Value>, logs: &[String]) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Envelope<'a> {
+        outputs: &'a Map<String, Value>,
+        logs: &'a [String],
+        return_value: (),
+    }
+    // Maps of strings and values always serialise; the fallback only keeps this total.
+    serde_json::to_string(&Envelope { outputs, logs, return_value: () }).unwrap_or_else(|e| {
+        envelope(Map::new(), vec![format!("the answer could not be written as JSON: {e}")]).to_string()
+    })
 }
 
 #[cfg(test)]
@@ -272,6 +327,32 @@ mod tests {
         assert_eq!(inv.http_call("req", "x").unwrap_err(), EnvelopeError::MissingTrigger("req".into()));
         let inv = Invocation::parse(b"{\"Data\":{\"req\":{\"Url\":\"/\"}}}").unwrap();
         assert!(matches!(inv.http_call("req", "x"), Err(EnvelopeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn an_http_invocation_is_read_from_data_alone() {
+        let body = json!({"metadata": {"Headers": {"x": "1"}, "huge": "x".repeat(1000)}, "DATA": {"req": {"Method": "GET", "Url": "http://h/api/cache-aside/k", "Params": {"key": "k"}}}});
+        let inv = Invocation::parse_data_only(body.to_string().as_bytes()).unwrap();
+        assert!(inv.metadata.is_empty());
+        assert_eq!(inv.http_call("req", "cache-aside").unwrap().route_key.as_deref(), Some("k"));
+        let full = Invocation::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(full.data, inv.data, "the same Data either way");
+        assert!(matches!(Invocation::parse_data_only(b"[1]"), Err(EnvelopeError::NotJson(_))));
+        assert!(matches!(
+            Invocation::parse_data_only(b"{\"Data\":{},\"Metadata\":{nope"),
+            Err(EnvelopeError::NotJson(_))
+        ));
+        let as_text = json!({"Data": json!({"req": {"Method": "GET"}}).to_string()});
+        assert!(Invocation::parse_data_only(as_text.to_string().as_bytes()).unwrap().binding("req").is_some());
+    }
+
+    #[test]
+    fn the_envelope_text_is_the_envelope() {
+        let mut outputs = Map::new();
+        outputs.insert("res".into(), http_output(HttpReply::json(200, json!({"a": "é\"\n"}))));
+        let logs = vec!["line \"one\"".to_string()];
+        let text = envelope_text(&outputs, &logs);
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), envelope(outputs, logs));
     }
 
     #[test]
