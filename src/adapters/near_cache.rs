@@ -13,9 +13,6 @@
 //! *floor*), so a read that raced a write on another instance cannot keep the older value. The
 //! instance that writes drops its own copy before the write returns, so it reads its own write.
 //! Versions make late or repeated announcements harmless.
-//!
-//! Reads counted for refresh-ahead that are served from memory are added up here and sent to the
-//! hot-key set in one batch by [`NearCache::flush_read_counts`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,8 +99,6 @@ struct State {
     held: moka::sync::Cache<String, Arc<CacheEntry>>,
     floors: Mutex<Floors>,
     generation: AtomicU64,
-    read_counts: Mutex<HashMap<String, u64>>,
-    hot_keys: Mutex<Option<HotKeyPolicy>>,
 }
 
 impl std::fmt::Debug for NearCache {
@@ -116,13 +111,7 @@ impl NearCache {
     /// A near cache of at most `max_entries` entries in front of `inner`, coherent through `feed`.
     pub(crate) fn new(inner: Arc<dyn Cache>, feed: Arc<Feed>, clock: Arc<dyn Clock>, max_entries: u64) -> Self {
         let held = moka::sync::Cache::builder().max_capacity(max_entries).build();
-        let state = Arc::new(State {
-            held: held.clone(),
-            floors: Mutex::default(),
-            generation: AtomicU64::new(0),
-            read_counts: Mutex::default(),
-            hot_keys: Mutex::default(),
-        });
+        let state = Arc::new(State { held: held.clone(), floors: Mutex::default(), generation: AtomicU64::new(0) });
         feed.listen(state.clone());
         Self { inner, feed, clock, held, state, stats: Arc::default() }
     }
@@ -177,25 +166,6 @@ impl NearCache {
         if current && !below_floor && entry.as_of > self.feed.floor(&entry.tags) {
             self.held.insert(key.to_string(), Arc::new(CacheEntry { tier: Tier::Shared, ..entry.clone() }));
         }
-    }
-
-    /// Sends the refresh-ahead reads served from memory to the hot-key set, in one batch.
-    pub async fn flush_read_counts(&self) -> Result<(), CacheError> {
-        crate::telemetry::metrics().set_near_entries(self.held.entry_count());
-        let counts = std::mem::take(&mut *self.state.read_counts.lock().unwrap_or_else(|p| p.into_inner()));
-        let policy = *self.state.hot_keys.lock().unwrap_or_else(|p| p.into_inner());
-        match policy {
-            Some(policy) if !counts.is_empty() => {
-                let counts: Vec<(String, u64)> = counts.into_iter().collect();
-                self.inner.count_reads(&counts, &policy, self.clock.now()).await
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn count_read(&self, key: &str, policy: &HotKeyPolicy) {
-        *self.state.hot_keys.lock().unwrap_or_else(|p| p.into_inner()) = Some(*policy);
-        *self.state.read_counts.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_string()).or_default() += 1;
     }
 
     fn forget(&self, key: &str) {
@@ -303,26 +273,6 @@ impl Cache for NearCache {
         self.inner.unlock(key, token).await
     }
 
-    async fn get_counting_read(
-        &self,
-        key: &str,
-        hot_keys: &HotKeyPolicy,
-        now: Timestamp,
-    ) -> Result<Option<CacheEntry>, CacheError> {
-        if let Some(entry) = self.usable(key) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            self.count_read(key, hot_keys);
-            return Ok(Some(entry));
-        }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let ticket = self.ticket();
-        let found = self.inner.get_counting_read(key, hot_keys, now).await?;
-        if let Some(entry) = &found {
-            self.keep(key, entry, ticket);
-        }
-        Ok(found)
-    }
-
     async fn count_reads(
         &self,
         counts: &[(String, u64)],
@@ -333,7 +283,8 @@ impl Cache for NearCache {
     }
 
     async fn flush_buffered(&self) -> Result<(), CacheError> {
-        self.flush_read_counts().await
+        crate::telemetry::metrics().set_near_entries(self.held.entry_count());
+        self.inner.flush_buffered().await
     }
 
     async fn hottest(
@@ -343,9 +294,6 @@ impl Cache for NearCache {
         limit: u64,
         now: Timestamp,
     ) -> Result<Vec<(String, f64)>, CacheError> {
-        if let Err(e) = self.flush_read_counts().await {
-            tracing::debug!(error = %crate::domain::error_chain::Chain(&e), "could not send the near cache's read counts");
-        }
         self.inner.hottest(hot_keys, min_reads, limit, now).await
     }
 

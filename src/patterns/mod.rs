@@ -354,10 +354,12 @@ impl Services {
 }
 
 impl Services {
-    /// Sends the read counts the near cache buffered to the hot-key set.
+    /// Sends the refresh-ahead read counts this process buffered to the hot-key set, and what the
+    /// cache buffered.
     pub async fn flush_buffered_reads(&self) {
+        self.refresh_ahead.flush_read_counts().await;
         if let Err(e) = self.invalidation.core().cache.flush_buffered().await {
-            tracing::debug!(error = %Chain(&e), "could not send buffered read counts");
+            tracing::debug!(error = %Chain(&e), "could not send what the cache buffered");
         }
     }
 

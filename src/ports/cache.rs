@@ -5,7 +5,7 @@
 //! * [`Cache::put`] never replaces a newer version (invariant 2, docs/reliability.md).
 //! * [`Cache::load_gate`] / [`Cache::unlock`]: the short cross-process load lock that keeps a miss
 //!   to about one store read across instances (stampede protection).
-//! * [`Cache::get_counting_read`], [`Cache::hottest`], [`Cache::metadata`], [`Cache::refresh_gate`]:
+//! * [`Cache::hottest`], [`Cache::metadata`], [`Cache::refresh_gate`]:
 //!   what refresh-ahead needs (the hot-key set and the per-key refresh lock).
 //!
 //! Callers fail open: a cache error never fails a read; the store answers instead.
@@ -181,14 +181,6 @@ pub trait Cache: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the load lock of `key` if `token` still holds it.
     async fn unlock(&self, key: &str, token: &LockToken) -> Result<(), CacheError>;
 
-    /// Like [`Cache::get`], counting the read in the hot-key set, in the same round trip.
-    async fn get_counting_read(
-        &self,
-        key: &str,
-        hot_keys: &HotKeyPolicy,
-        now: Timestamp,
-    ) -> Result<Option<CacheEntry>, CacheError>;
-
     /// Up to `limit` hot keys whose decayed read count is at least `min_reads`, hottest first,
     /// with their counts.
     async fn hottest(
@@ -216,7 +208,7 @@ pub trait Cache: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the refresh lock of `key` if `token` still holds it.
     async fn release_refresh(&self, key: &str, token: &LockToken) -> Result<(), CacheError>;
 
-    /// Counts reads that were served without asking the cache (`(key, reads)`), in the hot-key set.
+    /// Counts reads (`(key, reads)`) made at `now` in the hot-key set.
     async fn count_reads(
         &self,
         counts: &[(String, u64)],
@@ -224,7 +216,7 @@ pub trait Cache: Send + Sync + std::fmt::Debug + 'static {
         now: Timestamp,
     ) -> Result<(), CacheError>;
 
-    /// Sends work the cache buffered (read counts of the near cache). Nothing by default.
+    /// Sends work the cache buffered (the near cache: its size to the metrics). Nothing by default.
     async fn flush_buffered(&self) -> Result<(), CacheError> {
         Ok(())
     }

@@ -175,15 +175,6 @@ impl Cache for Redis {
         self.invoke::<i64>(&invocation).await.map(|_| ())
     }
 
-    async fn get_counting_read(
-        &self,
-        key: &str,
-        hot_keys: &HotKeyPolicy,
-        now: Timestamp,
-    ) -> Result<Option<CacheEntry>, CacheError> {
-        self.get_and_bump(key, hot_keys, now).await
-    }
-
     async fn hottest(
         &self,
         hot_keys: &HotKeyPolicy,

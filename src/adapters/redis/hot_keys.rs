@@ -7,17 +7,14 @@
 //! `score / 2^((now - landmark) / half_life)` is the decayed count now. When the weights grow past
 //! 2^64 the set is rescaled once and the landmark (`keys::Keys::hot_landmark`, same cluster slot)
 //! moves. The set is trimmed to `RefreshAheadHotKeysMax` members, coldest first, in the same script,
-//! so it stays bounded. A refresh-ahead read sends the entry read and the bump in one pipeline: one
-//! round trip (on a cluster, one per node, in parallel).
+//! so it stays bounded. Reads are counted in the process and sent in batches (`bump_reads`), one
+//! script per key and second of reading.
 
 use std::sync::LazyLock;
 
-use redis::{RedisResult, Script};
+use redis::Script;
 
-use super::connection::Connection;
-use super::{Redis, entry};
-use crate::domain::entry::CacheEntry;
-use crate::domain::error_chain::Chain;
+use super::Redis;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::{CacheError, EntryMeta, HotKeyPolicy};
 
@@ -70,63 +67,6 @@ return found
 });
 
 impl Redis {
-    /// Reads the entry of `key` and counts the read in the hot-key set, in one round trip (a
-    /// pipeline of `HMGET` and the bump script).
-    pub(crate) async fn get_and_bump(
-        &self,
-        key: &str,
-        policy: &HotKeyPolicy,
-        now: Timestamp,
-    ) -> Result<Option<CacheEntry>, CacheError> {
-        let keys = self.keys();
-        let mut bump = BUMP.prepare_invoke();
-        bump.key(keys.hot_set())
-            .key(keys.hot_landmark())
-            .arg(now.as_millis())
-            .arg(policy.half_life.as_millis().max(1) as u64)
-            .arg(policy.max_keys)
-            .arg(key);
-        let mut read = redis::cmd("HMGET");
-        read.arg(keys.entry(key)).arg(&entry::FIELDS[..]);
-        // The entry and the hot-key set are in different cluster slots: one pipeline on a single
-        // endpoint, two commands at once on a cluster; one round trip either way.
-        let bump_ref = &bump;
-        let pipelined = self.run(|conn| async move {
-            match conn {
-                Connection::Single(mut single) => {
-                    let mut pipe = redis::pipe();
-                    pipe.ignore_errors();
-                    pipe.add_command(read);
-                    pipe.invoke_script(bump_ref);
-                    pipe.query_async(&mut single).await
-                }
-                Connection::Cluster(cluster) => {
-                    let (mut first, mut second) = (cluster.clone(), cluster);
-                    let (read, bumped) = tokio::join!(read.query_async(&mut first), bump_ref.invoke_async(&mut second));
-                    Ok((read, bumped))
-                }
-            }
-        });
-        let (read, bumped): (RedisResult<Vec<Option<String>>>, RedisResult<i64>) =
-            self.read_with_clocks(pipelined).await?;
-        if let Err(e) = bumped {
-            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
-                // First use on this server: the script runs (and is cached there) the long way.
-                self.invoke::<i64>(&bump).await?;
-            } else {
-                tracing::debug!(error = %Chain(&e), "could not count a refresh-ahead read in the hot-key set");
-            }
-        }
-        match read {
-            Ok(fields) => Ok(self.checked(key, entry::from_fields(&fields)).await),
-            Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
-            Err(e) => Err(CacheError::Refused {
-                message: format!("{} answered the entry read with an error", self.target),
-                cause: Some(std::sync::Arc::new(e)),
-            }),
-        }
-    }
-
     /// Counts `reads` reads of each key in the hot-key set (reads the near cache served): one
     /// script per key, sent together.
     pub(crate) async fn bump_reads(

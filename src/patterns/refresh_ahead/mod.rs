@@ -8,7 +8,8 @@
 //!   refresh of the key is started. One per key per window: an in-process set of keys being
 //!   refreshed, and across processes a short Redis lock that is only taken if the entry is still
 //!   the one the reader saw. A miss loads synchronously, exactly like Cache-Aside (stampede
-//!   protection and fail-safe included). Every read counts in the hot-key set, in the same round trip.
+//!   protection and fail-safe included). Every read counts in the hot-key set, sent in batches
+//!   ([`read_counts`]): a hit is one plain entry read.
 //! * **Timer** — [`RefreshAhead::run_timer`]: the hottest keys whose entries will expire before the
 //!   next run are refreshed in bounded parallel batches, under a per-tick lock so that one instance
 //!   does it per tick.
@@ -17,6 +18,7 @@
 //! version, so it can never replace a newer write-through. A failed refresh keeps the old entry, and
 //! its lock is left to expire, which throttles retries while the store is failing.
 
+mod read_counts;
 mod schedule;
 mod timer;
 
@@ -76,6 +78,7 @@ pub struct RefreshAhead {
     leases: Arc<dyn Leases>,
     policy: Arc<RefreshAheadPolicy>,
     in_flight: Arc<Mutex<HashSet<String>>>,
+    reads: Arc<read_counts::ReadCounts>,
 }
 
 /// A claimed key; released when dropped, even if the refresh panics or is cancelled.
@@ -115,7 +118,7 @@ impl Refreshed {
 
 impl RefreshAhead {
     pub(crate) fn new(read: ReadPath, leases: Arc<dyn Leases>, policy: RefreshAheadPolicy) -> Self {
-        Self { read, leases, policy: Arc::new(policy), in_flight: Arc::default() }
+        Self { read, leases, policy: Arc::new(policy), in_flight: Arc::default(), reads: Arc::default() }
     }
 
     /// The policy.
@@ -133,6 +136,17 @@ impl RefreshAhead {
         self.read.core.now()
     }
 
+    /// Sends the reads counted in this process to the hot-key set (every second, and before each
+    /// timer run). Counts that cannot be sent are dropped: they only make keys hot sooner.
+    pub async fn flush_read_counts(&self) {
+        let cache = &self.read.core.cache;
+        for (at, reads) in self.reads.take() {
+            if let Err(e) = cache.count_reads(&reads, &self.policy.hot_keys, at).await {
+                tracing::debug!(error = %Chain(&e), keys = reads.len(), "could not send refresh-ahead read counts");
+            }
+        }
+    }
+
     /// Marks `key` as being refreshed; `None` if it already is.
     fn claim(&self, key: &str) -> Option<InFlight> {
         let mut keys = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -144,7 +158,11 @@ impl RefreshAhead {
     pub async fn get(&self, key: &Key) -> Result<Lookup, ReadError> {
         let core = &self.read.core;
         let now = core.now();
-        match core.cache.get_counting_read(key.as_str(), &self.policy.hot_keys, now).await {
+        let read = core.cache.get(key.as_str()).await;
+        if read.is_ok() {
+            self.reads.count(key.as_str(), now);
+        }
+        match read {
             Ok(Some(entry)) if entry.is_fresh(now) => {
                 if self.refresh_due(&entry, now) {
                     self.spawn_refresh(key, entry.written_at);

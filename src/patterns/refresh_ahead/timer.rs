@@ -86,6 +86,7 @@ impl RefreshAhead {
 
     async fn refresh_due_hot_keys(&self, plan: &TimerPlan) -> Result<TimerReport, CacheError> {
         let (policy, cache) = (&self.policy, &self.read.core.cache);
+        self.flush_read_counts().await;
         let hot = cache.hottest(&policy.hot_keys, policy.hot_min_reads, policy.timer_max_keys, self.now()).await?;
         let names: Vec<String> = hot.into_iter().map(|(key, _)| key).collect();
         let metas = cache.metadata(&names).await?;
