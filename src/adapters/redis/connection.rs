@@ -12,9 +12,10 @@
 //!
 //! Until Redis has answered once, calls fail (and the cache is bypassed) like any unreachable Redis.
 //!
-//! Every cluster connection built remembers the cluster's nodes ([`Topology`]); a later one (the
-//! write-behind consumer's, another handle's) starts from the named node and every node known, and
-//! does not need the named node to be alive.
+//! Every cluster client starts from the named node and every node of the cluster known
+//! ([`Topology`], learnt from the named node before the first client is built and refreshed by
+//! each later one): a later connection (the write-behind consumer's, another handle's), and the
+//! client's own recovery after losing every connection, do not need the named node to be alive.
 //!
 //! A node that says `cluster_enabled:0` yet redirects (`MOVED`/`ASK`, which only a cluster node
 //! answers) is a cluster the handler did not find out: the first redirection on the single-node
@@ -115,34 +116,40 @@ impl Connector {
         builder.build()
     }
 
-    /// The connection, asking the endpoint what it is on first use. Once the process has seen
-    /// the cluster (this handle or another on the same `RedisCache`), the named node is not asked:
-    /// the cluster client starts from it and from every node known, so it reaches the cluster
-    /// even when the named node is a master that has died since. Every cluster connection built
-    /// refreshes the known nodes (`CLUSTER SLOTS`) before it is used.
+    /// The connection, asking the endpoint what it is on first use. On a cluster, the named node
+    /// is asked for every node (`CLUSTER SLOTS`) before the cluster client is built, so that the
+    /// client starts from all of them: its own recovery after losing every connection reconnects
+    /// from these, not from the named node alone. Once the process has seen the cluster (this
+    /// handle or another on the same `RedisCache`), the named node is not asked at all: the client
+    /// starts from it and every known node, reaching the cluster even when the named node is a
+    /// master that has died since, and refreshes the known nodes through the cluster before use.
     pub(crate) async fn get(&self) -> RedisResult<Connection> {
         self.decided
             .get_or_try_init(|| async {
-                if self.topology.is_known() {
-                    tracing::debug!(
-                        "Redis is a cluster (seen before): the cluster client starts from every known node"
-                    );
-                } else {
+                let seen_before = self.topology.is_known();
+                if !seen_before {
                     let mut single = self.single.clone();
                     let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut single).await?;
                     if !info.lines().any(|line| line.trim() == "cluster_enabled:1") {
                         return Ok(Connection::Single(single));
                     }
-                    tracing::info!("Redis is a cluster: using the cluster client");
+                    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut single).await?;
+                    let known = self.topology.learn(&slots);
+                    tracing::info!(nodes = known, "Redis is a cluster: using the cluster client");
                 }
                 let client = self.cluster_client(self.topology.starting_from(&self.seed))?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(self.connect_timeout)
                     .set_response_timeout(self.response_timeout);
                 let mut cluster = client.get_pending_async_connection_with_config(config);
-                let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cluster).await?;
-                let known = self.topology.learn(&slots);
-                tracing::debug!(nodes = known, "Redis cluster nodes remembered");
+                if seen_before {
+                    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cluster).await?;
+                    let known = self.topology.learn(&slots);
+                    tracing::debug!(
+                        nodes = known,
+                        "Redis is a cluster (seen before): the cluster client started from every known node"
+                    );
+                }
                 Ok(Connection::Cluster(cluster))
             })
             .await
