@@ -69,9 +69,8 @@ async fn a_master_dies_under_load_and_the_service_carries_on() {
     let stream = "\u{1f}writebehind";
     let victim = cluster.master_of(stream);
     let replica = cluster.replica_of(victim).expect("the stream's master has a replica");
-    // `RedisCache` names one node, from which every connection (the consumer's, opened after the
-    // failover, too) learns the cluster: another master than the victim, as an Azure endpoint
-    // outlives any one shard's master.
+    // `RedisCache` names one node: here another master than the victim, as an Azure endpoint
+    // outlives any one shard's master (the named master dying is the next test).
     let seed = (cluster.live_ports().into_iter())
         .find(|port| *port != victim && *port != replica && cluster.replica_of(*port).is_some())
         .unwrap();
