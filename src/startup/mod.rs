@@ -199,7 +199,8 @@ impl Application {
 
     /// An in-process consumer of the write-behind stream, reading (and recording dead letters) over
     /// a connection of its own (blocking reads must not stall the shared one) whose deadline outlasts
-    /// the block time.
+    /// the block time. On a cluster it starts from every node the shared connection has seen, not
+    /// only the one `RedisCache` names (which may be a master that has died since).
     pub fn write_behind_consumer(
         &self,
         reader: ReaderConfig,
@@ -208,6 +209,7 @@ impl Application {
         let deadline = reader.block + self.settings.redis.response_timeout;
         let connection = Redis::builder(&self.settings.redis, &self.settings.instance_name)
             .deadline(deadline)
+            .nodes_of(&self.redis)
             .build()
             .map_err(StartupError::Cache)?;
         // Dead letters go over the same connection: what the consumer gives up on is recorded even

@@ -12,6 +12,11 @@
 //!
 //! Until Redis has answered once, calls fail (and the cache is bypassed) like any unreachable Redis.
 //!
+//! Every cluster client starts from the named node and every node of the cluster known
+//! ([`Topology`], learnt from the named node before the first client is built and refreshed by
+//! each later one): a later connection (the write-behind consumer's, another handle's), and the
+//! client's own recovery after losing every connection, do not need the named node to be alive.
+//!
 //! A node that says `cluster_enabled:0` yet redirects (`MOVED`/`ASK`, which only a cluster node
 //! answers) is a cluster the handler did not find out: the first redirection on the single-node
 //! connection is logged once, as an error naming the situation (the call itself counts as an
@@ -26,6 +31,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
+
+use super::topology::Topology;
 
 /// A live connection of either kind. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -67,48 +74,83 @@ impl ConnectionLike for Connection {
 /// The connection to use, decided once Redis has answered.
 pub(crate) struct Connector {
     single: ConnectionManager,
-    cluster: ClusterClient,
-    cluster_config: ClusterConfig,
+    /// The node `RedisCache` names.
+    seed: ConnectionInfo,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    credentials: Option<super::entra::EntraIdCredentials>,
+    /// The cluster's nodes as last seen, shared with the process's other handles on the same
+    /// `RedisCache`.
+    topology: Arc<Topology>,
     decided: OnceCell<Connection>,
 }
 
 impl Connector {
-    /// Prepares both kinds without connecting.
+    /// Prepares both kinds without connecting (the cluster client's settings are checked now).
     pub(crate) fn new(
         single: ConnectionManager,
-        info: ConnectionInfo,
+        seed: ConnectionInfo,
         connect_timeout: Duration,
         response_timeout: Duration,
         credentials: Option<super::entra::EntraIdCredentials>,
+        topology: Arc<Topology>,
     ) -> RedisResult<Arc<Self>> {
-        let mut builder = ClusterClientBuilder::new(vec![info])
-            .connection_timeout(connect_timeout)
-            .response_timeout(response_timeout)
+        let connector =
+            Self { single, seed, connect_timeout, response_timeout, credentials, topology, decided: OnceCell::new() };
+        connector.cluster_client(vec![connector.seed.clone()])?;
+        Ok(Arc::new(connector))
+    }
+
+    /// A cluster client starting from `nodes`, every one with the same TLS mode, handshake and
+    /// credentials (password, or Entra ID tokens kept fresh).
+    fn cluster_client(&self, nodes: Vec<ConnectionInfo>) -> RedisResult<ClusterClient> {
+        let mut builder = ClusterClientBuilder::new(nodes)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout)
             .retries(2)
             .min_retry_wait(50)
             .max_retry_wait(500);
-        if let Some(credentials) = credentials {
-            builder = builder.set_credentials_provider(credentials);
+        if let Some(credentials) = &self.credentials {
+            builder = builder.set_credentials_provider(credentials.clone());
         }
-        let cluster_config =
-            ClusterConfig::new().set_connection_timeout(connect_timeout).set_response_timeout(response_timeout);
-        Ok(Arc::new(Self { single, cluster: builder.build()?, cluster_config, decided: OnceCell::new() }))
+        builder.build()
     }
 
-    /// The connection, asking the endpoint what it is on first use.
+    /// The connection, asking the endpoint what it is on first use. On a cluster, the named node
+    /// is asked for every node (`CLUSTER SLOTS`) before the cluster client is built, so that the
+    /// client starts from all of them: its own recovery after losing every connection reconnects
+    /// from these, not from the named node alone. Once the process has seen the cluster (this
+    /// handle or another on the same `RedisCache`), the named node is not asked at all: the client
+    /// starts from it and every known node, reaching the cluster even when the named node is a
+    /// master that has died since, and refreshes the known nodes through the cluster before use.
     pub(crate) async fn get(&self) -> RedisResult<Connection> {
         self.decided
             .get_or_try_init(|| async {
-                let mut single = self.single.clone();
-                let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut single).await?;
-                if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
-                    tracing::info!("Redis is a cluster: using the cluster client");
-                    Ok(Connection::Cluster(
-                        self.cluster.get_pending_async_connection_with_config(self.cluster_config.clone()),
-                    ))
-                } else {
-                    Ok(Connection::Single(single))
+                let seen_before = self.topology.is_known();
+                if !seen_before {
+                    let mut single = self.single.clone();
+                    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut single).await?;
+                    if !info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+                        return Ok(Connection::Single(single));
+                    }
+                    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut single).await?;
+                    let known = self.topology.learn(&slots);
+                    tracing::info!(nodes = known, "Redis is a cluster: using the cluster client");
                 }
+                let client = self.cluster_client(self.topology.starting_from(&self.seed))?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.connect_timeout)
+                    .set_response_timeout(self.response_timeout);
+                let mut cluster = client.get_pending_async_connection_with_config(config);
+                if seen_before {
+                    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cluster).await?;
+                    let known = self.topology.learn(&slots);
+                    tracing::debug!(
+                        nodes = known,
+                        "Redis is a cluster (seen before): the cluster client started from every known node"
+                    );
+                }
+                Ok(Connection::Cluster(cluster))
             })
             .await
             .cloned()

@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use redis::aio::PubSubSink;
+use redis::aio::{PubSubSink, PubSubStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{Redis, scripts};
@@ -335,29 +335,31 @@ impl Redis {
     async fn follow_once(&self, shutdown: &CancellationToken) -> Ended {
         let mut credentials =
             self.credentials.as_ref().map(|c| redis::auth::StreamingCredentialsProvider::subscribe(c));
-        let mut info = self.info.clone();
+        let mut settings = self.info.redis_settings().clone();
         if let Some(stream) = credentials.as_mut() {
             match tokio::time::timeout(self.deadline, stream.next()).await {
-                Ok(Some(Ok(auth))) => {
-                    info = info.clone().set_redis_settings(
-                        info.redis_settings().clone().set_username(auth.username()).set_password(auth.password()),
-                    );
-                }
+                Ok(Some(Ok(auth))) => settings = settings.set_username(auth.username()).set_password(auth.password()),
                 Ok(Some(Err(e))) => return Ended::Lost(Chain(&e).to_string()),
                 _ => return Ended::Lost("no Entra ID token yet".into()),
             }
         }
-        let connect = async {
-            let client = redis::Client::open(info)?;
-            let pubsub = client.get_async_pubsub().await?;
-            let (mut sink, stream) = pubsub.split();
-            sink.subscribe(self.keys.feed_channel()).await?;
-            Ok::<_, redis::RedisError>((sink, stream))
-        };
-        let (mut sink, mut stream) = match tokio::time::timeout(self.target_connect_timeout, connect).await {
-            Ok(Ok(parts)) => parts,
-            Ok(Err(e)) => return Ended::Lost(Chain(&e).to_string()),
-            Err(_) => return Ended::Lost(format!("no connection within {:?}", self.target_connect_timeout)),
+        // The named node first, then (on a cluster) every node known: it may be a master that
+        // died, and a message published on any node of a cluster reaches the subscribers of all.
+        let seed = self.info.clone().set_redis_settings(settings);
+        let mut subscribed = Err(String::new());
+        for info in self.topology.starting_from(&seed) {
+            subscribed = match tokio::time::timeout(self.target_connect_timeout, self.subscribe(info)).await {
+                Ok(Ok(parts)) => Ok(parts),
+                Ok(Err(e)) => Err(Chain(&e).to_string()),
+                Err(_) => Err(format!("no connection within {:?}", self.target_connect_timeout)),
+            };
+            if subscribed.is_ok() {
+                break;
+            }
+        }
+        let (mut sink, mut stream) = match subscribed {
+            Ok(parts) => parts,
+            Err(why) => return Ended::Lost(why),
         };
         // Subscribed first, then the clocks: nothing raised in between is missed.
         match self.fetch_clocks().await {
@@ -406,6 +408,17 @@ impl Redis {
                 }
             }
         }
+    }
+}
+
+impl Redis {
+    /// A subscriber connection to `info`, subscribed to the feed.
+    async fn subscribe(&self, info: redis::ConnectionInfo) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+        let client = redis::Client::open(info)?;
+        let pubsub = client.get_async_pubsub().await?;
+        let (mut sink, stream) = pubsub.split();
+        sink.subscribe(self.keys.feed_channel()).await?;
+        Ok((sink, stream))
     }
 }
 

@@ -30,6 +30,7 @@ pub mod migrate;
 mod scripts;
 pub mod streams;
 mod target;
+mod topology;
 
 pub use dead_letters::RedisDeadLetters;
 pub use keys::Keys;
@@ -48,6 +49,7 @@ use tracing::Instrument;
 
 use connection::{Connection, Connector};
 use entra::{EntraIdCredentials, TokenRefresh};
+use topology::Topology;
 
 use crate::ports::CacheError;
 use crate::ports::budget;
@@ -69,6 +71,8 @@ pub struct Redis {
     info: redis::ConnectionInfo,
     credentials: Option<EntraIdCredentials>,
     target_connect_timeout: Duration,
+    /// The cluster's nodes as last seen, shared with the other handles built from this one's.
+    topology: Arc<Topology>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -114,6 +118,7 @@ pub struct RedisBuilder<'a> {
     deadline: Duration,
     credential: Option<Arc<dyn TokenCredential>>,
     token_refresh: TokenRefresh,
+    topology: Option<Arc<Topology>>,
 }
 
 impl RedisBuilder<'_> {
@@ -135,6 +140,14 @@ impl RedisBuilder<'_> {
     /// When Entra ID tokens are replaced (tests shorten the floor between refreshes).
     pub fn token_refresh(mut self, refresh: TokenRefresh) -> Self {
         self.token_refresh = refresh;
+        self
+    }
+
+    /// Shares what `other` (a handle on the same target) learns of the cluster's nodes: this
+    /// handle's connections, opened later, do not depend on the named node alone (a master that
+    /// may have died since), and what they see of the cluster is remembered for both.
+    pub fn nodes_of(mut self, other: &Redis) -> Self {
+        self.topology = Some(other.topology.clone());
         self
     }
 
@@ -180,9 +193,16 @@ impl RedisBuilder<'_> {
         }
         let single = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| setup("cannot prepare the Redis connection".into(), e))?;
-        let connector =
-            Connector::new(single, info.clone(), target.connect_timeout, self.deadline, credentials.clone())
-                .map_err(|e| setup(format!("cannot prepare the Redis cluster client for {}", target.describe()), e))?;
+        let topology = self.topology.unwrap_or_default();
+        let connector = Connector::new(
+            single,
+            info.clone(),
+            target.connect_timeout,
+            self.deadline,
+            credentials.clone(),
+            topology.clone(),
+        )
+        .map_err(|e| setup(format!("cannot prepare the Redis cluster client for {}", target.describe()), e))?;
         Ok(Redis {
             connector,
             keys: Arc::new(Keys::new(self.prefix)),
@@ -193,6 +213,7 @@ impl RedisBuilder<'_> {
             info,
             credentials,
             target_connect_timeout: target.connect_timeout,
+            topology,
         })
     }
 }
@@ -220,6 +241,7 @@ impl Redis {
             deadline: target.response_timeout,
             credential: None,
             token_refresh: TokenRefresh::default(),
+            topology: None,
         }
     }
 
