@@ -218,3 +218,31 @@ fn redis_host_name_stops_resolving() {
     let connection = format!("redis.shutdown.test:{}", redis.port);
     exits_on_sigterm_after(redis, &connection, Outage::Unresolvable { hosts }, Duration::from_secs(5));
 }
+
+/// A request that does not finish (its client sends the body a byte at a time, then stalls) gets
+/// the same bounded time as the workers: its connection is cut and the process exits, instead of
+/// waiting for the request's own timeouts (the body's 30 s).
+#[test]
+fn a_request_that_does_not_finish_does_not_hold_the_exit() {
+    use std::io::{BufRead, BufReader, Write};
+    let redis = RedisServer::start();
+    let mut handler = Handler::start_logging(&[("RedisCache", &redis.connection_string())]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", handler.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = "PUT /api/write-through/stalled HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    // `100 Continue` comes when the handler starts reading the body: the request is in progress.
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line:?}");
+    stream.write_all(b"1").unwrap();
+
+    let (status, took) = handler
+        .terminate_within(EXIT_WITHIN)
+        .unwrap_or_else(|bound| panic!("still running {bound:?} after SIGTERM\n{}", handler.log()));
+    let log = handler.log();
+    assert!(status.success(), "exit status {status}\n{log}");
+    assert!(log.contains("were cut off"), "the cut request is logged\n{log}");
+    eprintln!("a stalled request: exited {took:?} after SIGTERM");
+}
