@@ -10,6 +10,8 @@
 //!   host gives up after a few restarts, so the handler keeps running instead: with a
 //!   configuration it cannot work with, it logs one error line and answers `503` (Health names the
 //!   problem) until the settings are fixed and the app restarts.
+//! * On SIGTERM or Ctrl-C it stops within a bounded time and exits with status 0
+//!   (`startup::shutdown`).
 
 use std::process::ExitCode;
 
@@ -34,7 +36,10 @@ fn main() -> ExitCode {
         }
     };
     let served = runtime.block_on(startup::run(Environment::from_env()));
-    cachepatterns::telemetry::shutdown();
+    startup::shutdown::flush_within(cachepatterns::telemetry::shutdown);
+    // Not a plain drop: that would wait for every blocking call still running (a DNS lookup of the
+    // Redis host on a resolver that does not answer lasts its timeout, tens of seconds).
+    startup::shutdown::tear_down(runtime);
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

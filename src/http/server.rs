@@ -122,15 +122,18 @@ fn misconfigured(problem: &str, request: Request) -> Response {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
+/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish for
+/// at most `drain_within`: the connections still busy then are cut off (and counted in the log).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
+    drain_within: Duration,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     tokio::pin!(shutdown);
@@ -150,14 +153,20 @@ pub async fn serve(
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
-    if tokio::time::timeout(REQUEST_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still running at shutdown were cut off");
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(drain_within, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "requests still running {drain_within:?} after shutdown began were cut off ({} connections)",
+            connections.len()
+        );
     }
     Ok(())
 }

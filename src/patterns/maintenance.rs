@@ -22,7 +22,12 @@ pub async fn purge_tombstones(
 ) {
     loop {
         let older_than = clock.now().minus(retention);
-        match store.purge_tombstones(older_than).await {
+        // A purge is idempotent: one cut short by shutdown is done again at the next start.
+        let purged = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            purged = store.purge_tombstones(older_than) => purged,
+        };
+        match purged {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, older_than = %older_than, "purged old tombstones"),
             Err(e) => tracing::warn!(error = %Chain(&e), "could not purge old tombstones; trying again later"),

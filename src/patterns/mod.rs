@@ -372,9 +372,17 @@ impl Services {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    self.invalidation.replay_pending().await;
-                    self.flush_buffered_reads().await;
-                    self.health.sample_backlog().await;
+                    let round = async {
+                        self.invalidation.replay_pending().await;
+                        self.flush_buffered_reads().await;
+                        self.health.sample_backlog().await;
+                    };
+                    // Each step waits on Redis: shutdown cuts a round short (what waits for Redis
+                    // is in memory, gone with the process anyway).
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = round => {}
+                    }
                 }
             }
         }

@@ -136,10 +136,14 @@ impl NodeLease {
         Err(CacheError::refused(format!("no free node id found in {ATTEMPTS} tries (are 2048 instances running?)")))
     }
 
-    /// Keeps the lease until `shutdown`, then gives the id back.
+    /// Keeps the lease until `shutdown` (a renewal in progress is cut short), then gives the id back.
     pub async fn keep(mut self, shutdown: CancellationToken) {
         loop {
-            let pause = match self.refresh().await {
+            let refreshed = tokio::select! {
+                refreshed = self.refresh() => refreshed,
+                _ = shutdown.cancelled() => break,
+            };
+            let pause = match refreshed {
                 Ok(_) => RENEW_EVERY,
                 Err(e) => {
                     tracing::debug!(error = %Chain(&e), "could not lease a version node id yet; retrying");

@@ -6,14 +6,14 @@
 mod environment;
 pub mod fatal_signals;
 pub mod logging;
+pub mod shutdown;
 mod workers;
 
 pub use environment::Environment;
-pub use workers::Workers;
+pub use workers::{Running, Workers};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 
@@ -29,9 +29,6 @@ use crate::patterns::versions::NodeLease;
 use crate::patterns::write_behind::DrainPolicy;
 use crate::patterns::{HybridClock, Parts, QueueConsumer, Services, maintenance};
 use crate::ports::{Cache, CacheError, Clock, QueueError, Store, StoreError, WriteQueue};
-
-/// How long shutdown waits for the background workers.
-const WORKERS_STOP_WITHIN: Duration = Duration::from_secs(10);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +232,8 @@ impl Application {
     pub fn start_workers(&self) -> Result<Workers, StartupError> {
         let workers = Workers::new();
         let lease = NodeLease::new(Arc::new(self.redis.clone()), self.versions.clone());
-        workers.spawn("node-id lease", |shutdown| lease.keep(shutdown));
+        // Given back only once the requests are done: they take their versions from this id.
+        workers.spawn_last("node-id lease", |shutdown| lease.keep(shutdown));
         let consumer = self.write_behind_consumer(ReaderConfig::default(), self.settings.write_behind)?;
         workers.spawn("write-behind consumer", |shutdown| consumer.run(shutdown));
         let (redis, dead_letters) = (self.redis.clone(), self.dead_letters.clone());
@@ -259,7 +257,9 @@ impl Application {
 }
 
 /// Binds the port, reads the settings, starts everything and serves until SIGTERM or Ctrl-C, then
-/// lets open requests finish and stops the workers. What `main` runs.
+/// stops within [`shutdown::STOP_WITHIN`]: the workers are told at once, open requests get
+/// [`shutdown::DRAIN_WITHIN`] to finish, then every worker is awaited for what is left. What
+/// `main` runs; `main` then flushes the telemetry and tears the runtime down ([`shutdown`]).
 pub async fn run(environment: Environment) -> Result<(), StartupError> {
     let port = Settings::port_from_env()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -279,7 +279,9 @@ pub async fn run(environment: Environment) -> Result<(), StartupError> {
                 "the handler cannot work with this configuration: {problem}; every function answers 503 until it is fixed"
             );
             let router = http::misconfigured_router(problem);
-            return http::serve(listener, router, limits, shutdown_signal()).await.map_err(StartupError::Serve);
+            return http::serve(listener, router, limits, shutdown::signal(None), shutdown::DRAIN_WITHIN)
+                .await
+                .map_err(StartupError::Serve);
         }
         Err(problem) => return Err(problem),
     };
@@ -293,31 +295,14 @@ pub async fn run(environment: Environment) -> Result<(), StartupError> {
             }
         }
     });
-    let served = http::serve(listener, application.router_with(limits), limits, shutdown_signal()).await;
-    workers.stop(WORKERS_STOP_WITHIN).await;
+    let stopping = async {
+        shutdown::signal(Some(workers.running())).await;
+        workers.cancel();
+    };
+    let served = http::serve(listener, application.router_with(limits), limits, stopping, shutdown::DRAIN_WITHIN).await;
+    // What is left of the time from the signal (at least a second: the drain ends a second early).
+    workers.stop(shutdown::stop_time_left()).await;
     served.map_err(StartupError::Serve)
-}
-
-/// Completes on SIGTERM (the host stopping the handler) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
 }
 
 /// The settings that name a store, for messages.

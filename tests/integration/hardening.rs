@@ -851,7 +851,7 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let router = t.app.router_with(limits);
-    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending()));
+    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
     let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
     let read_all = |mut s: tokio::net::TcpStream| async move {
         let mut out = Vec::new();

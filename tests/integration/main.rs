@@ -26,6 +26,7 @@ mod redis_entra_id;
 mod refresh_ahead;
 mod run_scripts;
 mod scale_out;
+mod shutdown;
 mod store_changes;
 mod store_cosmos;
 mod store_sqlite;

@@ -311,7 +311,11 @@ impl Redis {
     pub(crate) async fn follow_feed(self, shutdown: CancellationToken) {
         let mut pause = Duration::from_millis(100);
         loop {
-            let ended = self.follow_once(&shutdown).await;
+            // Connecting and reloading the clocks wait on Redis too: shutdown cuts them short.
+            let ended = tokio::select! {
+                ended = self.follow_once(&shutdown) => ended,
+                () = shutdown.cancelled() => Ended::Shutdown,
+            };
             self.feed.went_down();
             match ended {
                 Ended::Shutdown => return,

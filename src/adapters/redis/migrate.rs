@@ -28,7 +28,7 @@ const AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Moves what an older release left behind, now and every [`EVERY`], until `shutdown`.
 pub(crate) async fn keep_moving(redis: Redis, dead_letters: RedisDeadLetters, shutdown: CancellationToken) {
     loop {
-        let pause = match move_legacy(&redis, &dead_letters).await {
+        let pause = match move_legacy_until(&redis, &dead_letters, &shutdown).await {
             Ok(_) => EVERY,
             Err(e) => {
                 tracing::debug!(error = %Chain(&e), "could not check for an older release's streams yet");
@@ -69,6 +69,16 @@ return 0
 /// One pass: moves what the old streams hold, drops the old hot-key set. One instance at a time
 /// (a lease on `\x1fmigrate`), so two instances never copy the same dead letters.
 pub async fn move_legacy(cache: &Redis, dead_letters: &RedisDeadLetters) -> Result<Moved, CacheError> {
+    move_legacy_until(cache, dead_letters, &CancellationToken::new()).await
+}
+
+/// [`move_legacy`], stopping after the entry in hand once `stop` is cancelled (the lock is given
+/// back; the next pass moves the rest).
+async fn move_legacy_until(
+    cache: &Redis,
+    dead_letters: &RedisDeadLetters,
+    stop: &CancellationToken,
+) -> Result<Moved, CacheError> {
     let legacy = cache.keys().legacy();
     let moved = Moved::default();
     // A cheap look first: in the common case there is nothing to move.
@@ -89,7 +99,7 @@ pub async fn move_legacy(cache: &Redis, dead_letters: &RedisDeadLetters) -> Resu
         return Ok(moved);
     }
     let mut moved = moved;
-    let result = move_all(cache, dead_letters, &mut moved).await;
+    let result = move_all(cache, dead_letters, &mut moved, stop).await;
     if let Err(e) = cache.give_back_lease(&lock, &token).await {
         tracing::debug!(error = %Chain(&e), "could not release the migration lock; it expires by itself");
     }
@@ -99,16 +109,27 @@ pub async fn move_legacy(cache: &Redis, dead_letters: &RedisDeadLetters) -> Resu
 /// How long one pass may hold the migration lock.
 const LOCK_TTL: Duration = Duration::from_secs(300);
 
-async fn move_all(cache: &Redis, dead_letters: &RedisDeadLetters, moved: &mut Moved) -> Result<(), CacheError> {
+async fn move_all(
+    cache: &Redis,
+    dead_letters: &RedisDeadLetters,
+    moved: &mut Moved,
+    stop: &CancellationToken,
+) -> Result<(), CacheError> {
     let legacy = cache.keys().legacy();
     if cache.key_type(&legacy.write_behind_stream).await? == "stream" {
-        moved.events = move_events(cache, &legacy.write_behind_stream).await?;
+        moved.events = move_events(cache, &legacy.write_behind_stream, stop).await?;
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         let mut delete = DELETE_IF_EMPTY_STREAM.prepare_invoke();
         delete.key(&legacy.write_behind_stream);
         cache.invoke::<i64>(&delete).await?;
     }
     if cache.key_type(&legacy.dead_letter_stream).await? == "stream" {
-        moved.dead_letters = move_dead_letters(cache, dead_letters, &legacy.dead_letter_stream).await?;
+        moved.dead_letters = move_dead_letters(cache, dead_letters, &legacy.dead_letter_stream, stop).await?;
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         let mut delete = DELETE_IF_EMPTY_STREAM.prepare_invoke();
         delete.key(&legacy.dead_letter_stream);
         cache.invoke::<i64>(&delete).await?;
@@ -128,17 +149,20 @@ async fn move_all(cache: &Redis, dead_letters: &RedisDeadLetters, moved: &mut Mo
     Ok(())
 }
 
-async fn move_events(cache: &Redis, old: &str) -> Result<u64, CacheError> {
+async fn move_events(cache: &Redis, old: &str, stop: &CancellationToken) -> Result<u64, CacheError> {
     let target = cache.keys().write_behind_stream();
     let mut moved = 0;
     loop {
+        if stop.is_cancelled() {
+            return Ok(moved);
+        }
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(old).arg("-").arg("+").arg("COUNT").arg(CHUNK);
         let reply: StreamRangeReply = cache.query(cmd).await?;
         if reply.ids.is_empty() {
             return Ok(moved);
         }
-        for entry in &reply.ids {
+        for entry in reply.ids.iter().take_while(|_| !stop.is_cancelled()) {
             // No event field: still moved, so the consumer dead-letters it with a reason.
             let event = event_field(entry);
             // Copy first, delete only once the copy is confirmed: a refused copy (Redis out of
@@ -155,14 +179,22 @@ async fn move_events(cache: &Redis, old: &str) -> Result<u64, CacheError> {
     }
 }
 
-async fn move_dead_letters(cache: &Redis, dead_letters: &RedisDeadLetters, old: &str) -> Result<u64, CacheError> {
+async fn move_dead_letters(
+    cache: &Redis,
+    dead_letters: &RedisDeadLetters,
+    old: &str,
+    stop: &CancellationToken,
+) -> Result<u64, CacheError> {
     let mut moved = 0;
     loop {
+        if stop.is_cancelled() {
+            return Ok(moved);
+        }
         let letters = list_stream(cache, old, CHUNK, None).await?;
         if letters.is_empty() {
             return Ok(moved);
         }
-        for letter in &letters {
+        for letter in letters.iter().take_while(|_| !stop.is_cancelled()) {
             dead_letters.record_as_is(letter).await?;
             let mut cmd = redis::cmd("XDEL");
             cmd.arg(old).arg(letter.id.as_str());

@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use super::{TempDir, free_port};
 
+/// Where [`Handler::start_logging`] writes the log, in the handler's folder.
+const LOG_FILE: &str = "handler.log";
+
 /// A running handler process, killed on drop.
 pub struct Handler {
     child: Child,
@@ -49,6 +52,41 @@ impl Handler {
         Self::spawn(cmd, dir, true)
     }
 
+    /// Like [`Handler::start`], writing its whole log (stdout and stderr, in order) to a file that
+    /// [`Handler::log`] reads: for runs of any length (nothing waits on a pipe).
+    pub fn start_logging(env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("handler");
+        let cmd = command(env, &dir, free_port());
+        let file = std::fs::File::create(dir.path().join(LOG_FILE)).expect("create the handler's log file");
+        let out = file.try_clone().expect("clone the log file handle");
+        Self::spawn_with(cmd, dir, Stdio::from(out), Stdio::from(file))
+    }
+
+    /// What a handler started with [`Handler::start_logging`] has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (as the host does) and waits at most `bound` for the process to exit: its exit
+    /// status and how long it took, or `Err(bound)` if it is still running (it is killed on drop).
+    pub fn terminate_within(&mut self, bound: Duration) -> Result<(std::process::ExitStatus, Duration), Duration> {
+        let sent = Instant::now();
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "could not send SIGTERM to the handler");
+        while sent.elapsed() < bound {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Ok((status, sent.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(bound)
+    }
+
     /// Starts a handler as Azure runs it: the platform's variables set, the app root (its working
     /// directory) read-only where `chattr` can make it so, and no `LocalStorePath` unless `env`
     /// sets one.
@@ -70,14 +108,19 @@ impl Handler {
 
     /// Spawns `cmd`; with `keep_stderr`, its error output is kept for [`Handler::stop`] (only for
     /// short runs: nobody reads the pipe before then).
-    fn spawn(mut cmd: Command, dir: TempDir, keep_stderr: bool) -> Self {
+    fn spawn(cmd: Command, dir: TempDir, keep_stderr: bool) -> Self {
+        let stderr = if keep_stderr { Stdio::piped() } else { Stdio::null() };
+        Self::spawn_with(cmd, dir, Stdio::null(), stderr)
+    }
+
+    /// Spawns `cmd` with its output going to `stdout` and `stderr`, and waits until it answers.
+    fn spawn_with(mut cmd: Command, dir: TempDir, stdout: Stdio, stderr: Stdio) -> Self {
         let port = cmd
             .get_envs()
             .find(|(k, _)| *k == "FUNCTIONS_CUSTOMHANDLER_PORT")
             .and_then(|(_, v)| v?.to_str()?.parse().ok())
             .expect("a port");
-        let stderr = if keep_stderr { Stdio::piped() } else { Stdio::null() };
-        let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn handler");
+        let child = cmd.stdout(stdout).stderr(stderr).spawn().expect("spawn handler");
         let mut handler = Self { child, port, dir, immutable_root: false };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {

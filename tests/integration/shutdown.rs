@@ -1,0 +1,250 @@
+//! Graceful shutdown of the real `handler` binary: on SIGTERM the background workers are cancelled
+//! and awaited within 10 s (`startup::Workers`), open requests get the same 10 s, and the process
+//! exits with status 0 — also when Redis has been gone (killed), hung (SIGSTOP), or its host name
+//! stopped resolving for a while, with the default write-behind consumer on the Redis Stream, the
+//! invalidation feed, and the refresh-ahead timer running.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common;
+use common::RedisServer;
+use common::process::Handler;
+
+/// The design's 10 s for open requests and workers, plus the handler's own caps after them (2 s to
+/// flush telemetry, 1 s for the runtime's teardown; its watchdog exits at 14 s whatever runs), plus
+/// a second of margin for a debug binary on a loaded machine. With Redis gone the handler exits in
+/// about a second; before the fix an unresolvable Redis host name held it for the resolver's
+/// timeout (here a minute: it was still running at this bound).
+const EXIT_WITHIN: Duration = Duration::from_secs(15);
+
+/// How Redis goes away.
+#[derive(Debug)]
+enum Outage {
+    /// The server is killed: connections are refused.
+    Killed,
+    /// The server is frozen (SIGSTOP): connections open, nothing answers.
+    Hung,
+    /// The server is killed and its host name, resolved so far from `hosts` (bind-mounted over
+    /// `/etc/hosts`), is removed from it: lookups go to a DNS server that never answers.
+    Unresolvable { hosts: std::path::PathBuf },
+}
+
+/// A `RefreshAhead` timer invocation, as the host posts it on schedule.
+fn timer_envelope() -> String {
+    json!({
+        "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}},
+        "Metadata": {"sys": {"MethodName": "RefreshAhead"}}
+    })
+    .to_string()
+}
+
+/// One request on a fresh connection that gives up after `wait`; the status, 0 when none came.
+fn hit(port: u16, method: &str, path: &str, body: &str, wait: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    let _ = stream.set_read_timeout(Some(wait));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())).is_err() {
+        return 0;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    common::process::parse_response(&response).status
+}
+
+/// Polls `api/health` until Redis is reported down, at most `within`.
+fn wait_until_redis_is_down(handler: &Handler, within: Duration) -> Value {
+    let started = Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < within {
+        if let Ok((_, body)) = handler.request("GET", "/api/health", None) {
+            if body["redis"]["status"] == "down" {
+                return body;
+            }
+            last = body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the handler did not report Redis down within {within:?}; last health: {last}\n{}", handler.log());
+}
+
+/// Starts the handler on `redis` (reached at `connection`) with every default worker, uses each
+/// pattern once, takes Redis away (`outage`) for `down_for` after the handler noticed while the
+/// host keeps calling (reads, write-behind writes, timer runs), then sends SIGTERM: the process
+/// must exit, with status 0, within [`EXIT_WITHIN`]. Returns how long the exit took.
+fn exits_on_sigterm_after(mut redis: RedisServer, connection: &str, outage: Outage, down_for: Duration) -> Duration {
+    let mut handler = Handler::start_logging(&[("RedisCache", connection)]);
+    let (status, body) = handler.request("GET", "/api/health", None).unwrap();
+    assert_eq!((status, &body["redis"]["status"]), (200, &json!("up")), "{body}");
+    // Every worker has something to do: a queued write for the consumer, a near-cached entry the
+    // feed invalidates, hot keys for the timer.
+    assert_eq!(handler.request("PUT", "/api/write-behind/wb", Some("1")).unwrap().0, 202);
+    assert_eq!(handler.request("PUT", "/api/write-through/hot", Some("2")).unwrap().0, 200);
+    for _ in 0..3 {
+        assert_eq!(handler.request("GET", "/api/refresh-ahead/hot", None).unwrap().0, 200);
+        assert_eq!(handler.request("GET", "/api/cache-aside/hot", None).unwrap().0, 200);
+    }
+    assert_eq!(handler.request("POST", "/RefreshAhead", Some(&timer_envelope())).unwrap().0, 200);
+
+    let label = format!("{outage:?}");
+    match outage {
+        Outage::Killed => redis.stop(),
+        Outage::Hung => redis.pause(),
+        Outage::Unresolvable { hosts } => {
+            // Rewritten in place: the bind mount follows the file, and every lookup reads it again.
+            std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("rewrite the hosts file");
+            redis.stop();
+        }
+    }
+    // The host keeps calling while Redis is away, up to and past the SIGTERM.
+    let calling = Arc::new(AtomicBool::new(true));
+    let port = handler.port;
+    let traffic = {
+        let calling = calling.clone();
+        std::thread::spawn(move || {
+            let timer = timer_envelope();
+            let mut n = 0u32;
+            while calling.load(Ordering::SeqCst) {
+                n += 1;
+                let wait = Duration::from_secs(30);
+                hit(port, "GET", "/api/cache-aside/hot", "", wait);
+                hit(port, "PUT", &format!("/api/write-behind/k{n}"), "3", wait);
+                hit(port, "DELETE", "/api/write-through/hot", "", wait);
+                hit(port, "POST", "/RefreshAhead", &timer, wait);
+            }
+        })
+    };
+    let health = wait_until_redis_is_down(&handler, Duration::from_secs(30));
+    assert_eq!(health["status"], "unhealthy", "{health}");
+    // The outage lasts: reconnect loops reach their longer back-offs.
+    let noticed = Instant::now();
+    while noticed.elapsed() < down_for {
+        wait_until_redis_is_down(&handler, Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let exited = handler.terminate_within(EXIT_WITHIN);
+    calling.store(false, Ordering::SeqCst);
+    let log = handler.log();
+    let (status, took) = exited.unwrap_or_else(|bound| {
+        panic!("{label}: the handler was still running {bound:?} after SIGTERM\n{log}");
+    });
+    traffic.join().unwrap();
+    assert!(status.success(), "{label}: exit status {status} ({took:?} after SIGTERM)\n{log}");
+    eprintln!("{label}, down for {down_for:?}: exited {took:?} after SIGTERM");
+    took
+}
+
+#[test]
+fn exits_promptly_on_sigterm_when_redis_was_killed() {
+    let redis = RedisServer::start();
+    let connection = redis.connection_string();
+    exits_on_sigterm_after(redis, &connection, Outage::Killed, Duration::from_secs(5));
+}
+
+#[test]
+fn exits_promptly_on_sigterm_when_redis_is_hung() {
+    let redis = RedisServer::start();
+    let connection = redis.connection_string();
+    exits_on_sigterm_after(redis, &connection, Outage::Hung, Duration::from_secs(5));
+}
+
+/// Set in the copy of the test binary that runs inside its own user, mount and network namespaces.
+const IN_NAMESPACES: &str = "CACHEPATTERNS_TEST_IN_NAMESPACES";
+
+/// Redis is reached by host name (as on Azure), and during the outage the name stops resolving
+/// and DNS stops answering (each lookup waits out the resolver's timeout). Every connection
+/// attempt looks the name up on a blocking thread; those lookups must not hold the exit.
+///
+/// DNS cannot be made to hang for one process without namespaces: the test runs itself again
+/// under `unshare --user --map-root-user --mount --net`, where it may bind-mount `/etc/hosts` and
+/// `/etc/resolv.conf` and serve a DNS port that never answers. Where unprivileged user namespaces
+/// are not allowed, it says so and passes.
+#[test]
+fn exits_promptly_on_sigterm_when_the_redis_host_name_stops_resolving() {
+    const NAME: &str = "exits_promptly_on_sigterm_when_the_redis_host_name_stops_resolving";
+    if std::env::var_os(IN_NAMESPACES).is_some() {
+        return redis_host_name_stops_resolving();
+    }
+    let usable = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "--net", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("SKIPPED: unprivileged user namespaces (`unshare --user --mount --net`) are not available here");
+        return;
+    }
+    let test = std::env::current_exe().expect("the test binary");
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "--net", "--"])
+        .arg(test)
+        .args([&format!("shutdown::{NAME}"), "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_NAMESPACES, "1")
+        .output()
+        .expect("run the test in its namespaces");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the test ran in its namespaces: {text}");
+    eprintln!("{}", text.lines().filter(|l| l.contains("after SIGTERM")).collect::<Vec<_>>().join("\n"));
+}
+
+/// The part of [`exits_promptly_on_sigterm_when_the_redis_host_name_stops_resolving`] that runs in
+/// its namespaces (as root there, with a loopback of its own).
+fn redis_host_name_stops_resolving() {
+    let run = |program: &str, args: &[&str]| {
+        let status = std::process::Command::new(program).args(args).status();
+        assert!(status.is_ok_and(|s| s.success()), "{program} {args:?} failed");
+    };
+    run("ip", &["link", "set", "lo", "up"]);
+    let dir = common::TempDir::new("dns");
+    let (hosts, resolv) = (dir.path().join("hosts"), dir.path().join("resolv.conf"));
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.1 redis.shutdown.test\n").unwrap();
+    // One lookup waits up to a minute (two attempts of 30 s, glibc's longest timeout).
+    std::fs::write(&resolv, "nameserver 127.0.0.1\noptions timeout:30 attempts:2\n").unwrap();
+    run("mount", &["--bind", hosts.to_str().unwrap(), "/etc/hosts"]);
+    run("mount", &["--bind", resolv.to_str().unwrap(), "/etc/resolv.conf"]);
+    // A DNS server that takes every query and never answers.
+    let dns = std::net::UdpSocket::bind("127.0.0.1:53").expect("bind the DNS port");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while dns.recv_from(&mut buf).is_ok() {}
+    });
+    let redis = RedisServer::start_single();
+    let connection = format!("redis.shutdown.test:{}", redis.port);
+    exits_on_sigterm_after(redis, &connection, Outage::Unresolvable { hosts }, Duration::from_secs(5));
+}
+
+/// A request that does not finish (its client sends the body a byte at a time, then stalls) gets
+/// the same bounded time as the workers: its connection is cut and the process exits, instead of
+/// waiting for the request's own timeouts (the body's 30 s).
+#[test]
+fn a_request_that_does_not_finish_does_not_hold_the_exit() {
+    use std::io::{BufRead, BufReader, Write};
+    let redis = RedisServer::start();
+    let mut handler = Handler::start_logging(&[("RedisCache", &redis.connection_string())]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", handler.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = "PUT /api/write-through/stalled HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    // `100 Continue` comes when the handler starts reading the body: the request is in progress.
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line:?}");
+    stream.write_all(b"1").unwrap();
+
+    let (status, took) = handler
+        .terminate_within(EXIT_WITHIN)
+        .unwrap_or_else(|bound| panic!("still running {bound:?} after SIGTERM\n{}", handler.log()));
+    let log = handler.log();
+    assert!(status.success(), "exit status {status}\n{log}");
+    assert!(log.contains("were cut off"), "the cut request is logged\n{log}");
+    eprintln!("a stalled request: exited {took:?} after SIGTERM");
+}
