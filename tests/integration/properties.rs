@@ -6,7 +6,9 @@
 
 use crate::common;
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 use cachepatterns::adapters::redis::RedisTarget;
@@ -64,14 +66,21 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
 }
 
-/// One Redis and one app for the end-to-end properties (each case uses its own keys).
-fn app() -> &'static (RedisServer, TestApp, axum::Router) {
-    static APP: OnceLock<(RedisServer, TestApp, axum::Router)> = OnceLock::new();
-    APP.get_or_init(|| {
-        let redis = RedisServer::start();
-        let t = runtime().block_on(async { TestApp::new(&redis, &[("MaxValueBytes", "4096")]) });
-        let router = t.app.router();
-        (redis, t, router)
+/// One Redis and one app per end-to-end property, shared by its cases (each case uses its own
+/// keys). Held by the test's thread, so that they are dropped, and the Redis stopped, when the test
+/// ends: a `static` is never dropped, and left a `redis-server` running after every test run.
+fn app() -> Rc<(RedisServer, TestApp, axum::Router)> {
+    thread_local! {
+        static APP: OnceCell<Rc<(RedisServer, TestApp, axum::Router)>> = const { OnceCell::new() };
+    }
+    APP.with(|app| {
+        app.get_or_init(|| {
+            let redis = RedisServer::start();
+            let t = runtime().block_on(async { TestApp::new(&redis, &[("MaxValueBytes", "4096")]) });
+            let router = t.app.router();
+            Rc::new((redis, t, router))
+        })
+        .clone()
     })
 }
 
@@ -82,6 +91,7 @@ proptest! {
     #[test]
     fn envelope_parsing_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Invocation::parse(&bytes);
+        let _ = Invocation::parse_data_only(&bytes);
     }
 
     /// Any JSON shaped like an envelope: decoding the HTTP trigger answers, it never panics.
@@ -163,7 +173,8 @@ proptest! {
     /// written and read back unchanged, under exactly that key.
     #[test]
     fn any_key_and_value_round_trip_in_every_mode(key in key(), value in json_value()) {
-        let (_, t, router) = app();
+        let shared = app();
+        let (_, t, router) = &*shared;
         let (through, aside) = (FunctionDef::load("WriteThrough"), FunctionDef::load("CacheAside"));
         // Through the host, a path cannot carry `.`, `..` or a literal `%2F` (README, "Keys in
         // URLs"): those go in `?key=`, every other key goes both ways.
@@ -192,7 +203,8 @@ proptest! {
     /// Any body bytes with any content type: a write answers 200, 400 or 413, never a 5xx.
     #[test]
     fn any_body_is_a_clear_answer(body in prop::collection::vec(any::<u8>(), 0..600), text in any::<bool>(), key in key()) {
-        let (_, _, router) = app();
+        let shared = app();
+        let (_, _, router) = &*shared;
         let through = FunctionDef::load("WriteThrough");
         let mut call = Call::new("PUT", Some(&key));
         call.body = body;
