@@ -339,7 +339,7 @@ async fn connections_opened_after_the_named_master_died_reach_the_cluster() {
 fn a_cluster_that_says_it_is_none_is_named_in_one_error_on_its_first_redirection() {
     let cluster = RedisCluster::start(3, 0);
     let seed = cluster.nodes[0].port;
-    let proxy = common::cluster::HidingProxy::start(seed);
+    let proxy = common::cluster::hiding_proxy(seed);
     let connection = format!("127.0.0.1:{}", proxy.port);
     let mut handler =
         common::process::Handler::start_keeping_logs(&[("RedisCache", &connection), ("L1MaxEntries", "0")]);

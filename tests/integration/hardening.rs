@@ -1001,7 +1001,7 @@ async fn an_unwritable_sqlite_shared_memory_file_refuses_writes_instead_of_crash
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_redis_bounds_each_request_in_all() {
     let redis = RedisServer::start();
-    let proxy = common::SlowProxy::start(redis.port, Duration::from_millis(800));
+    let proxy = common::Proxy::slow(redis.port, Duration::from_millis(800));
     let t = TestApp::with_connection(&format!("127.0.0.1:{}", proxy.port), &[("syncTimeout", "1000")]);
     t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
     let router = t.app.router();

@@ -2,14 +2,11 @@
 //! cluster bus port, port + 10000, is free too), joined with `redis-cli --cluster create`, killed
 //! on drop.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{TempDir, inline_command};
+use super::{Proxy, TempDir, inline_command};
 
 /// One node of the cluster.
 pub struct ClusterNode {
@@ -198,63 +195,18 @@ impl RedisCluster {
     }
 }
 
-/// A TCP proxy to one cluster node that turns `cluster_enabled:1` into `cluster_enabled:0` in what
-/// the node answers: a cluster node whose `INFO` says it is none. Every other byte passes as is.
-pub struct HidingProxy {
-    pub port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl HidingProxy {
-    pub fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-                client.set_nonblocking(false).unwrap();
-                let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut server_read, mut client_write) = (server, client);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_read, &mut server_write);
-                    let _ = server_write.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let (from, to) = (b"cluster_enabled:1", b"cluster_enabled:0");
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = server_read.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        let chunk = &mut buf[..n];
-                        for at in 0..chunk.len().saturating_sub(from.len() - 1) {
-                            if &chunk[at..at + from.len()] == from {
-                                chunk[at..at + to.len()].copy_from_slice(to);
-                            }
-                        }
-                        if client_write.write_all(chunk).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = client_write.shutdown(std::net::Shutdown::Both);
-                });
+/// A proxy to one cluster node that turns `cluster_enabled:1` into `cluster_enabled:0` in what the
+/// node answers: a cluster node whose `INFO` says it is none. Every other byte passes as is.
+pub fn hiding_proxy(upstream: u16) -> Proxy {
+    let hide = |chunk: &mut [u8]| {
+        let (from, to) = (b"cluster_enabled:1", b"cluster_enabled:0");
+        for at in 0..chunk.len().saturating_sub(from.len() - 1) {
+            if &chunk[at..at + from.len()] == from {
+                chunk[at..at + to.len()].copy_from_slice(to);
             }
-        });
-        Self { port, stop }
-    }
-}
-
-impl Drop for HidingProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+        }
+    };
+    Proxy::start(upstream, Arc::new(|_: &mut [u8]| {}), Arc::new(hide))
 }
 
 fn spawn_node(port: u16, dir: &str) -> Child {

@@ -96,15 +96,18 @@ impl Drop for Blackhole {
     }
 }
 
-/// A TCP proxy to `127.0.0.1:upstream` that holds every chunk a client sends for `delay` before
-/// passing it on: a Redis that answers every command, slowly.
-pub struct SlowProxy {
+/// A TCP proxy to `127.0.0.1:upstream` that hands every chunk read in either direction to an edit
+/// before passing it on (the edit may change the bytes in place, or take its time).
+pub struct Proxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
 }
 
-impl SlowProxy {
-    pub fn start(upstream: u16, delay: Duration) -> Self {
+/// What a [`Proxy`] does to a chunk on its way.
+pub type Edit = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
+
+impl Proxy {
+    pub fn start(upstream: u16, to_server: Edit, to_client: Edit) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -118,32 +121,36 @@ impl SlowProxy {
                 };
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
                 client.set_nonblocking(false).unwrap();
-                let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut server_read, mut client_write) = (server, client);
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = client_read.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        std::thread::sleep(delay);
-                        if server_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = server_write.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server_read, &mut client_write);
-                    let _ = client_write.shutdown(std::net::Shutdown::Both);
-                });
+                let (client_read, server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (to_server, to_client) = (to_server.clone(), to_client.clone());
+                std::thread::spawn(move || pipe(client_read, server_write, &*to_server));
+                std::thread::spawn(move || pipe(server, client, &*to_client));
             }
         });
         Self { port, stop }
     }
+
+    /// A Redis that answers every command, slowly: what a client sends is held for `delay`.
+    pub fn slow(upstream: u16, delay: Duration) -> Self {
+        Self::start(upstream, Arc::new(move |_: &mut [u8]| std::thread::sleep(delay)), Arc::new(|_: &mut [u8]| {}))
+    }
 }
 
-impl Drop for SlowProxy {
+fn pipe(mut from: TcpStream, mut to: TcpStream, edit: &(dyn Fn(&mut [u8]) + Send + Sync)) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        edit(&mut buf[..n]);
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
