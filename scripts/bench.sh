@@ -102,18 +102,23 @@ USED_PORTS=" "
 PORT_LOW=10000
 PORT_HIGH=$(awk '{ print $1 - 1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32767)
 [ "$PORT_HIGH" -gt $((PORT_LOW + 1000)) ] || PORT_HIGH=$((PORT_LOW + 20000))
+# claim_port PORT: succeeds, and marks PORT handed out, when it was not handed out before and
+# nothing listens on it.
+claim_port() {
+  local probe
+  case "$USED_PORTS" in *" $1 "*) return 1 ;; esac
+  if { exec {probe}<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null; then
+    exec {probe}>&-
+    return 1
+  fi
+  USED_PORTS+="$1 "
+}
 # free_port VAR: a port nothing listens on (and not handed out before).
 free_port() {
   local p
   while :; do
     p=$((PORT_LOW + RANDOM % (PORT_HIGH - PORT_LOW)))
-    case "$USED_PORTS" in *" $p "*) continue ;; esac
-    if ! { exec {probe}<>"/dev/tcp/127.0.0.1/$p"; } 2>/dev/null; then
-      USED_PORTS+="$p "
-      printf -v "$1" '%s' "$p"
-      return
-    fi
-    exec {probe}>&-
+    claim_port "$p" && { printf -v "$1" '%s' "$p"; return; }
   done
 }
 
@@ -777,16 +782,10 @@ fi
 
 # free_cluster_port VAR: a free port whose cluster bus port (port + 10000) is free as well.
 free_cluster_port() {
-  local candidate probe
+  local candidate
   while :; do
     free_port candidate
-    [ $((candidate + 10000)) -le 65535 ] || continue
-    if ! { exec {probe}<>"/dev/tcp/127.0.0.1/$((candidate + 10000))"; } 2>/dev/null; then
-      USED_PORTS+="$((candidate + 10000)) "
-      printf -v "$1" '%s' "$candidate"
-      return
-    fi
-    exec {probe}>&-
+    [ $((candidate + 10000)) -le 65535 ] && claim_port $((candidate + 10000)) && { printf -v "$1" '%s' "$candidate"; return; }
   done
 }
 
