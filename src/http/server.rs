@@ -109,15 +109,13 @@ fn misconfigured(problem: &str, request: Request) -> Response {
     if let Some(function) = HttpFunction::by_name(name) {
         let mut outputs = Map::new();
         outputs.insert(function.output_binding().to_string(), payload::http_output(reply(Some(function))));
-        return json_response(200, &[], &payload::envelope(outputs, vec![format!("misconfigured: {problem}")]));
+        return envelope_response(&outputs, &[format!("misconfigured: {problem}")]);
     }
     match TriggerFunction::by_name(name) {
         Some(TriggerFunction::EventHubConsumer | TriggerFunction::StoreChanges) => {
             json_response(500, &[], &error_body("misconfigured", &format!("not applied, kept for a retry: {problem}")))
         }
-        Some(_) => {
-            json_response(200, &[], &payload::envelope(Map::new(), vec![format!("skipped, misconfigured: {problem}")]))
-        }
+        Some(_) => envelope_response(&Map::new(), &[format!("skipped, misconfigured: {problem}")]),
         None => json_response(404, &[], &error_body("not_found", &format!("nothing is served at {path:?}"))),
     }
 }
@@ -371,7 +369,7 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
     let mut log = InvocationLog::default();
     if let Some(function) = trigger {
         return match functions::invoke(state, function, &invocation, &mut log).await {
-            Ok(outputs) => json_response(200, &[], &payload::envelope(outputs, log.into_lines())),
+            Ok(outputs) => envelope_response(&outputs, &log.into_lines()),
             Err(failure) => {
                 // The host drops the Logs of a failed invocation: put them in the process log too.
                 let message = Chain(&failure).to_string();
@@ -390,7 +388,7 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
     let reply = run_with_timeout(functions::dispatch(state, function, &call, &mut log)).await;
     let mut outputs = Map::new();
     outputs.insert(function.output_binding().to_string(), payload::http_output(reply));
-    response(200, &[], payload::envelope_text(&outputs, &log.into_lines()))
+    envelope_response(&outputs, &log.into_lines())
 }
 
 /// A trigger invocation that cannot be read. Failing it would make the host retry the same
@@ -405,13 +403,13 @@ async fn unreadable_trigger(state: &AppState, name: &str, reason: &str, body: &[
             "{name}: the invocation could not be read ({reason}); its changes are not followed, and the entries they would have evicted live until their TTL"
         );
         tracing::error!(function = name, reason = ?reason, "unreadable trigger invocation");
-        return json_response(200, &[], &payload::envelope(Map::new(), vec![reason]));
+        return envelope_response(&Map::new(), &[reason]);
     }
     let kept = String::from_utf8_lossy(&body[..body.len().min(KEEP)]).into_owned();
     let reason = format!("{name}: the invocation could not be read ({reason}); its events could not be applied");
     tracing::error!(function = name, reason = ?reason, "unreadable trigger invocation");
     match state.services.pushed_batches.keep_unreadable(&kept, &reason, &format!("{name} invocation")).await {
-        Ok(id) => json_response(200, &[], &payload::envelope(Map::new(), vec![format!("{reason}; dead letter {id}")])),
+        Ok(id) => envelope_response(&Map::new(), &[format!("{reason}; dead letter {id}")]),
         Err(e) => json_response(
             500,
             &[],
@@ -454,6 +452,11 @@ fn strip_prefix_ignore_case<'a>(path: &'a str, prefix: &str) -> Option<&'a str> 
 fn reply_response(mut reply: HttpReply) -> Response {
     let headers = std::mem::take(&mut reply.headers);
     response(reply.status, &headers, reply.into_body_text())
+}
+
+/// A payload-mode answer: `200` with the envelope (the function's outcome is inside it).
+fn envelope_response(outputs: &Map<String, Value>, logs: &[String]) -> Response {
+    response(200, &[], payload::envelope_text(outputs, logs))
 }
 
 fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {

@@ -244,12 +244,8 @@ pub(crate) fn http_output(mut reply: HttpReply) -> Value {
     Value::Object(res)
 }
 
-/// The response envelope.
-pub fn envelope(outputs: Map<String, Value>, logs: Vec<String>) -> Value {
-    json!({"Outputs": outputs, "Logs": logs, "ReturnValue": Value::Null})
-}
-
-/// The response envelope, written straight out as JSON text.
+/// The response envelope `{"Outputs", "Logs", "ReturnValue": null}`, written straight out as JSON
+/// text (building it as a [`Value`] first would copy the outputs once more).
 pub(crate) fn envelope_text(outputs: &Map<String, Value>, logs: &[String]) -> String {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "PascalCase")]
@@ -260,7 +256,8 @@ pub(crate) fn envelope_text(outputs: &Map<String, Value>, logs: &[String]) -> St
     }
     // Maps of strings and values always serialise; the fallback only keeps this total.
     serde_json::to_string(&Envelope { outputs, logs, return_value: () }).unwrap_or_else(|e| {
-        envelope(Map::new(), vec![format!("the answer could not be written as JSON: {e}")]).to_string()
+        json!({"Outputs": {}, "Logs": [format!("the answer could not be written as JSON: {e}")], "ReturnValue": null})
+            .to_string()
     })
 }
 
@@ -352,7 +349,10 @@ mod tests {
         outputs.insert("res".into(), http_output(HttpReply::json(200, json!({"a": "é\"\n"}))));
         let logs = vec!["line \"one\"".to_string()];
         let text = envelope_text(&outputs, &logs);
-        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), envelope(outputs, logs));
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!({"Outputs": outputs, "Logs": logs, "ReturnValue": null})
+        );
     }
 
     #[test]
