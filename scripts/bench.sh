@@ -362,7 +362,7 @@ TARGETS=(
   "ceiling|l2|get.lua|/||HTTP ceiling: \`GET /\` of the same server"
   "aside|l2|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|Cache-Aside, forwarded \`GET /api/cache-aside/k\` (L2 hit)"
   "payload|l2|payload.lua|/CacheAside|BENCH_KEY=$HIT_KEY BENCH_PAYLOAD=1 BENCH_EXPECT=x-cache-tier=l2|Cache-Aside, payload \`POST /CacheAside\` (L2 hit)"
-  "refresh|l2|get.lua|/api/refresh-ahead/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit + hot-key count)"
+  "refresh|l2|get.lua|/api/refresh-ahead/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit, read counted in batches)"
   "near|l1|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l1|Cache-Aside, forwarded, near-cache hit (L1)"
 )
 
@@ -858,7 +858,7 @@ if [ "$(slot_owner "$HIT_SLOT")" = "$(slot_owner "$HOT_SLOT")" ]; then HOT_WHERE
 # label|path|what
 CLUSTER_TARGETS=(
   "aside|/api/cache-aside/$HIT_KEY|Cache-Aside, forwarded \`GET /api/cache-aside/k\` (L2 hit)"
-  "refresh|/api/refresh-ahead/$HIT_KEY|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit + hot-key count)"
+  "refresh|/api/refresh-ahead/$HIT_KEY|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit, read counted in batches)"
 )
 # Check pass on each: every answer a Redis hit; Redis commands (summed over the nodes) and the
 # handler's round trips per hit.
@@ -902,8 +902,8 @@ say "## 6. Hit path on a Redis Cluster" "" \
   "persistence; \`RedisCache\` names one node, the handler finds out the cluster by itself). Their runs are" \
   "interleaved (single node, then cluster, route by route, run by run); the baseline of each figure is the" \
   "same route on the single node. The key lives in slot $HIT_SLOT, on one master: a Cache-Aside hit reads" \
-  "that node. Refresh-Ahead also counts the read in the hot-key set (hash tag \`{hot}\`, slot $HOT_SLOT, on" \
-  "$HOT_WHERE): on a cluster its commands go to each node at once and are awaited together." ""
+  "that node, and so does a Refresh-Ahead hit: its read is counted in the process and sent to the hot-key" \
+  "set (hash tag \`{hot}\`, slot $HOT_SLOT, on $HOT_WHERE) once a second with the others." ""
 for c in "${CLUSTER_CONNS[@]}"; do
   say "**$c connection(s)**" "" \
     "| route | single node req/s | cluster req/s | × single node | single p50 / p99 ms | cluster p50 / p99 ms |" \
