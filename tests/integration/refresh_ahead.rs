@@ -425,6 +425,9 @@ async fn two_concurrent_timer_runs_refresh_each_key_once() {
             a.write(key, json!(1)).await;
             a.read(Mode::Payload, "RefreshAheadRead", key).await;
         }
+        // The reads were counted in `a`; either instance may win the tick, and `b` sees `a`'s counts
+        // once `a` has sent them (every second; here at once, as the second would have).
+        a.app.services.flush_buffered_reads().await;
         a.store.set_delay(Duration::from_millis(200));
         let timer = timer_info(Some(now_ms() + 10_000), json!(false));
         let (logs_a, logs_b) =
