@@ -20,25 +20,13 @@ pub struct RedisCluster {
     pub dir: TempDir,
 }
 
-/// A free port below 55536 whose cluster bus port (port + 10000) is free as well.
-fn free_cluster_port() -> u16 {
-    for _ in 0..200 {
-        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else { continue };
-        let port = listener.local_addr().unwrap().port();
-        if port < 55_536 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port pair for a cluster node");
-}
-
 impl RedisCluster {
     /// Starts `masters` masters, each with `replicas` replicas, and waits for `cluster_state:ok`.
     pub fn start(masters: usize, replicas: usize) -> Self {
         let dir = TempDir::new("cluster");
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
-            let port = free_cluster_port();
+            let port = super::free_port();
             let child = spawn_node(port, &dir.path().display().to_string());
             nodes.push(ClusterNode { child: Some(child), port });
         }
@@ -259,7 +247,7 @@ impl TlsRedisCluster {
         let mut children = Vec::new();
         let mut ports = Vec::new();
         for _ in 0..masters {
-            let port = free_cluster_port();
+            let port = super::free_port();
             let child = Command::new("redis-server")
                 .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--dir", &d])

@@ -125,7 +125,11 @@ impl Handler {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(status)) = handler.child.try_wait() {
-                panic!("handler exited at start-up with {status}");
+                let mut err = String::new();
+                if let Some(mut stderr) = handler.child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                panic!("handler exited at start-up with {status}; its error output: {err:?}");
             }
             if handler.request("GET", "/", None).is_ok() {
                 return handler;
