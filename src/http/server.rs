@@ -9,6 +9,7 @@
 //! 10 s, a body within 30 s, and request bodies held in memory at once are bounded to 256 MiB (a
 //! request waits for room, at most 10 s, then gets `503`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -235,7 +236,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
             _ => {
                 return json_response(
                     503,
-                    &[("Retry-After".into(), "2".into())],
+                    &[("Retry-After", "2".into())],
                     &error_body("busy", "too many large requests are being read at once; try again shortly"),
                 );
             }
@@ -282,9 +283,11 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         otel.name = tracing::field::Empty,
         otel.kind = "server"
     );
-    // Continue the caller's trace (W3C `traceparent`) when it sent one.
-    let parent = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&parts.headers));
-    let _ = span.set_parent(parent);
+    // Continue the caller's trace (W3C `traceparent`) when it sent one and spans are exported.
+    if crate::telemetry::traces_exported() {
+        let parent = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&parts.headers));
+        let _ = span.set_parent(parent);
+    }
     route_body(state, parts, path.clone(), forwarded_path.map(str::to_string), body).instrument(span).await
 }
 
@@ -337,7 +340,7 @@ async fn route_body(
     if parts.method != axum::http::Method::POST {
         return json_response(
             405,
-            &[("Allow".into(), "POST".into())],
+            &[("Allow", "POST".into())],
             &error_body("method_not_allowed", "invocations are POSTed by the Functions host"),
         );
     }
@@ -418,12 +421,17 @@ async fn unreadable_trigger(state: &AppState, name: &str, reason: &str, body: &[
     }
 }
 
-async fn run_with_timeout(work: impl std::future::Future<Output = HttpReply>) -> HttpReply {
-    match tokio::time::timeout(REQUEST_TIMEOUT, with_request_budget(work)).await {
+/// `work` within [`REQUEST_TIMEOUT`] and the request's budget. Not an `async fn`, for the reason
+/// given at [`with_request_budget`].
+fn run_with_timeout(
+    work: impl std::future::Future<Output = HttpReply>,
+) -> impl std::future::Future<Output = HttpReply> {
+    use futures_util::FutureExt;
+    tokio::time::timeout(REQUEST_TIMEOUT, with_request_budget(work)).map(|finished| match finished {
         Ok(reply) => reply,
         Err(_) => HttpReply::error(503, "timeout", format!("the request did not complete within {REQUEST_TIMEOUT:?}"))
             .with_header("Retry-After", "5"),
-    }
+    })
 }
 
 fn too_large(limit: usize, max_value_bytes: usize) -> Response {
@@ -459,18 +467,25 @@ fn envelope_response(outputs: &Map<String, Value>, logs: &[String]) -> Response 
     response(200, &[], payload::envelope_text(outputs, logs))
 }
 
-fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {
+fn json_response(status: u16, headers: &[(&'static str, Cow<'static, str>)], body: &Value) -> Response {
     response(status, headers, body.to_string())
 }
 
 /// JSON by default; `headers` may set another `Content-Type` (a text answer does).
-fn response(status: u16, headers: &[(String, String)], body: String) -> Response {
+fn response(status: u16, headers: &[(&'static str, Cow<'static, str>)], body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Body::from(body)).into_response();
     let map = response.headers_mut();
     map.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        let value = match value {
+            // The code's own constants (`x-cache: hit`, …): used as they are, without a copy.
+            Cow::Borrowed(text) if text.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) => {
+                Ok(HeaderValue::from_static(text))
+            }
+            other => HeaderValue::from_str(other),
+        };
+        if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(name.as_bytes()), value) {
             map.insert(name, value);
         }
     }

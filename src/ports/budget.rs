@@ -17,9 +17,11 @@ tokio::task_local! {
     static BUDGET_ENDS: Instant;
 }
 
-/// Runs `work` (one request) with a budget of [`REQUEST_BUDGET`].
-pub(crate) async fn with_request_budget<F: Future>(work: F) -> F::Output {
-    BUDGET_ENDS.scope(Instant::now() + REQUEST_BUDGET, work).await
+/// Runs `work` (one request) with a budget of [`REQUEST_BUDGET`]. A plain function, not an
+/// `async fn`: an `async fn` would hold `work` twice (as its argument and as what it awaits), and a
+/// request's future is moved several times on its way to the runtime.
+pub(crate) fn with_request_budget<F: Future>(work: F) -> impl Future<Output = F::Output> {
+    BUDGET_ENDS.scope(Instant::now() + REQUEST_BUDGET, work)
 }
 
 /// What is left of the current request's budget; `None` outside a request (background work).

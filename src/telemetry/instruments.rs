@@ -4,11 +4,11 @@
 //! lists them with their attributes.
 
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::{Counter, Histogram, ObservableCounter};
 
 /// Bucket bounds (seconds) for latencies from tens of microseconds to seconds.
 const LATENCY_BOUNDS: [f64; 16] =
@@ -17,8 +17,8 @@ const LATENCY_BOUNDS: [f64; 16] =
 /// The instrument handles (cheap to use; created once per process).
 pub struct Metrics {
     /// `cache.requests`: reads and writes by function and outcome (`hit`, `miss`, `stale`,
-    /// `bypass`, `updated`, …) and tier (`l1`, `l2`).
-    pub cache_requests: Counter<u64>,
+    /// `bypass`, `updated`) and tier (`l1`, `l2`), counted in [`CacheRequestCounts`].
+    _cache_requests: ObservableCounter<u64>,
     /// `http.server.request.duration` (s) by function (`http.route`) and status.
     pub request_duration: Histogram<f64>,
     /// `db.client.operation.duration` (s) of Redis round trips and store calls, by system
@@ -45,9 +45,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     super::ensure_installed();
     let meter = opentelemetry::global::meter("redis-cache-patterns");
     let metrics = Metrics {
-        cache_requests: meter
-            .u64_counter("cache.requests")
+        _cache_requests: meter
+            .u64_observable_counter("cache.requests")
             .with_description("Cache reads and writes by outcome")
+            .with_callback(|observer| CACHE_REQUESTS.observe(|n, attributes| observer.observe(n, attributes)))
             .build(),
         request_duration: meter
             .f64_histogram("http.server.request.duration")
@@ -94,6 +95,59 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     metrics
 });
 
+/// Functions whose requests `cache.requests` counts, by name; any other is counted as `other`.
+const COUNTED_FUNCTIONS: [&str; 5] = ["CacheAside", "RefreshAheadRead", "WriteThrough", "WriteBehind", "other"];
+/// What the cache did (`x-cache`); anything else is counted as `other`.
+const OUTCOMES: [&str; 6] = ["hit", "miss", "stale", "bypass", "updated", "other"];
+/// The tier that answered a hit, if the outcome has one.
+const TIERS: [Option<&str>; 3] = [None, Some("l1"), Some("l2")];
+
+/// `cache.requests`, counted in one atomic per (function, outcome, tier) and read by the exporters
+/// through an observable counter: this runs on every hit, where an attribute-set lookup in the
+/// SDK (hashing, a lock, an allocated attribute list) cost several times the near-cache read itself.
+struct CacheRequestCounts {
+    cells: [AtomicU64; CELLS],
+}
+
+const CELLS: usize = COUNTED_FUNCTIONS.len() * OUTCOMES.len() * TIERS.len();
+
+static CACHE_REQUESTS: CacheRequestCounts = CacheRequestCounts::new();
+
+impl CacheRequestCounts {
+    const fn new() -> Self {
+        Self { cells: [const { AtomicU64::new(0) }; CELLS] }
+    }
+
+    fn cell(function: &str, outcome: &str, tier: Option<&str>) -> usize {
+        let position = |names: &[&str], name: &str| names.iter().position(|n| *n == name).unwrap_or(names.len() - 1);
+        let tier = TIERS.iter().position(|t| *t == tier).unwrap_or(0);
+        (position(&COUNTED_FUNCTIONS, function) * OUTCOMES.len() + position(&OUTCOMES, outcome)) * TIERS.len() + tier
+    }
+
+    fn add(&self, function: &str, outcome: &str, tier: Option<&str>) {
+        self.cells[Self::cell(function, outcome, tier)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls `observe` with each count that is not zero and its attributes.
+    fn observe(&self, mut observe: impl FnMut(u64, &[KeyValue])) {
+        for (f, function) in COUNTED_FUNCTIONS.iter().enumerate() {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                for (t, tier) in TIERS.iter().enumerate() {
+                    let n = self.cells[(f * OUTCOMES.len() + o) * TIERS.len() + t].load(Ordering::Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let mut attributes = vec![KeyValue::new("function", *function), KeyValue::new("outcome", *outcome)];
+                    if let Some(tier) = tier {
+                        attributes.push(KeyValue::new("tier", *tier));
+                    }
+                    observe(n, &attributes);
+                }
+            }
+        }
+    }
+}
+
 /// The process's instruments.
 pub fn metrics() -> &'static Metrics {
     &METRICS
@@ -102,11 +156,7 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     /// Records a cache read or write of `function` with `outcome` (and the tier of a hit).
     pub fn cache_request(&self, function: &'static str, outcome: &str, tier: Option<&'static str>) {
-        let mut attributes = vec![KeyValue::new("function", function), KeyValue::new("outcome", outcome.to_string())];
-        if let Some(tier) = tier {
-            attributes.push(KeyValue::new("tier", tier));
-        }
-        self.cache_requests.add(1, &attributes);
+        CACHE_REQUESTS.add(function, outcome, tier);
     }
 
     /// Records one invocation of `function` answered with `status` after `took`.
@@ -157,5 +207,35 @@ impl Metrics {
     /// Samples the near cache's size.
     pub fn set_near_entries(&self, entries: u64) {
         self.near_entries.store(i64::try_from(entries).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_requests_are_counted_per_function_outcome_and_tier() {
+        let counts = CacheRequestCounts::new();
+        counts.add("CacheAside", "hit", Some("l1"));
+        counts.add("CacheAside", "hit", Some("l1"));
+        counts.add("CacheAside", "hit", Some("l2"));
+        counts.add("WriteThrough", "updated", None);
+        counts.add("SomethingNew", "surprise", None);
+        let mut seen = Vec::new();
+        counts.observe(|n, attributes| {
+            let text: Vec<String> = attributes.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect();
+            seen.push((text.join(","), n));
+        });
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("function=CacheAside,outcome=hit,tier=l1".to_string(), 2),
+                ("function=CacheAside,outcome=hit,tier=l2".to_string(), 1),
+                ("function=WriteThrough,outcome=updated".to_string(), 1),
+                ("function=other,outcome=other".to_string(), 1),
+            ]
+        );
     }
 }

@@ -202,6 +202,12 @@ fn installed() -> &'static Installed {
     INSTALLED.get().unwrap_or_else(|| unreachable!("installed just above"))
 }
 
+/// True when spans are exported (an exporter is configured): only then is a caller's
+/// `traceparent` worth reading.
+pub fn traces_exported() -> bool {
+    INSTALLED.get().is_some_and(|installed| installed.tracer.is_some())
+}
+
 /// Makes sure the meter provider exists before the first instrument is created.
 pub fn ensure_installed() {
     installed();

@@ -167,7 +167,7 @@ pub(crate) async fn dispatch(
     let reply = run(state, function, call, log).await;
     let metrics = crate::telemetry::metrics();
     metrics.request(function.name(), reply.status, started.elapsed());
-    let header = |name: &str| reply.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let header = |name: &str| reply.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_ref());
     if let Some(outcome) = header("x-cache") {
         let tier = match header("x-cache-tier") {
             Some("l1") => Some("l1"),

@@ -11,6 +11,8 @@ pub mod forwarded;
 pub mod lenient;
 pub mod payload;
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -61,8 +63,9 @@ impl HttpCall {
 pub(crate) struct HttpReply {
     /// HTTP status code.
     pub status: u16,
-    /// Headers besides `Content-Type: application/json`.
-    pub headers: Vec<(String, String)>,
+    /// Headers besides `Content-Type: application/json`. Names are the code's own; values are
+    /// mostly constants too, which answers pass on without copying.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     body: ReplyBody,
 }
 
@@ -93,8 +96,8 @@ impl HttpReply {
     }
 
     /// A text answer of `content_type`.
-    pub(crate) fn text(status: u16, content_type: &str, body: String) -> Self {
-        Self { status, headers: vec![("Content-Type".into(), content_type.into())], body: ReplyBody::Text(body) }
+    pub(crate) fn text(status: u16, content_type: &'static str, body: String) -> Self {
+        Self { status, headers: vec![("Content-Type", content_type.into())], body: ReplyBody::Text(body) }
     }
 
     /// The error shape every failure uses: `{"error":{"code","message"}}`.
@@ -103,8 +106,8 @@ impl HttpReply {
     }
 
     /// Adds a header.
-    pub(crate) fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.push((name.to_string(), value.into()));
+    pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 

@@ -234,7 +234,7 @@ pub(crate) fn http_output(mut reply: HttpReply) -> Value {
     let mut headers = Map::new();
     headers.insert("Content-Type".into(), Value::String("application/json; charset=utf-8".into()));
     for (name, value) in std::mem::take(&mut reply.headers) {
-        headers.insert(name, Value::String(value));
+        headers.insert(name.to_string(), Value::String(value.into_owned()));
     }
     // Built by moving each part in (`json!` would copy the headers and the body once more).
     let mut res = Map::new();
