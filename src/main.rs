@@ -18,6 +18,11 @@ use std::process::ExitCode;
 use cachepatterns::domain::error_chain::Chain;
 use cachepatterns::startup::{self, Environment};
 
+/// mimalloc rather than glibc's allocator: a request allocates and frees many small blocks across
+/// two worker threads, where glibc's arenas spent about a tenth of a hit's CPU (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     startup::fatal_signals::install();
     // Before the telemetry exporters: their HTTP client needs the TLS provider.
