@@ -65,10 +65,10 @@ impl Drop for TempDir {
 }
 
 /// A free TCP port on 127.0.0.1 for a server a test starts, with port + 10000 free too (a cluster
-/// node's bus port). Drawn below the kernel's ephemeral range: a port the OS picks for `bind(0)`
-/// comes from that range, which every outgoing connection of the run also draws from, and a
-/// client's connection could take it before the server bound it (a handler then failed to start).
-/// No port is handed out twice in one test process.
+/// node's bus port). Drawn below the kernel's ephemeral range where it can be: a port the OS picks
+/// for `bind(0)` comes from that range, which every outgoing connection of the run also draws from,
+/// and a client's connection could take it before the server bound it (a handler then failed to
+/// start). No port is handed out twice in one test process.
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -76,30 +76,41 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32_768);
-    let (low, high) = (10_000u32, ephemeral_low.saturating_sub(10_000).min(55_535));
-    assert!(high > low + 1_000, "the ephemeral port range starts at {ephemeral_low}: too low for the tests' ports");
-    let span = high - low;
-    // A different starting point per process, so that test binaries run side by side rarely meet.
-    let start = {
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        (hasher.finish() % u64::from(span)) as u32
-    };
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-    for step in 0..span {
-        let port = (low + (start + step) % span) as u16;
-        if handed_out.contains(&port) || handed_out.contains(&(port + 10_000)) {
-            continue;
-        }
+    let mut usable = |port: u16| {
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
+        let pair_free = port < 55_536
+            && !handed_out.contains(&port)
+            && !handed_out.contains(&(port + 10_000))
+            && free(port)
+            && free(port + 10_000);
+        if pair_free {
             handed_out.insert(port);
             handed_out.insert(port + 10_000);
+        }
+        pair_free
+    };
+    let (low, high) = (10_000u32, ephemeral_low.saturating_sub(10_000).min(55_536));
+    if high >= low + 1_000 {
+        let span = high - low;
+        let start = {
+            use std::hash::BuildHasher;
+            // Random per call, so that test binaries run side by side rarely meet.
+            (std::collections::hash_map::RandomState::new().hash_one(0u8) % u64::from(span)) as u32
+        };
+        if let Some(port) = (0..span).map(|step| (low + (start + step) % span) as u16).find(|&p| usable(p)) {
             return port;
         }
     }
-    panic!("no free port between {low} and {high}");
+    // The ephemeral range starts too low to leave room below it: let the OS pick, as before.
+    eprintln!("the ephemeral port range starts at {ephemeral_low}: ports are picked by the OS, and may race");
+    for _ in 0..1_000 {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        if usable(port) {
+            return port;
+        }
+    }
+    panic!("no free port pair (port and port + 10000) on 127.0.0.1");
 }
 
 /// A TCP server that accepts connections and never answers (a blackholed or hung peer).

@@ -12,6 +12,8 @@ use super::{TempDir, free_port};
 
 /// Where [`Handler::start_logging`] writes the log, in the handler's folder.
 const LOG_FILE: &str = "handler.log";
+/// Where [`Handler::start`] sends the error output, in a folder of its own.
+const STDERR_FILE: &str = "stderr.log";
 
 /// A running handler process, killed on drop.
 pub struct Handler {
@@ -19,6 +21,9 @@ pub struct Handler {
     pub port: u16,
     pub dir: TempDir,
     immutable_root: bool,
+    /// Where the error output goes when nothing else keeps it: outside the handler's folder
+    /// (which some tests require to stay empty), read if the handler fails to start.
+    error_output: Option<TempDir>,
 }
 
 /// One HTTP answer: status, lower-cased headers, JSON body (`Null` when not JSON).
@@ -59,7 +64,7 @@ impl Handler {
         let cmd = command(env, &dir, free_port());
         let file = std::fs::File::create(dir.path().join(LOG_FILE)).expect("create the handler's log file");
         let out = file.try_clone().expect("clone the log file handle");
-        Self::spawn_with(cmd, dir, Stdio::from(out), Stdio::from(file))
+        Self::spawn_with(cmd, dir, Stdio::from(out), Stdio::from(file), None)
     }
 
     /// What a handler started with [`Handler::start_logging`] has logged so far.
@@ -109,25 +114,35 @@ impl Handler {
     /// Spawns `cmd`; with `keep_stderr`, its error output is kept for [`Handler::stop`] (only for
     /// short runs: nobody reads the pipe before then).
     fn spawn(cmd: Command, dir: TempDir, keep_stderr: bool) -> Self {
-        let stderr = if keep_stderr { Stdio::piped() } else { Stdio::null() };
-        Self::spawn_with(cmd, dir, Stdio::null(), stderr)
+        if keep_stderr {
+            return Self::spawn_with(cmd, dir, Stdio::null(), Stdio::piped(), None);
+        }
+        let error_output = TempDir::new("handler-stderr");
+        let file = std::fs::File::create(error_output.path().join(STDERR_FILE)).expect("create the stderr file");
+        Self::spawn_with(cmd, dir, Stdio::null(), Stdio::from(file), Some(error_output))
     }
 
     /// Spawns `cmd` with its output going to `stdout` and `stderr`, and waits until it answers.
-    fn spawn_with(mut cmd: Command, dir: TempDir, stdout: Stdio, stderr: Stdio) -> Self {
+    fn spawn_with(mut cmd: Command, dir: TempDir, stdout: Stdio, stderr: Stdio, error_output: Option<TempDir>) -> Self {
         let port = cmd
             .get_envs()
             .find(|(k, _)| *k == "FUNCTIONS_CUSTOMHANDLER_PORT")
             .and_then(|(_, v)| v?.to_str()?.parse().ok())
             .expect("a port");
         let child = cmd.stdout(stdout).stderr(stderr).spawn().expect("spawn handler");
-        let mut handler = Self { child, port, dir, immutable_root: false };
+        let mut handler = Self { child, port, dir, immutable_root: false, error_output };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(status)) = handler.child.try_wait() {
+                // Its error output, wherever it went: a pipe, its log file, or a file beside it.
                 let mut err = String::new();
                 if let Some(mut stderr) = handler.child.stderr.take() {
                     let _ = stderr.read_to_string(&mut err);
+                }
+                let mut files = vec![handler.dir.path().join(LOG_FILE)];
+                files.extend(handler.error_output.as_ref().map(|d| d.path().join(STDERR_FILE)));
+                for file in files {
+                    err.push_str(&std::fs::read_to_string(file).unwrap_or_default());
                 }
                 panic!("handler exited at start-up with {status}; its error output: {err:?}");
             }
