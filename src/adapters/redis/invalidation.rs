@@ -248,6 +248,12 @@ impl Redis {
         self.feed.live_generation().is_some()
     }
 
+    /// The feed's generation while it is live; a new one after every resubscription. Tells a
+    /// feed that dropped and came back (its copies forgotten) from one that never dropped.
+    pub fn feed_generation(&self) -> Option<u64> {
+        self.feed.live_generation()
+    }
+
     /// `entry` as a reader may use it: when a tag or "all" invalidation covers it (its `asof` is
     /// not after `floor`), it is evicted in Redis (keeping the fail-safe copy) and returned stale.
     /// Entries already evicted, or served stale by the fail-safe, are left as they are.
