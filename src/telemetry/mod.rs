@@ -204,7 +204,7 @@ fn installed() -> &'static Installed {
 
 /// True when spans are exported (an exporter is configured): only then is a caller's
 /// `traceparent` worth reading.
-pub fn traces_exported() -> bool {
+pub(crate) fn traces_exported() -> bool {
     INSTALLED.get().is_some_and(|installed| installed.tracer.is_some())
 }
 
