@@ -54,6 +54,24 @@ async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `replica` has received everything `master` had sent: what makes the master's
+/// acknowledged writes survive its death (a `WAIT` would only count its own connection's writes).
+async fn replica_caught_up(cluster: &RedisCluster, master: u16, replica: u16) {
+    let sent = cluster.replication_offset(master);
+    until(Duration::from_secs(10), "the replica catching up", || cluster.replication_offset(replica) >= sent).await;
+}
+
+/// Waits until `replica` serves `key`'s slots in place of the dead `master` (the others must first
+/// mark it failed), and the cluster is whole again.
+async fn promoted(cluster: &RedisCluster, key: &str, master: u16, replica: u16) {
+    until(Duration::from_secs(30), "the replica's promotion", || {
+        cluster.promoted_master_of(key).is_some_and(|port| port != master)
+    })
+    .await;
+    assert_eq!(cluster.promoted_master_of(key), Some(replica));
+    cluster.wait_ok();
+}
+
 /// The master holding the write-behind stream dies (SIGKILL) while reads and write-through writes
 /// go on, with write-behind writes queued and not yet applied (no consumer runs): Redis replicates
 /// asynchronously, so the test first makes sure the replica has received them (its replication
@@ -96,10 +114,9 @@ async fn a_master_dies_under_load_and_the_service_carries_on() {
             send(&router, Mode::Direct, &behind, &Call::new("PUT", Some(&format!("queued{i}"))).json(&json!(i))).await;
         assert_eq!(put.status, 202, "{}", put.body);
     }
-    // "Given the replica had it": the replica's offset reaches what the master had sent after the
-    // last acknowledgement (a `WAIT` would only count the writes of its own connection).
-    let sent = cluster.replication_offset(victim);
-    until(Duration::from_secs(10), "the replica catching up", || cluster.replication_offset(replica) >= sent).await;
+    // "Given the replica had it": the replica has what the master had sent after the last
+    // acknowledgement.
+    replica_caught_up(&cluster, victim, replica).await;
     let keys = |port| common::inline_command(port, "DBSIZE").unwrap();
     assert_eq!(keys(replica), keys(victim), "the replica holds every key");
 
@@ -148,14 +165,8 @@ async fn a_master_dies_under_load_and_the_service_carries_on() {
     cluster.kill(victim);
     let killed_at = Instant::now();
     kill_tx.send(Some(killed_at)).unwrap();
-    // The replica is promoted once the others have marked the master as failed.
-    until(Duration::from_secs(30), "the replica's promotion", || {
-        cluster.promoted_master_of(stream).is_some_and(|port| port != victim)
-    })
-    .await;
-    let promoted = killed_at.elapsed();
-    assert_eq!(cluster.promoted_master_of(stream), Some(replica));
-    cluster.wait_ok();
+    promoted(&cluster, stream, victim, replica).await;
+    let promoted_after = killed_at.elapsed();
     // Back on the cache by itself: a key of the dead master's slots is a hit on its new master.
     let started = Instant::now();
     loop {
@@ -226,7 +237,7 @@ async fn a_master_dies_under_load_and_the_service_carries_on() {
          {} requests ({} from the kill on), {} answered 200, {} failed; \
          reads from the kill on: {} hit, {} miss, {} bypass; write-through: {} updated, {} bypass; \
          slowest {:?} ({} {}); write-behind: {} acknowledged ({} before the kill), {} applied, {} lost",
-        promoted.as_secs_f64(),
+        promoted_after.as_secs_f64(),
         recovered.as_secs_f64(),
         answers.len(),
         during.len(),
@@ -276,16 +287,10 @@ async fn connections_opened_after_the_named_master_died_reach_the_cluster() {
     }
     assert_eq!(t.app.redis.is_cluster(), Some(true));
     // What makes the queued writes survive: the replica has received them.
-    let sent = cluster.replication_offset(seed);
-    until(Duration::from_secs(10), "the replica catching up", || cluster.replication_offset(replica) >= sent).await;
+    replica_caught_up(&cluster, seed, replica).await;
 
     cluster.kill(seed);
-    until(Duration::from_secs(30), "the replica's promotion", || {
-        cluster.promoted_master_of(stream).is_some_and(|port| port != seed)
-    })
-    .await;
-    assert_eq!(cluster.promoted_master_of(stream), Some(replica));
-    cluster.wait_ok();
+    promoted(&cluster, stream, seed, replica).await;
 
     // The running client follows the promotion: write-behind writes are acknowledged again (a
     // `503` while the breaker is open or the map settles is no acknowledgement: tried again).
