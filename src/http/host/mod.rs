@@ -144,23 +144,23 @@ impl InvocationLog {
 
     /// Records a line.
     pub fn info(&mut self, line: impl std::fmt::Display) {
-        if self.keeps_lines {
-            let line = line.to_string();
-            tracing::info!("{line}");
-            self.lines.push(line);
-        } else {
-            tracing::info!("{line}");
-        }
+        self.record(line, |line| tracing::info!("{line}"));
     }
 
     /// Records a warning.
     pub(crate) fn warn(&mut self, line: impl std::fmt::Display) {
+        self.record(line, |line| tracing::warn!("{line}"));
+    }
+
+    /// Writes `line` to the process log with `emit`, and keeps it if the lines are kept (only then
+    /// is it formatted into a `String`).
+    fn record(&mut self, line: impl std::fmt::Display, emit: impl FnOnce(&dyn std::fmt::Display)) {
         if self.keeps_lines {
             let line = line.to_string();
-            tracing::warn!("{line}");
+            emit(&line);
             self.lines.push(line);
         } else {
-            tracing::warn!("{line}");
+            emit(&line);
         }
     }
 
