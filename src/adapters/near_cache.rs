@@ -35,22 +35,6 @@ const MAX_FLOORS: usize = 100_000;
 /// Largest value kept in memory, in bytes of JSON (bigger ones are read from Redis every time).
 pub(crate) const MAX_HELD_BYTES: usize = 256 * 1024;
 
-/// True when `value` is at most `limit` bytes of JSON. Counts without building the text, and stops
-/// as soon as the limit is passed (this runs on every Redis hit the near cache may keep).
-fn fits(value: &serde_json::Value, limit: usize) -> bool {
-    struct Budget(usize);
-    impl std::io::Write for Budget {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 = self.0.checked_sub(bytes.len()).ok_or(std::io::ErrorKind::FileTooLarge)?;
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    serde_json::to_writer(Budget(limit), value).is_ok()
-}
-
 /// What a read in flight has to match when it wants to keep a copy.
 #[derive(Debug, Clone, Copy)]
 struct Ticket {
@@ -155,7 +139,7 @@ impl NearCache {
         if entry.fail_safe || !entry.is_fresh(self.clock.now()) {
             return;
         }
-        if entry.value.as_ref().is_some_and(|v| !fits(v, MAX_HELD_BYTES)) {
+        if entry.value.as_ref().is_some_and(|v| v.len() > MAX_HELD_BYTES) {
             return;
         }
         let floors = self.state.floors.lock().unwrap_or_else(|p| p.into_inner());
@@ -349,18 +333,5 @@ impl Cache for NearCache {
 
     fn near_cache_live(&self) -> Option<bool> {
         Some(self.feed.live_generation().is_some())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_are_measured_as_json_without_building_it() {
-        let value = serde_json::json!({"a": "x".repeat(100)});
-        let size = value.to_string().len();
-        assert!(fits(&value, size));
-        assert!(!fits(&value, size - 1));
     }
 }

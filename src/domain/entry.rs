@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
+use crate::domain::json::JsonText;
 use crate::domain::time::Timestamp;
 
 /// A cached entry, as read or as about to be written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheEntry {
-    /// The value; `None` for a negative entry (the key does not exist).
-    pub value: Option<Value>,
+    /// The value as JSON text; `None` for a negative entry (the key does not exist).
+    pub value: Option<JsonText>,
     /// Version of the write the value came from (0 for "never existed").
     pub version: u64,
     /// When the entry was written.
@@ -82,7 +81,7 @@ mod tests {
     fn freshness_and_ttl() {
         let at = |ms| Timestamp::from_millis(ms);
         let e = CacheEntry {
-            value: Some(serde_json::json!(1)),
+            value: Some(serde_json::json!(1).into()),
             version: 7,
             written_at: at(100),
             fresh_until: at(200),

@@ -3,6 +3,7 @@
 
 pub mod entry;
 pub mod error_chain;
+pub mod json;
 pub mod key;
 pub mod options;
 pub mod time;

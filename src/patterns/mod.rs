@@ -49,6 +49,7 @@ pub use write_through::{WriteError, WriteThrough, Written};
 
 use crate::domain::entry::{CacheEntry, Tier};
 use crate::domain::error_chain::Chain;
+use crate::domain::json::JsonText;
 use crate::domain::key::Key;
 use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
@@ -122,6 +123,7 @@ impl CachePolicy {
         let Some(value) = value else {
             return CacheEntry { tags, as_of, ..self.negative_entry(version, now) };
         };
+        let value = JsonText::from_value(&value);
         let ttl = options.ttl.unwrap_or(self.ttl);
         let jitter_max = ttl * self.jitter_percent / 100;
         let jitter = Duration::from_micros(fastrand::u64(..=u64::try_from(jitter_max.as_micros()).unwrap_or(0)));

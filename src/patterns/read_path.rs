@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::future::join_all;
-use serde_json::Value;
 
 use super::Core;
 use super::single_flight::{Claim, Leader, SingleFlight};
 use crate::domain::entry::{CacheEntry, Tier};
 use crate::domain::error_chain::Chain;
+use crate::domain::json::JsonText;
 use crate::domain::key::Key;
 use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
@@ -82,8 +82,8 @@ impl CacheStatus {
 /// The answer to a read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup {
-    /// The value, or `None` when the key does not exist.
-    pub value: Option<Value>,
+    /// The value as JSON text, or `None` when the key does not exist.
+    pub value: Option<JsonText>,
     /// Version of the value (of the delete, for a deleted key; 0 if never written).
     pub version: u64,
     /// Where it came from.
@@ -437,12 +437,12 @@ impl ReadPath {
             Ok(record) => {
                 let (value, version, options) =
                     record.map(|r| (r.value, r.version, r.options)).unwrap_or((None, 0, EntryOptions::NONE));
-                let entry = core.policy.entry_with(value.clone(), version, core.now(), &options, as_of);
+                let entry = core.policy.entry_with(value, version, core.now(), &options, as_of);
                 if cache_it {
                     core.cache_quietly(key, &entry).await;
                 }
                 Ok(Lookup {
-                    value,
+                    value: entry.value,
                     version,
                     source: Source::Store,
                     cache: CacheStatus::Miss,

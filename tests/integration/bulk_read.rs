@@ -147,7 +147,7 @@ async fn concurrent_bulk_reads_of_cold_keys_read_each_key_about_once() {
             let lookup = answer.unwrap();
             assert_eq!(
                 (key.as_str(), lookup.value, lookup.version),
-                (cold[i].as_str(), Some(json!({"n": i})), 100 + i as u64)
+                (cold[i].as_str(), Some(json!({"n": i}).into()), 100 + i as u64)
             );
         }
     }
@@ -328,7 +328,7 @@ async fn bulk_and_single_reads_agree_and_near_cache_hits_say_l1() {
         (json!("new"), both.body["items"][1]["version"].clone())
     );
     let entry = t.app.redis.get(&pair[1]).await.unwrap().unwrap();
-    assert_eq!(entry.value, Some(json!("new")));
+    assert_eq!(entry.value, Some(json!("new").into()));
 }
 
 /// A slow store: when every key it loads has a stale value, a bulk read serves those after the

@@ -223,7 +223,7 @@ async fn an_invalidation_never_hides_a_later_write_and_always_covers_an_earlier_
     let sibling = t.sibling(&redis.connection_string(), &[]);
     for services in [s, &sibling.services] {
         let read = services.cache_aside.get(&key("order")).await.unwrap();
-        assert_eq!((read.cache, read.value), (cachepatterns::patterns::CacheStatus::Hit, Some(json!("v2"))));
+        assert_eq!((read.cache, read.value), (cachepatterns::patterns::CacheStatus::Hit, Some(json!("v2").into())));
     }
     // Same for a key eviction.
     let Outcome::Done { .. } = s.invalidation.invalidate(&Scope::Keys { keys: vec![key("order")], hard: false }).await
@@ -232,7 +232,7 @@ async fn an_invalidation_never_hides_a_later_write_and_always_covers_an_earlier_
     };
     s.write_through.write(&key("order"), Change::Upsert(json!("v3"))).await.unwrap();
     let read = sibling.services.cache_aside.get(&key("order")).await.unwrap();
-    assert_eq!((read.cache, read.value), (cachepatterns::patterns::CacheStatus::Hit, Some(json!("v3"))));
+    assert_eq!((read.cache, read.value), (cachepatterns::patterns::CacheStatus::Hit, Some(json!("v3").into())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,12 +252,12 @@ async fn a_load_that_read_the_store_before_an_eviction_cannot_cache_what_it_read
     let outcome = t.app.services.invalidation.invalidate(&Scope::Keys { keys: vec![key("raced")], hard: false }).await;
     assert!(matches!(outcome, Outcome::Done { .. }));
     let loaded = load.await.unwrap();
-    assert_eq!(loaded.value, Some(json!("old")), "the slow load answers what it read");
+    assert_eq!(loaded.value, Some(json!("old").into()), "the slow load answers what it read");
     t.store.set_get_return_delay(Duration::ZERO);
     let next = t.app.services.cache_aside.get(&key("raced")).await.unwrap();
     assert_eq!(
         (next.value, next.cache),
-        (Some(json!("new, written by another program")), cachepatterns::patterns::CacheStatus::Miss),
+        (Some(json!("new, written by another program").into()), cachepatterns::patterns::CacheStatus::Miss),
         "the value read before the eviction must not have been cached after it"
     );
 }
@@ -311,7 +311,7 @@ async fn cache_writes_and_invalidations_that_failed_while_redis_was_away_are_rep
     let s = &t.app.services;
     s.write_through.write(&key("away"), Change::Upsert(json!("v1"))).await.unwrap();
     s.write_through.write(&key("evicted-while-away"), Change::Upsert(json!("e1"))).await.unwrap();
-    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v1")));
+    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v1").into()));
     // Redis refuses every write for now, as a failing-over or overloaded Redis does (a paused one
     // would run the queued commands when it wakes up, which hides what is tested here).
     redis.command("CONFIG SET min-replicas-to-write 1").expect("CONFIG SET");
@@ -326,13 +326,13 @@ async fn cache_writes_and_invalidations_that_failed_while_redis_was_away_are_rep
     assert_eq!(s.invalidation.replay_pending().await, 0, "nothing is replayed while Redis refuses");
     assert_eq!(s.invalidation.pending(), 2, "what failed again waits again");
     // Until the replay, the old values are still cached: that is what the replay fixes.
-    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v1")));
-    assert_eq!(s.cache_aside.get(&key("evicted-while-away")).await.unwrap().value, Some(json!("e1")));
+    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v1").into()));
+    assert_eq!(s.cache_aside.get(&key("evicted-while-away")).await.unwrap().value, Some(json!("e1").into()));
     redis.command("CONFIG SET min-replicas-to-write 0").expect("CONFIG SET");
     assert_eq!(s.invalidation.replay_pending().await, 2);
     assert_eq!(s.invalidation.pending(), 0);
-    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v2")));
-    assert_eq!(s.cache_aside.get(&key("evicted-while-away")).await.unwrap().value, Some(json!("e2")));
+    assert_eq!(s.cache_aside.get(&key("away")).await.unwrap().value, Some(json!("v2").into()));
+    assert_eq!(s.cache_aside.get(&key("evicted-while-away")).await.unwrap().value, Some(json!("e2").into()));
 }
 
 #[tokio::test]

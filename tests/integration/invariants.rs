@@ -65,7 +65,7 @@ async fn concurrent_misses_in_one_process_make_one_store_read() {
         .collect();
     for task in tasks {
         let lookup = task.await.unwrap();
-        assert_eq!((lookup.value, lookup.version), (Some(json!("loaded once")), 7));
+        assert_eq!((lookup.value, lookup.version), (Some(json!("loaded once").into()), 7));
     }
     assert_eq!(t.store.gets(), 1, "64 concurrent misses must share one store read");
 }
@@ -86,7 +86,7 @@ async fn concurrent_misses_across_processes_make_about_one_store_read() {
         }
     }
     for task in tasks {
-        assert_eq!(task.await.unwrap().value, Some(json!([1, 2])));
+        assert_eq!(task.await.unwrap().value, Some(json!([1, 2]).into()));
     }
     assert_eq!(t.store.gets(), 1, "the Redis load lock keeps three processes to one store read");
 }
@@ -140,7 +140,7 @@ async fn the_cache_never_goes_backwards() {
         "the same version may be refreshed"
     );
     let entry = cache.get("k").await.unwrap().unwrap();
-    assert_eq!((entry.value, entry.version), (Some(json!("same")), 10));
+    assert_eq!((entry.value, entry.version), (Some(json!("same").into()), 10));
     // Versions are compared exactly, not as floating point (2^53 + 1 vs 2^53).
     let big = 9_007_199_254_740_993u64;
     assert_eq!(cache.put("big", &policy.value_entry(json!("a"), big, now), now).await.unwrap(), Put::Written);
@@ -177,12 +177,12 @@ async fn a_slow_load_cannot_overwrite_a_newer_write_through() {
     let second = t.app.services.write_through.write(&key("race"), Change::Upsert(json!("new"))).await.unwrap();
     assert!(second.version > first.version);
     let stale_read = reader.await.unwrap();
-    assert_eq!(stale_read.value, Some(json!("old")), "the slow reader saw the old value");
+    assert_eq!(stale_read.value, Some(json!("old").into()), "the slow reader saw the old value");
     t.store.set_get_return_delay(Duration::ZERO);
     let now = t.app.services.cache_aside.get(&key("race")).await.unwrap();
     assert_eq!(
         (now.value, now.cache),
-        (Some(json!("new")), CacheStatus::Hit),
+        (Some(json!("new").into()), CacheStatus::Hit),
         "the old value must not replace the newer cached one"
     );
 }
@@ -219,7 +219,7 @@ async fn absent_keys_are_cached_negatively() {
     t.sqlite.apply("nobody", 5, Change::Upsert(json!("here now"))).await.unwrap();
     time.advance(Duration::from_millis(1100));
     let third = t.app.services.cache_aside.get(&key("nobody")).await.unwrap();
-    assert_eq!((third.value, third.cache), (Some(json!("here now")), CacheStatus::Miss));
+    assert_eq!((third.value, third.cache), (Some(json!("here now").into()), CacheStatus::Miss));
 }
 
 #[tokio::test]
@@ -333,7 +333,7 @@ async fn store_down_serves_stale_within_the_fail_safe_window_then_503() {
     // When the store is back, the value is fresh again.
     t.store.set_failing(false);
     let back = t.app.services.cache_aside.get(&key("k")).await.unwrap();
-    assert_eq!((back.value, back.source), (Some(json!("kept")), Source::Store));
+    assert_eq!((back.value, back.source), (Some(json!("kept").into()), Source::Store));
     eprintln!(
         "FIGURES store down: {} reads served stale (200) within the window with 1 store attempt; past it 503 + Retry-After, a key never cached 503; fresh again once the store is back",
         MODES.len()
@@ -372,10 +372,10 @@ async fn a_damaged_entry_is_reloaded_and_repaired_without_waiting() {
     redis.command(&format!("HSET damaged data not-json ver 1 at 0 soft {far} hard {far}")).unwrap();
     let round_trips = t.app.redis.round_trips();
     let lookup = t.app.services.cache_aside.get(&key("damaged")).await.unwrap();
-    assert_eq!((lookup.value, lookup.source), (Some(json!("good")), Source::Store));
+    assert_eq!((lookup.value, lookup.source), (Some(json!("good").into()), Source::Store));
     // The read, the gate, the repair: no polling for a lock that is not there.
     assert_eq!(t.app.redis.round_trips() - round_trips, 3, "one read, one gate, one write");
     let repaired = t.app.redis.get("damaged").await.unwrap().expect("the entry was written again");
-    assert_eq!((repaired.value, repaired.version), (Some(json!("good")), 5));
+    assert_eq!((repaired.value, repaired.version), (Some(json!("good").into()), 5));
     assert_eq!(t.store.gets(), 1);
 }

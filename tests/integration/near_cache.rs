@@ -52,7 +52,7 @@ where
 
 async fn read(services: &Services, k: &str) -> (Option<Value>, &'static str) {
     let lookup = services.cache_aside.get(&key(k)).await.expect("read");
-    (lookup.value, lookup.tier.map(|t| t.as_str()).unwrap_or("-"))
+    (lookup.value.map(|v| v.to_value()), lookup.tier.map(|t| t.as_str()).unwrap_or("-"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,6 +73,18 @@ async fn a_near_cache_hit_makes_no_redis_command_and_says_l1() {
         );
         assert_eq!(hit.body["value"], json!({"v": 1}));
         assert_eq!(t.app.redis.round_trips(), round_trips, "{mode:?}: a near-cache hit makes no Redis call");
+    }
+    // Values over 256 KiB of JSON text are never held: every read of one goes to Redis. Its text
+    // is the string and its two quotes.
+    for (k, chars, tier) in [("at-bound", 256 * 1024 - 2, "l1"), ("over-bound", 256 * 1024 - 1, "l2")] {
+        let value = json!("x".repeat(chars));
+        send(&router, MODES[0], &through, &Call::new("PUT", Some(k)).json(&value)).await;
+        for _ in 0..2 {
+            let hit = send(&router, MODES[0], &aside, &Call::new("GET", Some(k))).await;
+            assert_eq!((hit.status, hit.body["value"] == value), (200, true), "{k}");
+        }
+        let hit = send(&router, MODES[0], &aside, &Call::new("GET", Some(k))).await;
+        assert_eq!(hit.header("x-cache-tier"), Some(tier), "{k}: {} bytes of JSON", value.to_string().len());
     }
     // The same read with the near cache off is a Redis hit.
     let off = TestApp::new(&redis, &[("L1MaxEntries", "0")]);
@@ -129,7 +141,7 @@ async fn writes_deletes_evictions_and_tags_on_one_instance_reach_the_others_near
         // A sees its own change at once.
         let own = a.app.services.cache_aside.get(&key("shared")).await.unwrap();
         if what == "write" || what == "delete" {
-            assert_eq!(own.value, expected, "{what}: the writer reads its own write");
+            assert_eq!(own.value.map(|v| v.to_value()), expected, "{what}: the writer reads its own write");
         } else {
             assert_ne!(
                 own.cache,
@@ -140,7 +152,7 @@ async fn writes_deletes_evictions_and_tags_on_one_instance_reach_the_others_near
         let seen_by_b = until(limit, || async {
             let lookup = b.services.cache_aside.get(&key("shared")).await.unwrap();
             match what {
-                "write" | "delete" => lookup.value == expected,
+                "write" | "delete" => lookup.value.map(|v| v.to_value()) == expected,
                 // B must not keep serving the copy it held from memory.
                 _ => !(lookup.tier.map(|t| t.as_str()) == Some("l1") && lookup.cached_at == held_since),
             }

@@ -141,7 +141,7 @@ async fn keys_everywhere_are_written_and_read_with_the_token() {
         let key = format!("entra-{i}");
         let entry = policy.value_entry(serde_json::json!(i), 1 + i as u64, now);
         assert_eq!(cache.put(&key, &entry, now).await.unwrap(), Put::Written, "{key}");
-        assert_eq!(cache.get(&key).await.unwrap().unwrap().value, Some(serde_json::json!(i)), "{key}");
+        assert_eq!(cache.get(&key).await.unwrap().unwrap().value, Some(serde_json::json!(i).into()), "{key}");
     }
     assert_eq!(credential.issued.load(Ordering::SeqCst), 1, "one token for every node while it is valid");
 }

@@ -237,7 +237,7 @@ async fn a_refresh_racing_a_write_through_never_wins() {
         held.hold.send_replace(false);
         a.settle().await;
         let entry = a.entry(&key).await;
-        assert_eq!((entry.value, entry.version), (Some(json!("new")), newer), "{store_name}: the refresh lost");
+        assert_eq!((entry.value, entry.version), (Some(json!("new").into()), newer), "{store_name}: the refresh lost");
         let reply = a.read(Mode::Payload, "RefreshAheadRead", &key).await;
         assert_served(&reply, &json!("new"), "cache", "hit");
         assert_eq!(reply.body["version"], json!(newer));
@@ -263,7 +263,7 @@ async fn a_failed_refresh_keeps_the_old_value_and_is_not_retried_at_once() {
         }
         assert_eq!(a.store.gets(), 1, "{store_name}: one attempt; the kept lock throttles the next");
         let entry = a.entry(&key).await;
-        assert_eq!((entry.value, entry.version, entry.fail_safe), (Some(json!([1, 2])), version, false));
+        assert_eq!((entry.value, entry.version, entry.fail_safe), (Some(json!([1, 2]).into()), version, false));
     }
 }
 
@@ -477,7 +477,7 @@ async fn every_timer_payload_the_host_sends_runs() {
             let logs = run_timer(&a.router, timer).await;
             assert_eq!(counts(&logs), (1, 0, 0), "{store_name} {name}: {logs:?}");
             assert_eq!(a.store.gets(), gets + 1, "{name}");
-            assert_eq!(a.entry(&key).await.value, Some(json!("v")), "{name}");
+            assert_eq!(a.entry(&key).await.value, Some(json!("v").into()), "{name}");
             if name.starts_with("past due") {
                 assert!(logs[0].contains("past due"), "{logs:?}");
             }

@@ -184,7 +184,7 @@ async fn items_other_programs_write_are_evicted_and_the_next_read_loads_them() {
     let router = w.t.app.router();
     for k in ["ext:plain", "ext:kept", "ext:deleted"] {
         s.write_through.write(&key(k), Change::Upsert(json!("v1"))).await.unwrap();
-        assert_eq!(s.cache_aside.get(&key(k)).await.unwrap().value, Some(json!("v1")));
+        assert_eq!(s.cache_aside.get(&key(k)).await.unwrap().value, Some(json!("v1").into()));
     }
     // Another program replaces one item with a document of its own (no key, version or updatedAt)...
     w.written_elsewhere(json!({"id": "ext:plain", "value": "v2"})).await;
@@ -199,22 +199,22 @@ async fn items_other_programs_write_are_evicted_and_the_next_read_loads_them() {
     // ...and deletes a third the way the container's layout says: a tombstone.
     w.written_elsewhere(json!({"id": "ext:deleted", "value": null, "deleted": true})).await;
     // Until the change feed is followed, the cache serves what it had.
-    assert_eq!(s.cache_aside.get(&key("ext:plain")).await.unwrap().value, Some(json!("v1")));
+    assert_eq!(s.cache_aside.get(&key("ext:plain")).await.unwrap().value, Some(json!("v1").into()));
     let documents = w.changed(&["ext:plain", "ext:kept", "ext:deleted"]).await;
     // The host may send the array as JSON text.
     let (status, logs) = run(&router, &invocation(Value::String(Value::Array(documents).to_string()), 0)).await;
     assert_eq!(status, 200, "{logs:?}");
     assert!(counts(&logs).contains("3 keys: 0 written by this service (skipped), 3 evicted"), "{logs:?}");
     let plain = s.cache_aside.get(&key("ext:plain")).await.unwrap();
-    assert_eq!((plain.value, plain.version, plain.cache), (Some(json!("v2")), 0, CacheStatus::Miss));
+    assert_eq!((plain.value, plain.version, plain.cache), (Some(json!("v2").into()), 0, CacheStatus::Miss));
     let plain = s.cache_aside.get(&key("ext:plain")).await.unwrap();
     assert_eq!(
         (plain.value, plain.cache),
-        (Some(json!("v2")), CacheStatus::Hit),
+        (Some(json!("v2").into()), CacheStatus::Hit),
         "the reload at version 0 is cached: the eviction took the old version with it"
     );
     let kept = s.cache_aside.get(&key("ext:kept")).await.unwrap();
-    assert_eq!((kept.value, Value::String(kept.version.to_string())), (Some(json!("v2")), our_version));
+    assert_eq!((kept.value, Value::String(kept.version.to_string())), (Some(json!("v2").into()), our_version));
     assert_eq!(s.cache_aside.get(&key("ext:kept")).await.unwrap().cache, CacheStatus::Hit);
     let deleted = s.cache_aside.get(&key("ext:deleted")).await.unwrap();
     assert_eq!(deleted.value, None, "the tombstone another program wrote hides the key");
@@ -222,7 +222,7 @@ async fn items_other_programs_write_are_evicted_and_the_next_read_loads_them() {
     let written = s.write_through.write(&key("ext:plain"), Change::Upsert(json!("v3"))).await.unwrap();
     assert!(written.cached);
     let read = s.cache_aside.get(&key("ext:plain")).await.unwrap();
-    assert_eq!((read.value, read.cache), (Some(json!("v3")), CacheStatus::Hit));
+    assert_eq!((read.value, read.cache), (Some(json!("v3").into()), CacheStatus::Hit));
     // That write comes back through the change feed as ours: nothing to do.
     let documents = w.changed(&["ext:plain"]).await;
     let (_, logs) = run(&router, &invocation(Value::Array(documents), 0)).await;
@@ -254,7 +254,7 @@ async fn every_encoding_of_the_batch_and_garbage_documents_are_skipped() {
     for (name, encode) in encodings {
         let k = format!("enc:{name}");
         s.write_through.write(&key(&k), Change::Upsert(json!("v1"))).await.unwrap();
-        assert_eq!(s.cache_aside.get(&key(&k)).await.unwrap().value, Some(json!("v1")));
+        assert_eq!(s.cache_aside.get(&key(&k)).await.unwrap().value, Some(json!("v1").into()));
         w.written_elsewhere(json!({"id": item_id(&k), "value": "v2"})).await;
         let mut documents = garbage.clone();
         documents.insert(3, w.changed(&[&item_id(&k)]).await.remove(0));
@@ -266,7 +266,7 @@ async fn every_encoding_of_the_batch_and_garbage_documents_are_skipped() {
         );
         assert_eq!(logs.iter().filter(|l| l.contains("skipped: ")).count(), 5, "{name}: {logs:?}");
         assert!(logs.iter().any(|l| l.contains("document 4 skipped") && l.contains(&item_id(&long))), "{logs:?}");
-        assert_eq!(s.cache_aside.get(&key(&k)).await.unwrap().value, Some(json!("v2")), "{name}");
+        assert_eq!(s.cache_aside.get(&key(&k)).await.unwrap().value, Some(json!("v2").into()), "{name}");
     }
     // Many unusable documents: the first few are logged, the rest counted.
     let (status, logs) = run(&router, &invocation(Value::Array(vec![json!(1); 25]), 0)).await;
@@ -302,7 +302,7 @@ async fn while_redis_refuses_the_evictions_wait_and_the_batch_is_delivered_again
     let router = w.t.app.router();
     s.write_through.write(&key("away:a"), Change::Upsert(json!("v1"))).await.unwrap();
     s.write_through.write(&key("away:ours"), Change::Upsert(json!("o1"))).await.unwrap();
-    assert_eq!(s.cache_aside.get(&key("away:a")).await.unwrap().value, Some(json!("v1")));
+    assert_eq!(s.cache_aside.get(&key("away:a")).await.unwrap().value, Some(json!("v1").into()));
     w.written_elsewhere(json!({"id": "away:a", "value": "v2"})).await;
     let documents = Value::Array(w.changed(&["away:a", "away:ours"]).await);
     // Redis refuses every write for now (as a failing-over Redis does); reads still work.
@@ -312,18 +312,18 @@ async fn while_redis_refuses_the_evictions_wait_and_the_batch_is_delivered_again
     assert!(reply[0].contains("1 of the 1 keys"), "{reply:?}");
     assert_eq!(s.invalidation.pending(), 1, "the eviction waits for Redis");
     assert_eq!(s.invalidation.replay_pending().await, 0, "nothing is replayed while Redis refuses");
-    assert_eq!(s.cache_aside.get(&key("away:a")).await.unwrap().value, Some(json!("v1")), "not evicted yet");
+    assert_eq!(s.cache_aside.get(&key("away:a")).await.unwrap().value, Some(json!("v1").into()), "not evicted yet");
     // Redis is back: the replay evicts what waited...
     redis.command("CONFIG SET min-replicas-to-write 0").expect("CONFIG SET");
     assert_eq!(s.invalidation.replay_pending().await, 1);
     let read = s.cache_aside.get(&key("away:a")).await.unwrap();
-    assert_eq!((read.value, read.cache), (Some(json!("v2")), CacheStatus::Miss));
+    assert_eq!((read.value, read.cache), (Some(json!("v2").into()), CacheStatus::Miss));
     // ...and the batch delivered again (the instance that failed it may be gone) goes through.
     let (status, logs) = run(&router, &invocation(documents, 1)).await;
     assert_eq!(status, 200, "{logs:?}");
     assert!(logs.iter().any(|l| l.starts_with("retry 1 of this batch")), "{logs:?}");
     assert!(counts(&logs).contains("2 keys: 1 written by this service (skipped), 1 evicted"), "{logs:?}");
     assert_eq!(s.invalidation.pending(), 0);
-    assert_eq!(s.cache_aside.get(&key("away:a")).await.unwrap().value, Some(json!("v2")));
+    assert_eq!(s.cache_aside.get(&key("away:a")).await.unwrap().value, Some(json!("v2").into()));
     assert_eq!(s.cache_aside.get(&key("away:ours")).await.unwrap().cache, CacheStatus::Hit, "never evicted");
 }

@@ -312,7 +312,7 @@ async fn a_batch_is_coalesced_and_old_or_duplicate_events_are_harmless() {
     let (_, old) =
         applier.apply(&[d(&WriteEvent::upsert(&k, json!("older"), 400, common::now()))], ApplyOptions::default()).await;
     assert_eq!(old.stale_skipped, 1);
-    assert_eq!(t.app.redis.get("k").await.unwrap().unwrap().value, Some(json!("newest")));
+    assert_eq!(t.app.redis.get("k").await.unwrap().unwrap().value, Some(json!("newest").into()));
     // A transient failure is retried within the budget and then reported, not dropped.
     t.store.set_failing(true);
     let (outcomes, report) = applier

@@ -58,7 +58,7 @@ impl Redis {
             }
         });
         let fields = self.read_with_clocks(read).await?;
-        Ok(self.checked(key, fields.and_then(|fields| entry::from_fields(&fields))).await)
+        Ok(self.checked(key, fields.and_then(|fields| entry::from_fields(fields))).await)
     }
 
     /// `fields` of the entry hashes of `keys`, in order (`None` where a key is not a hash or the
@@ -95,13 +95,13 @@ impl Redis {
         let checks = keys
             .iter()
             .zip(rows)
-            .map(|(key, row)| self.checked(key, row.and_then(|fields| entry::from_fields(&fields))));
+            .map(|(key, row)| self.checked(key, row.and_then(|fields| entry::from_fields(fields))));
         Ok(futures_util::future::join_all(checks).await)
     }
 
     /// Writes `entry` unless Redis holds a newer version, or the key is not a cache entry.
     pub(crate) async fn put_entry(&self, key: &str, entry: &CacheEntry, now: Timestamp) -> Result<Put, CacheError> {
-        let data = entry.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        let data = entry.value.as_ref().map_or("", |v| v.as_str());
         let stale_until = entry.stale_until.max(entry.fresh_until).max(now.plus(Duration::from_millis(1)));
         let mut invocation = scripts::PUT_IF_NOT_OLDER.prepare_invoke();
         invocation
@@ -155,7 +155,7 @@ impl Cache for Redis {
                 Some(redis::Value::Int(1)) => {
                     let fields: Vec<Option<String>> = reply[1..].iter().map(as_text).collect();
                     // No lock was taken: a damaged entry is reloaded, not waited on.
-                    let Some(found) = entry::from_fields(&fields) else { return Ok(Gate::Unreadable) };
+                    let Some(found) = entry::from_fields(fields) else { return Ok(Gate::Unreadable) };
                     match self.checked(key, Some(found)).await {
                         Some(entry) if entry.is_fresh(now) => Gate::Fresh(entry),
                         _ => continue,

@@ -19,6 +19,7 @@
 //! same hash (see `scripts`).
 
 use crate::domain::entry::{CacheEntry, Tier};
+use crate::domain::json::JsonText;
 use crate::domain::time::Timestamp;
 
 /// Field names, in the order [`from_fields`] reads them.
@@ -26,22 +27,23 @@ pub(crate) const FIELDS: [&str; 9] = ["data", "ver", "at", "soft", "hard", "neg"
 
 /// An entry from its fields, read by `HMGET` in [`FIELDS`] order. `None` when the entry is
 /// missing or unreadable.
-pub(crate) fn from_fields(fields: &[Option<String>]) -> Option<CacheEntry> {
-    let [data, ver, at, soft, hard, neg, fs, tags, asof] = fields else { return None };
+pub(crate) fn from_fields(fields: Vec<Option<String>>) -> Option<CacheEntry> {
+    let [data, ver, at, soft, hard, neg, fs, tags, asof] = <[Option<String>; 9]>::try_from(fields).ok()?;
     let number = |f: &Option<String>| f.as_deref()?.parse::<u64>().ok();
     let time = |f: &Option<String>| Timestamp::from_millis(number(f).unwrap_or(0));
-    let version = number(ver)?;
+    let version = number(&ver)?;
     let negative = neg.as_deref() == Some("1");
-    let value = if negative { None } else { Some(serde_json::from_str(data.as_deref()?).ok()?) };
+    // The text is checked to be JSON, not parsed into a tree: a hit writes it out as it is.
+    let value = if negative { None } else { Some(JsonText::parse(data?).ok()?) };
     Some(CacheEntry {
         value,
         version,
-        written_at: time(at),
-        fresh_until: time(soft),
-        stale_until: time(hard),
+        written_at: time(&at),
+        fresh_until: time(&soft),
+        stale_until: time(&hard),
         fail_safe: fs.as_deref() == Some("1"),
         tags: tags.as_deref().filter(|t| !t.is_empty()).map(split_tags).unwrap_or_default(),
-        as_of: number(asof).unwrap_or(version),
+        as_of: number(&asof).unwrap_or(version),
         tier: Tier::Shared,
     })
 }
@@ -65,16 +67,17 @@ mod tests {
 
     #[test]
     fn parses_values_negatives_and_rejects_garbage() {
-        let e = from_fields(&[s("{\"a\":1}"), s("7"), s("100"), s("200"), s("300"), None, None, None, None]).unwrap();
+        let e =
+            from_fields(vec![s("{\"a\":1}"), s("7"), s("100"), s("200"), s("300"), None, None, None, None]).unwrap();
         assert_eq!((e.as_of, e.tags.len()), (7, 0), "entries of older releases were cached as of their version");
-        let tagged = from_fields(&[s("1"), s("7"), None, s("9"), None, None, None, s("a\u{1f}b"), s("8")]).unwrap();
+        let tagged = from_fields(vec![s("1"), s("7"), None, s("9"), None, None, None, s("a\u{1f}b"), s("8")]).unwrap();
         assert_eq!((tagged.as_of, tagged.tags.clone()), (8, vec!["a".to_string(), "b".to_string()]));
-        assert_eq!(e.value, Some(serde_json::json!({"a":1})));
+        assert_eq!(e.value, Some(serde_json::json!({"a":1}).into()));
         let ms = Timestamp::from_millis;
         assert_eq!((e.version, e.written_at, e.fresh_until, e.stale_until), (7, ms(100), ms(200), ms(300)));
-        let n = from_fields(&[None, s("0"), s("1"), s("2"), s("3"), s("1"), None, None, None]).unwrap();
+        let n = from_fields(vec![None, s("0"), s("1"), s("2"), s("3"), s("1"), None, None, None]).unwrap();
         assert!(n.is_negative());
-        assert!(from_fields(&[None, None, None, None, None, None, None, None, None]).is_none());
-        assert!(from_fields(&[s("not json"), s("1"), None, None, None, None, None, None, None]).is_none());
+        assert!(from_fields(vec![None, None, None, None, None, None, None, None, None]).is_none());
+        assert!(from_fields(vec![s("not json"), s("1"), None, None, None, None, None, None, None]).is_none());
     }
 }

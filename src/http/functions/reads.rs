@@ -4,6 +4,7 @@
 
 use serde_json::json;
 
+use crate::domain::json::JsonText;
 use crate::domain::key::Key;
 use crate::http::errors;
 use crate::http::host::{HttpReply, InvocationLog};
@@ -13,7 +14,7 @@ use crate::patterns::{CacheStatus, Lookup, ReadError, Source};
 #[derive(serde::Serialize)]
 struct Found<'a> {
     key: &'a str,
-    value: &'a serde_json::Value,
+    value: &'a JsonText,
     version: u64,
     source: &'a str,
 }
