@@ -58,7 +58,7 @@ impl Redis {
             }
         });
         let fields = self.read_with_clocks(read).await?;
-        Ok(self.checked(key, fields.and_then(|fields| entry::from_fields(fields))).await)
+        Ok(self.checked(key, fields.and_then(entry::from_fields)).await)
     }
 
     /// `fields` of the entry hashes of `keys`, in order (`None` where a key is not a hash or the
@@ -95,7 +95,7 @@ impl Redis {
         let checks = keys
             .iter()
             .zip(rows)
-            .map(|(key, row)| self.checked(key, row.and_then(|fields| entry::from_fields(fields))));
+            .map(|(key, row)| self.checked(key, row.and_then(entry::from_fields)));
         Ok(futures_util::future::join_all(checks).await)
     }
 
