@@ -360,22 +360,26 @@ async fn health_reports_each_dependency() {
     let _ = Arc::clone(&t.store);
 }
 
-/// A damaged entry (fresh by its times, its value unreadable) is no lock: the miss reloads it from
-/// the store and writes it again at once, instead of waiting on a load nobody is doing.
+/// A damaged entry (fresh by its times, its value unreadable: not JSON, or not even UTF-8) is no
+/// lock: the miss reloads it from the store and writes it again at once, instead of waiting on a
+/// load nobody is doing.
 #[tokio::test]
 async fn a_damaged_entry_is_reloaded_and_repaired_without_waiting() {
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[("L1MaxEntries", "0")]);
     let _feed = common::live_feed(&t.app).await;
-    t.sqlite.apply("damaged", 5, Change::Upsert(json!("good"))).await.unwrap();
     let far = common::now().as_millis() + 3_600_000;
-    redis.command(&format!("HSET damaged data not-json ver 1 at 0 soft {far} hard {far}")).unwrap();
-    let round_trips = t.app.redis.round_trips();
-    let lookup = t.app.services.cache_aside.get(&key("damaged")).await.unwrap();
-    assert_eq!((lookup.value, lookup.source), (Some(json!("good").into()), Source::Store));
-    // The read, the gate, the repair: no polling for a lock that is not there.
-    assert_eq!(t.app.redis.round_trips() - round_trips, 3, "one read, one gate, one write");
-    let repaired = t.app.redis.get("damaged").await.unwrap().expect("the entry was written again");
-    assert_eq!((repaired.value, repaired.version), (Some(json!("good").into()), 5));
-    assert_eq!(t.store.gets(), 1);
+    // Inline commands read `\xff` in double quotes as that byte.
+    for (n, (k, data)) in [("damaged", "not-json"), ("damaged-bytes", "\"\\xff\\xfe\"")].into_iter().enumerate() {
+        t.sqlite.apply(k, 5, Change::Upsert(json!("good"))).await.unwrap();
+        redis.command(&format!("HSET {k} data {data} ver 1 at 0 soft {far} hard {far}")).unwrap();
+        let round_trips = t.app.redis.round_trips();
+        let lookup = t.app.services.cache_aside.get(&key(k)).await.unwrap();
+        assert_eq!((lookup.value, lookup.source), (Some(json!("good").into()), Source::Store), "{k}");
+        // The read, the gate, the repair: no polling for a lock that is not there.
+        assert_eq!(t.app.redis.round_trips() - round_trips, 3, "{k}: one read, one gate, one write");
+        let repaired = t.app.redis.get(k).await.unwrap().expect("the entry was written again");
+        assert_eq!((repaired.value, repaired.version), (Some(json!("good").into()), 5), "{k}");
+        assert_eq!(t.store.gets(), n + 1, "{k}");
+    }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::aio::ConnectionLike;
 
 use super::invalidation::ALL_FIELD;
 use super::{Redis, entry, scripts};
@@ -11,6 +12,16 @@ use crate::domain::entry::CacheEntry;
 use crate::domain::time::Timestamp;
 use crate::ports::LockToken;
 use crate::ports::cache::{Cache, CacheError, EntryMeta, Eviction, Gate, HotKeyPolicy, Put, RefreshGate};
+
+/// A field of a reply as text, moved out (`None` when absent, empty or not UTF-8: the entry is
+/// then unreadable, and read again from the store).
+fn into_text(value: redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) if !bytes.is_empty() => String::from_utf8(bytes).ok(),
+        redis::Value::SimpleString(s) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
 
 /// A `redis::Value` as text, if it is a non-empty string.
 fn as_text(value: &redis::Value) -> Option<String> {
@@ -50,8 +61,18 @@ impl Redis {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.keys.entry(key)).arg(&entry::FIELDS[..]);
         let read = self.run(|mut conn| async move {
-            match cmd.query_async::<Vec<Option<String>>>(&mut conn).await {
-                Ok(fields) => Ok(Some(fields)),
+            // The reply is taken apart as it came: each field is moved out of it, not copied
+            // through a checked and converted reply (this is every Redis hit).
+            let reply = match conn.req_packed_command(&cmd).await {
+                Ok(redis::Value::ServerError(e)) => Err(redis::RedisError::from(e)),
+                other => other,
+            };
+            match reply {
+                Ok(redis::Value::Array(fields)) => Ok(Some(fields.into_iter().map(into_text).collect())),
+                Ok(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "HMGET of an entry answered something other than a list of fields",
+                ))),
                 // Not a cache entry under this key (see `keys`): a miss that is never cached over.
                 Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
                 Err(e) => Err(e),
@@ -92,10 +113,7 @@ impl Redis {
     pub(crate) async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<CacheEntry>>, CacheError> {
         let rows = self.read_with_clocks(self.entry_fields(keys, &entry::FIELDS)).await?;
         // Entries an invalidation covers are evicted in their hashes: all at once.
-        let checks = keys
-            .iter()
-            .zip(rows)
-            .map(|(key, row)| self.checked(key, row.and_then(entry::from_fields)));
+        let checks = keys.iter().zip(rows).map(|(key, row)| self.checked(key, row.and_then(entry::from_fields)));
         Ok(futures_util::future::join_all(checks).await)
     }
 
