@@ -122,7 +122,11 @@ fn misconfigured(problem: &str, request: Request) -> Response {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish for
-/// at most `drain_within`: the connections still busy then are cut off (and counted in the log).
+/// at most `drain_within`: the connections still busy then are cut off (aborted, and counted in the
+/// log). Returns once every connection's task has ended, so no request runs after it: what the
+/// caller stops next (the node-id lease that requests take their versions from) outlives them all.
+/// A request stuck in blocking code ends when it next yields; until then the caller waits (and
+/// the shutdown watchdog bounds the whole).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -132,7 +136,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = tokio_util::task::TaskTracker::new();
+    let mut connections = tokio::task::JoinSet::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     tokio::pin!(shutdown);
@@ -149,6 +153,9 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // The set keeps what ended until it is joined: reaped here, so that it holds about the
+        // open connections only.
+        while connections.try_join_next().is_some() {}
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
@@ -159,12 +166,17 @@ pub async fn serve(
         });
     }
     drop(listener);
-    connections.close();
     if tokio::time::timeout(drain_within, graceful.shutdown()).await.is_err() {
+        connections.abort_all();
+    }
+    let mut cut = 0usize;
+    while let Some(ended) = connections.join_next().await {
+        cut += usize::from(ended.is_err_and(|e| e.is_cancelled()));
+    }
+    if cut > 0 {
         tracing::warn!(
-            connections = connections.len(),
-            "requests still running {drain_within:?} after shutdown began were cut off ({} connections)",
-            connections.len()
+            connections = cut,
+            "requests still running {drain_within:?} after shutdown began were cut off ({cut} connections)"
         );
     }
     Ok(())

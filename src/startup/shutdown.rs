@@ -2,10 +2,12 @@
 //! is still running:
 //!
 //! 1. the port is closed; the background workers are told to stop ([`super::Workers::cancel`]);
-//!    open requests get up to [`DRAIN_WITHIN`] to finish, then their connections are cut;
-//! 2. the workers the requests relied on to the end (the node-id lease) are told too, and every
-//!    worker is awaited until [`STOP_WITHIN`] after the signal; one still running then is named in
-//!    the log and left behind;
+//!    open requests get up to [`DRAIN_WITHIN`] to finish, then their connections are cut (aborted)
+//!    and awaited, so that no request runs any more ([`crate::http::serve`]);
+//! 2. only then are the workers the requests relied on to the end (the node-id lease) told too: a
+//!    request still running after its node id was given back could issue versions that another
+//!    instance, leasing the id, issues too. Every worker is awaited until [`STOP_WITHIN`] after
+//!    the signal; one still running then is named in the log and left behind;
 //! 3. `main` flushes the telemetry exporters (at most [`FLUSH_WITHIN`]) and shuts the runtime down,
 //!    leaving behind, after [`TEARDOWN_WITHIN`], blocking calls that are still running: a DNS
 //!    lookup of the Redis host name on a resolver that does not answer lasts the resolver's timeout

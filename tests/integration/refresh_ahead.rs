@@ -320,6 +320,81 @@ async fn hot_key_set_decays_and_stays_bounded() {
     }
 }
 
+/// A process that has read `n` distinct keys through `RefreshAheadRead` (each a miss, answered
+/// `None`), all in one second of its clock, with nothing sent yet.
+async fn read_distinct_keys(a: &Process, prefix: &str, n: usize) {
+    let keys: Vec<Key> = (0..n).map(|i| Key::new(format!("{prefix}-{i}")).unwrap()).collect();
+    for batch in keys.chunks(50) {
+        let reads = batch.iter().map(|key| a.app.services.refresh_ahead.get(key));
+        for read in futures_util::future::join_all(reads).await {
+            read.expect("a refresh-ahead read");
+        }
+    }
+}
+
+/// Reads of many distinct keys reach the hot-key set in a few multi-key script calls, not one
+/// script per key: a flush used to put every one of them on the shared connection at once, and
+/// every request's Redis call waited behind them. And no more keys wait than the set keeps
+/// (`RefreshAheadHotKeysMax`): the others would only be trimmed away again. Counted by Redis itself
+/// (`INFO commandstats` counts the commands scripts run too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_counts_of_many_keys_are_sent_in_a_few_calls_and_no_more_keys_wait_than_the_set_keeps() {
+    const MAX: usize = 500;
+    const READ: usize = 800;
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-flush");
+    let time = ManualClock::starting_now();
+    let backing = Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("sqlite store"));
+    let extra = [("RefreshAheadHotKeysMax", "500"), ("L1MaxEntries", "0")];
+    let a = Process::new(&redis, FaultyStore::new(backing), &extra, time.clone());
+    // Loads the counting script, so that what follows counts calls that run it.
+    read_distinct_keys(&a, "warm", 1).await;
+    a.app.services.flush_buffered_reads().await;
+    redis.command("FLUSHALL").expect("FLUSHALL");
+
+    read_distinct_keys(&a, "k", READ).await;
+    redis.reset_stats();
+    let round_trips = a.app.redis.round_trips();
+    a.app.services.flush_buffered_reads().await;
+    let round_trips = a.app.redis.round_trips() - round_trips;
+    let calls = redis.command_calls();
+    let scripts = calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
+    let counted = calls.get("zincrby").copied().unwrap_or(0);
+    eprintln!(
+        "FIGURES flush of {READ} distinct keys read (RefreshAheadHotKeysMax {MAX}): {counted} keys sent in {scripts} script calls, {round_trips} round trips"
+    );
+    assert!(scripts >= 1 && scripts <= (READ as u64).div_ceil(100), "at most one script call per 100 keys: {calls:?}");
+    assert_eq!(counted, MAX as u64, "as many keys wait as the hot-key set keeps: {calls:?}");
+    assert_eq!(round_trips, scripts, "one round trip per script call, nothing else");
+    let policy = a.app.services.refresh_ahead.policy().hot_keys;
+    let hot = a.app.redis.hottest(&policy, 0.0, u64::MAX, time.now()).await.unwrap();
+    assert_eq!(hot.len(), MAX, "every key sent is counted");
+    assert!(hot.iter().all(|(_, reads)| (0.999..1.001).contains(reads)), "one read each: {hot:?}");
+}
+
+/// A flush that meets a hung Redis has one call in flight, not one per key: it waits out one call's
+/// deadline, and sends nothing more once that call failed (the counts are dropped, as documented).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_against_a_hung_redis_has_one_call_in_flight() {
+    const KEYS: usize = 300;
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-flush-hung");
+    let time = ManualClock::starting_now();
+    let backing = Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("sqlite store"));
+    let a = Process::new(&redis, FaultyStore::new(backing), &[("L1MaxEntries", "0")], time.clone());
+    read_distinct_keys(&a, "warm", 1).await;
+    a.app.services.flush_buffered_reads().await;
+
+    read_distinct_keys(&a, "k", KEYS).await;
+    redis.pause();
+    let round_trips = a.app.redis.round_trips();
+    a.app.services.flush_buffered_reads().await;
+    let round_trips = a.app.redis.round_trips() - round_trips;
+    redis.resume();
+    eprintln!("FIGURES flush of {KEYS} keys against a hung Redis: {round_trips} round trips started");
+    assert_eq!(round_trips, 1, "one call in flight, then nothing more after it failed");
+}
+
 // ---- the timer ----
 
 fn iso(ms: i64, fraction: bool) -> String {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cachepatterns::domain::options::EntryOptions;
+use cachepatterns::ports::store::{Applied, Change, Record, StoreError};
 use serde_json::{Value, json};
 
 use crate::common;
@@ -247,4 +249,130 @@ fn a_request_that_does_not_finish_does_not_hold_the_exit() {
     assert!(status.success(), "exit status {status}\n{log}");
     assert!(log.contains("were cut off"), "the cut request is logged\n{log}");
     eprintln!("a stalled request: exited {took:?} after SIGTERM");
+}
+
+/// A store whose writes never finish. When a held write is dropped (its request was cut), it notes
+/// whether the process's node-id lease was still in Redis at that moment.
+struct HeldWrites {
+    inner: Arc<dyn cachepatterns::ports::store::Store>,
+    redis: Arc<RedisServer>,
+    /// The lease key, once the process holds it.
+    lease: std::sync::Mutex<String>,
+    /// A write is being held.
+    entered: AtomicBool,
+    /// Once a held write was dropped: whether the lease key still existed then.
+    cut: std::sync::Mutex<Option<bool>>,
+}
+
+/// Dropped with the held write's future.
+struct OnCut<'a>(&'a HeldWrites);
+
+impl Drop for OnCut<'_> {
+    fn drop(&mut self) {
+        // Never a panic here: this may run while a failed test unwinds.
+        let lease = self.0.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let exists = self.0.redis.command(&format!("EXISTS {lease}"));
+        *self.0.cut.lock().unwrap_or_else(|p| p.into_inner()) = Some(exists.is_ok_and(|r| r.starts_with(":1")));
+    }
+}
+
+#[async_trait::async_trait]
+impl cachepatterns::ports::store::Store for HeldWrites {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn apply_with(
+        &self,
+        _key: &str,
+        _version: u64,
+        _change: Change,
+        _options: &EntryOptions,
+    ) -> Result<Applied, StoreError> {
+        let _cut = OnCut(self);
+        self.entered.store(true, Ordering::SeqCst);
+        std::future::pending().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+/// Polls `done` every 10 ms until it holds; panics saying `what` after 10 s.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request still running when the drain time is up is cut, and cut before the workers stop: the
+/// node-id lease its versions come from is given back only after it. A connection left running past
+/// that could write with a node id another instance may lease by then (versions that tie). The
+/// drain time is injected (200 ms) into the server the handler runs, and the steps after it are the
+/// handler's (`startup::run`): the workers are told at the signal, and stopped once `serve` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_running_after_the_drain_is_cut_before_the_lease_is_given_back() {
+    use std::io::{Read, Write};
+    let redis = Arc::new(RedisServer::start());
+    let dir = common::TempDir::new("held-writes");
+    let sqlite = cachepatterns::adapters::sqlite::SqliteStore::open(&dir.path().join("store.db")).expect("sqlite");
+    let store = Arc::new(HeldWrites {
+        inner: Arc::new(sqlite),
+        redis: redis.clone(),
+        lease: std::sync::Mutex::new(String::new()),
+        entered: AtomicBool::new(false),
+        cut: std::sync::Mutex::new(None),
+    });
+    let t = common::TestApp::builder(&redis.connection_string(), &[]).store(store.clone()).build();
+    let workers = t.app.start_workers().expect("the workers start");
+    let leases = || redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
+    until("the node-id lease is taken", || leases().starts_with("*1\r\n")).await;
+    let lease = leases().lines().nth(2).expect("the lease key").to_string();
+    *store.lease.lock().unwrap() = lease.clone();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+    let limits = cachepatterns::http::Limits::default();
+    let router = t.app.router_with(limits);
+    let stopping = async {
+        let _ = signalled.await;
+        workers.cancel();
+    };
+    let drain = Duration::from_millis(200);
+    let server = cachepatterns::http::serve(listener, router, limits, stopping, drain);
+    let client = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = "PUT /api/write-through/held HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\n1";
+        stream.write_all(head.as_bytes()).expect("send the request");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        answer
+    });
+    let serving = async {
+        until("the write reaches the store", || store.entered.load(Ordering::SeqCst)).await;
+        let _ = signal.send(());
+    };
+    let (served, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), server), serving);
+    served.expect("serve returns after the drain time").expect("serve");
+    let cut = *store.cut.lock().unwrap();
+    // What `startup::run` does once `serve` returned.
+    let stopped = workers.stop(Duration::from_secs(5)).await;
+    assert_eq!(
+        cut,
+        Some(true),
+        "when serve returned, the held request was cut (Some), while the lease was held (true)"
+    );
+    assert!(stopped, "the workers stop");
+    assert!(leases().starts_with("*0\r\n"), "the lease is given back: {:?}", leases());
+    let answer = client.join().expect("the client");
+    assert!(answer.is_empty(), "the cut request got no answer: {:?}", String::from_utf8_lossy(&answer));
 }

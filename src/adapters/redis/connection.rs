@@ -12,6 +12,11 @@
 //!
 //! Until Redis has answered once, calls fail (and the cache is bypassed) like any unreachable Redis.
 //!
+//! Asking a cluster for its nodes (`CLUSTER SLOTS`, below) only refines where connections start
+//! from: when it fails (a node that refuses the command, or does not answer within half the
+//! response timeout), the connection is made all the same, from the nodes known so far, and the
+//! failure is logged (a warning the first time for each cause, then at debug level).
+//!
 //! Every cluster client starts from the named node and every node of the cluster known
 //! ([`Topology`], learnt from the named node before the first client is built and refreshed by
 //! each later one): a later connection (the write-behind consumer's, another handle's), and the
@@ -22,8 +27,9 @@
 //! connection is logged once, as an error naming the situation (the call itself counts as an
 //! outage: the cache is bypassed for it).
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -33,6 +39,7 @@ use redis::{Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 use super::topology::Topology;
+use crate::domain::error_chain::Chain;
 
 /// A live connection of either kind. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -123,6 +130,8 @@ impl Connector {
     /// handle or another on the same `RedisCache`), the named node is not asked at all: the client
     /// starts from it and every known node, reaching the cluster even when the named node is a
     /// master that has died since, and refreshes the known nodes through the cluster before use.
+    /// Either question failing leaves the connection as it is: the client then starts from (or
+    /// keeps) the nodes known before, and finds the others itself.
     pub(crate) async fn get(&self) -> RedisResult<Connection> {
         self.decided
             .get_or_try_init(|| async {
@@ -133,9 +142,13 @@ impl Connector {
                     if !info.lines().any(|line| line.trim() == "cluster_enabled:1") {
                         return Ok(Connection::Single(single));
                     }
-                    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut single).await?;
-                    let known = self.topology.learn(&slots);
-                    tracing::info!(nodes = known, "Redis is a cluster: using the cluster client");
+                    match self.learn_nodes(&mut single).await {
+                        Ok(known) => tracing::info!(nodes = known, "Redis is a cluster: using the cluster client"),
+                        Err(e) => {
+                            nodes_unknown(&e, "the cluster client starts from the named node alone");
+                            tracing::info!("Redis is a cluster: using the cluster client");
+                        }
+                    }
                 }
                 let client = self.cluster_client(self.topology.starting_from(&self.seed))?;
                 let config = ClusterConfig::new()
@@ -143,17 +156,32 @@ impl Connector {
                     .set_response_timeout(self.response_timeout);
                 let mut cluster = client.get_pending_async_connection_with_config(config);
                 if seen_before {
-                    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cluster).await?;
-                    let known = self.topology.learn(&slots);
-                    tracing::debug!(
-                        nodes = known,
-                        "Redis is a cluster (seen before): the cluster client started from every known node"
-                    );
+                    match self.learn_nodes(&mut cluster).await {
+                        Ok(known) => tracing::debug!(
+                            nodes = known,
+                            "Redis is a cluster (seen before): the cluster client started from every known node"
+                        ),
+                        Err(e) => nodes_unknown(&e, "the nodes known before are kept"),
+                    }
                 }
                 Ok(Connection::Cluster(cluster))
             })
             .await
             .cloned()
+    }
+
+    /// Asks `conn` for the cluster's nodes (`CLUSTER SLOTS`) and remembers them; returns how many
+    /// nodes are known. Waits at most half the response timeout: the call that is connecting gets
+    /// the rest.
+    async fn learn_nodes(&self, conn: &mut impl ConnectionLike) -> RedisResult<usize> {
+        let within = self.response_timeout / 2;
+        let mut cmd = redis::cmd("CLUSTER");
+        let asked = cmd.arg("SLOTS").query_async::<Value>(conn);
+        let slots = tokio::time::timeout(within, asked).await.map_err(|_| {
+            let late = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {within:?}"));
+            redis::RedisError::from(late)
+        })??;
+        Ok(self.topology.learn(&slots))
     }
 
     /// Whether Redis turned out to be a cluster (`None` before it first answered).
@@ -173,5 +201,20 @@ impl Connector {
                 error.code().unwrap_or("MOVED"),
             );
         }
+    }
+}
+
+/// Logs that the cluster's nodes could not be asked for, and `what_then`: a warning the first time
+/// for each cause (the error's kind and code) in this process, then at debug level (every new
+/// connection asks again).
+fn nodes_unknown(error: &redis::RedisError, what_then: &str) {
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let cause = format!("{:?} {}", error.kind(), error.code().unwrap_or_default());
+    let first = WARNED.lock().unwrap_or_else(|p| p.into_inner()).insert(cause);
+    let error = Chain(error);
+    if first {
+        tracing::warn!(%error, "could not ask Redis Cluster for its nodes (CLUSTER SLOTS); {what_then}, and the connection is kept");
+    } else {
+        tracing::debug!(%error, "could not ask Redis Cluster for its nodes (CLUSTER SLOTS); {what_then}, and the connection is kept");
     }
 }

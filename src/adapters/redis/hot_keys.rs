@@ -7,8 +7,10 @@
 //! `score / 2^((now - landmark) / half_life)` is the decayed count now. When the weights grow past
 //! 2^64 the set is rescaled once and the landmark (`keys::Keys::hot_landmark`, same cluster slot)
 //! moves. The set is trimmed to `RefreshAheadHotKeysMax` members, coldest first, in the same script,
-//! so it stays bounded. Reads are counted in the process and sent in batches (`bump_reads`), one
-//! script per key and second of reading.
+//! so it stays bounded. Reads are counted in the process and sent in batches (`bump_reads`): per
+//! second of reading, one script call per `BUMP_CHUNK` keys, sent one after another, so that a
+//! flush never has more than one call on the shared connection (requests' calls queue behind
+//! whatever is in flight there).
 
 use std::sync::LazyLock;
 
@@ -18,10 +20,15 @@ use super::Redis;
 use crate::domain::time::Timestamp;
 use crate::ports::cache::{CacheError, EntryMeta, HotKeyPolicy};
 
-/// Counts one read in the hot-key set.
+/// Keys counted per script call. Small enough that a call keeps Redis busy well under a
+/// millisecond (each key is one `ZINCRBY`), large enough that a flush of the most keys that may
+/// wait (`RefreshAheadHotKeysMax`, 10,000 by default) is a few dozen round trips.
+const BUMP_CHUNK: usize = 256;
+
+/// Counts reads of members in the hot-key set, then trims the set once.
 ///
-/// KEYS[1] hot set, KEYS[2] landmark (one slot); ARGV: now (ms), half-life (ms), max members, member,
-/// and optionally how many reads to count (1 when absent).
+/// KEYS[1] hot set, KEYS[2] landmark (one slot); ARGV: now (ms), half-life (ms), max members, then
+/// for each member: the member and how many reads to count.
 static BUMP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -38,7 +45,10 @@ if x > 64 then
   redis.call('SET', KEYS[2], now)
   x = 0
 end
-redis.call('ZINCRBY', KEYS[1], (tonumber(ARGV[5]) or 1) * 2 ^ x, ARGV[4])
+local weight = 2 ^ x
+for i = 4, #ARGV - 1, 2 do
+  redis.call('ZINCRBY', KEYS[1], (tonumber(ARGV[i + 1]) or 1) * weight, ARGV[i])
+end
 local n = redis.call('ZCARD', KEYS[1])
 local max = tonumber(ARGV[3])
 if n > max then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1) end
@@ -68,7 +78,8 @@ return found
 
 impl Redis {
     /// Counts `reads` reads of each key in the hot-key set (reads the near cache served): one
-    /// script per key, sent together.
+    /// script call per [`BUMP_CHUNK`] keys, one at a time. Stops at the first call that fails
+    /// (Redis is down or slow: the rest would fail alike, and only add to its load).
     pub(crate) async fn bump_reads(
         &self,
         counts: &[(String, u64)],
@@ -76,18 +87,19 @@ impl Redis {
         now: Timestamp,
     ) -> Result<(), CacheError> {
         let keys = self.keys();
-        let bumps = counts.iter().map(|(key, reads)| {
+        for chunk in counts.chunks(BUMP_CHUNK) {
             let mut bump = BUMP.prepare_invoke();
             bump.key(keys.hot_set())
                 .key(keys.hot_landmark())
                 .arg(now.as_millis())
                 .arg(policy.half_life.as_millis().max(1) as u64)
-                .arg(policy.max_keys)
-                .arg(key)
-                .arg(*reads);
-            async move { self.invoke::<i64>(&bump).await }
-        });
-        futures_util::future::join_all(bumps).await.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ())
+                .arg(policy.max_keys);
+            for (key, reads) in chunk {
+                bump.arg(key).arg(*reads);
+            }
+            self.invoke::<i64>(&bump).await?;
+        }
+        Ok(())
     }
 
     /// Up to `limit` hot keys whose decayed read count is at least `min_reads`, hottest first,

@@ -118,7 +118,8 @@ impl Refreshed {
 
 impl RefreshAhead {
     pub(crate) fn new(read: ReadPath, leases: Arc<dyn Leases>, policy: RefreshAheadPolicy) -> Self {
-        Self { read, leases, policy: Arc::new(policy), in_flight: Arc::default(), reads: Arc::default() }
+        let reads = Arc::new(read_counts::ReadCounts::new(policy.hot_keys.max_keys));
+        Self { read, leases, policy: Arc::new(policy), in_flight: Arc::default(), reads }
     }
 
     /// The policy.
