@@ -362,15 +362,12 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
             &error_body("unknown_function", &format!("this handler has no function called {name:?}")),
         );
     }
-    let parsed =
-        if trigger.is_some() { payload::Invocation::parse(body) } else { payload::Invocation::parse_data_only(body) };
-    let invocation = match parsed {
-        Ok(invocation) => invocation,
-        Err(e) if trigger.is_some() => return unreadable_trigger(state, name, &e.to_string(), body).await,
-        Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
-    };
     let mut log = InvocationLog::default();
     if let Some(function) = trigger {
+        let invocation = match payload::Invocation::parse(body) {
+            Ok(invocation) => invocation,
+            Err(e) => return unreadable_trigger(state, name, &e.to_string(), body).await,
+        };
         return match functions::invoke(state, function, &invocation, &mut log).await {
             Ok(outputs) => envelope_response(&outputs, &log.into_lines()),
             Err(failure) => {
@@ -384,7 +381,7 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
     let Some(function) = http else {
         return json_response(404, &[], &error_body("unknown_function", name));
     };
-    let call = match invocation.http_call(function.trigger_binding(), function.route_base()) {
+    let call = match payload::http_call(body, function.trigger_binding(), function.route_base()) {
         Ok(call) => call,
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
     };
