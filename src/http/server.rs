@@ -108,9 +108,12 @@ fn misconfigured(problem: &str, request: Request) -> Response {
     }
     let name = path.trim_matches('/');
     if let Some(function) = HttpFunction::by_name(name) {
-        let mut outputs = Map::new();
-        outputs.insert(function.output_binding().to_string(), payload::http_output(reply(Some(function))));
-        return envelope_response(&outputs, &[format!("misconfigured: {problem}")]);
+        let logs = [format!("misconfigured: {problem}")];
+        return response(
+            200,
+            &[],
+            payload::http_envelope_text(function.output_binding(), reply(Some(function)), &logs),
+        );
     }
     match TriggerFunction::by_name(name) {
         Some(TriggerFunction::EventHubConsumer | TriggerFunction::StoreChanges) => {
@@ -386,9 +389,7 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
     };
     let reply = run_with_timeout(functions::dispatch(state, function, &call, &mut log)).await;
-    let mut outputs = Map::new();
-    outputs.insert(function.output_binding().to_string(), payload::http_output(reply));
-    envelope_response(&outputs, &log.into_lines())
+    response(200, &[], payload::http_envelope_text(function.output_binding(), reply, &log.into_lines()))
 }
 
 /// A trigger invocation that cannot be read. Failing it would make the host retry the same

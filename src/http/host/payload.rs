@@ -12,7 +12,8 @@
 //! and drops Outputs and Logs).
 //!
 //! An HTTP invocation, the hot path, is read by [`http_call`] straight from the text into an
-//! [`HttpCall`]; the other triggers go through [`Invocation`], a [`Value`] per binding.
+//! [`HttpCall`] and answered by [`http_envelope_text`] straight into text; the other triggers go
+//! through [`Invocation`], a [`Value`] per binding.
 
 use std::borrow::Cow;
 
@@ -462,36 +463,77 @@ fn header_pairs(members: &[Member<'_>]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The `res` output object for an HTTP answer.
-pub(crate) fn http_output(mut reply: HttpReply) -> Value {
-    let mut headers = Map::new();
-    headers.insert("Content-Type".into(), Value::String("application/json; charset=utf-8".into()));
-    for (name, value) in std::mem::take(&mut reply.headers) {
-        headers.insert(name.to_string(), Value::String(value.into_owned()));
-    }
-    // Built by moving each part in (`json!` would copy the headers and the body once more).
-    let mut res = Map::new();
-    res.insert("statusCode".into(), Value::String(reply.status.to_string()));
-    res.insert("headers".into(), Value::Object(headers));
-    res.insert("body".into(), Value::String(reply.into_body_text()));
-    Value::Object(res)
+/// The response envelope `{"Outputs", "Logs", "ReturnValue": null}`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Envelope<'a, O> {
+    outputs: O,
+    logs: &'a [String],
+    return_value: (),
+}
+
+/// `envelope` as JSON text (maps of strings and values always serialise; the fallback only keeps
+/// this total).
+fn to_text<O: serde::Serialize>(envelope: &Envelope<'_, O>) -> String {
+    serde_json::to_string(envelope).unwrap_or_else(|e| {
+        json!({"Outputs": {}, "Logs": [format!("the answer could not be written as JSON: {e}")], "ReturnValue": null})
+            .to_string()
+    })
 }
 
 /// The response envelope `{"Outputs", "Logs", "ReturnValue": null}`, written straight out as JSON
 /// text (building it as a [`Value`] first would copy the outputs once more).
 pub(crate) fn envelope_text(outputs: &Map<String, Value>, logs: &[String]) -> String {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Envelope<'a> {
-        outputs: &'a Map<String, Value>,
-        logs: &'a [String],
-        return_value: (),
+    to_text(&Envelope { outputs, logs, return_value: () })
+}
+
+/// The response envelope of an HTTP invocation: `reply` as output `binding`, an object with a
+/// string `statusCode`, the headers (`Content-Type: application/json` unless the reply sets
+/// another) and the body as a string. Written straight out, without building `Map`s: the text is
+/// the one a `Map` of the same outputs gives, members in its (sorted) order.
+pub(crate) fn http_envelope_text(binding: &str, mut reply: HttpReply, logs: &[String]) -> String {
+    let reply_headers = std::mem::take(&mut reply.headers);
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(reply_headers.len() + 1);
+    headers.push(("Content-Type", "application/json; charset=utf-8"));
+    headers.extend(reply_headers.iter().map(|(name, value)| (*name, value.as_ref())));
+    let status = reply.status;
+    let body = reply.into_body_text();
+    let res = HttpOutput { body: &body, headers: Headers(lenient::in_map_order(headers, |h| h.0)), status };
+    to_text(&Envelope { outputs: OneOutput(binding, res), logs, return_value: () })
+}
+
+/// The `res` output of an HTTP answer, its members in a `Map`'s order.
+#[derive(serde::Serialize)]
+struct HttpOutput<'a> {
+    body: &'a str,
+    headers: Headers<'a>,
+    #[serde(rename = "statusCode", serialize_with = "as_text")]
+    status: u16,
+}
+
+fn as_text<S: serde::Serializer>(status: &u16, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(status)
+}
+
+/// Headers already in a `Map`'s order, written as an object.
+struct Headers<'a>(Vec<(&'a str, &'a str)>);
+
+impl serde::Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().copied())
     }
-    // Maps of strings and values always serialise; the fallback only keeps this total.
-    serde_json::to_string(&Envelope { outputs, logs, return_value: () }).unwrap_or_else(|e| {
-        json!({"Outputs": {}, "Logs": [format!("the answer could not be written as JSON: {e}")], "ReturnValue": null})
-            .to_string()
-    })
+}
+
+/// `Outputs` with one output.
+struct OneOutput<'a>(&'a str, HttpOutput<'a>);
+
+impl serde::Serialize for OneOutput<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &self.1)?;
+        map.end()
+    }
 }
 
 /// The decoder [`http_call`] replaced, which reads `Data` as a [`Value`] first: the oracle its
@@ -643,6 +685,21 @@ pub(crate) mod oracle {
     fn header_pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
         map.iter().filter_map(|(name, value)| scalar_or_joined(value).map(|v| (name.to_ascii_lowercase(), v))).collect()
     }
+
+    /// The `res` output object for an HTTP answer.
+    pub(crate) fn http_output(mut reply: HttpReply) -> Value {
+        let mut headers = Map::new();
+        headers.insert("Content-Type".into(), Value::String("application/json; charset=utf-8".into()));
+        for (name, value) in std::mem::take(&mut reply.headers) {
+            headers.insert(name.to_string(), Value::String(value.into_owned()));
+        }
+        // Built by moving each part in (`json!` would copy the headers and the body once more).
+        let mut res = Map::new();
+        res.insert("statusCode".into(), Value::String(reply.status.to_string()));
+        res.insert("headers".into(), Value::Object(headers));
+        res.insert("body".into(), Value::String(reply.into_body_text()));
+        Value::Object(res)
+    }
 }
 
 #[cfg(test)]
@@ -776,25 +833,46 @@ mod tests {
         assert_eq!(decode(body, "req", "x").unwrap().method, "GET");
     }
 
+    /// The envelope of an HTTP answer: the text `envelope_text` gives for the oracle's `res`.
+    fn http_envelope_checked(reply: HttpReply, logs: &[String]) -> String {
+        let mut outputs = Map::new();
+        outputs.insert("res".into(), oracle::http_output(reply.clone()));
+        let text = http_envelope_text("res", reply, logs);
+        assert_eq!(text, envelope_text(&outputs, logs));
+        text
+    }
+
     #[test]
     fn the_envelope_text_is_the_envelope() {
         let mut outputs = Map::new();
-        outputs.insert("res".into(), http_output(HttpReply::json(200, json!({"a": "é\"\n"}))));
+        outputs.insert("res".into(), oracle::http_output(HttpReply::json(200, json!({"a": "é\"\n"}))));
         let logs = vec!["line \"one\"".to_string()];
         let text = envelope_text(&outputs, &logs);
         assert_eq!(
             serde_json::from_str::<Value>(&text).unwrap(),
             json!({"Outputs": outputs, "Logs": logs, "ReturnValue": null})
         );
+        assert_eq!(http_envelope_checked(HttpReply::json(200, json!({"a": "é\"\n"})), &logs), text);
     }
 
     #[test]
     fn output_shape() {
         let reply = HttpReply::json(404, json!({"a": 1})).with_header("x-cache", "miss");
-        let out = http_output(reply);
-        assert_eq!(out["statusCode"], "404");
-        assert_eq!(out["body"], "{\"a\":1}");
-        assert_eq!(out["headers"]["x-cache"], "miss");
+        let out: Value = serde_json::from_str(&http_envelope_checked(reply, &[])).unwrap();
+        let res = &out["Outputs"]["res"];
+        assert_eq!(res["statusCode"], "404");
+        assert_eq!(res["body"], "{\"a\":1}");
+        assert_eq!(res["headers"]["x-cache"], "miss");
+        assert_eq!(res["headers"]["Content-Type"], "application/json; charset=utf-8");
+        let text = HttpReply::text(200, "text/plain; version=0.0.4", "a 1\n".into())
+            .with_header("X-Cache", "hit")
+            .with_header("ETag", "\"1\"")
+            .with_header("X-Cache", "miss");
+        let out: Value = serde_json::from_str(&http_envelope_checked(text, &["l".into()])).unwrap();
+        assert_eq!(
+            out["Outputs"]["res"]["headers"],
+            json!({"Content-Type": "text/plain; version=0.0.4", "ETag": "\"1\"", "X-Cache": "miss"})
+        );
     }
 
     /// `text` (a JSON value's text) as is, or as a string holding it, or a string holding that.
@@ -999,5 +1077,23 @@ mod tests {
             prop_assert_eq!(parts(http_call(&body, "req", "x")), parts(by_value(&body, "req", "x")));
         }
 
+        /// Any answer: the envelope text is the one built through `Map`s.
+        #[test]
+        fn the_answer_is_written_as_before(
+            status in 100u16..600,
+            headers in prop::collection::vec((prop::sample::select(vec!["Content-Type", "x-cache", "X-Cache", "ETag", "Retry-After", "a"]), any::<String>()), 0..5),
+            body in any::<String>(),
+            as_json in any::<bool>(),
+            logs in prop::collection::vec(any::<String>(), 0..3),
+        ) {
+            let mut reply =
+                if as_json { HttpReply::json(status, json!({"a": body})) } else { HttpReply::text(status, "text/plain", body) };
+            for (name, value) in headers {
+                reply = reply.with_header(name, value);
+            }
+            let mut outputs = Map::new();
+            outputs.insert("res".into(), oracle::http_output(reply.clone()));
+            prop_assert_eq!(http_envelope_text("res", reply, &logs), envelope_text(&outputs, &logs));
+        }
     }
 }
