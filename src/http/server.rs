@@ -108,9 +108,12 @@ fn misconfigured(problem: &str, request: Request) -> Response {
     }
     let name = path.trim_matches('/');
     if let Some(function) = HttpFunction::by_name(name) {
-        let mut outputs = Map::new();
-        outputs.insert(function.output_binding().to_string(), payload::http_output(reply(Some(function))));
-        return envelope_response(&outputs, &[format!("misconfigured: {problem}")]);
+        let logs = [format!("misconfigured: {problem}")];
+        return response(
+            200,
+            &[],
+            payload::http_envelope_text(function.output_binding(), reply(Some(function)), &logs),
+        );
     }
     match TriggerFunction::by_name(name) {
         Some(TriggerFunction::EventHubConsumer | TriggerFunction::StoreChanges) => {
@@ -374,15 +377,12 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
             &error_body("unknown_function", &format!("this handler has no function called {name:?}")),
         );
     }
-    let parsed =
-        if trigger.is_some() { payload::Invocation::parse(body) } else { payload::Invocation::parse_data_only(body) };
-    let invocation = match parsed {
-        Ok(invocation) => invocation,
-        Err(e) if trigger.is_some() => return unreadable_trigger(state, name, &e.to_string(), body).await,
-        Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
-    };
     let mut log = InvocationLog::default();
     if let Some(function) = trigger {
+        let invocation = match payload::Invocation::parse(body) {
+            Ok(invocation) => invocation,
+            Err(e) => return unreadable_trigger(state, name, &e.to_string(), body).await,
+        };
         return match functions::invoke(state, function, &invocation, &mut log).await {
             Ok(outputs) => envelope_response(&outputs, &log.into_lines()),
             Err(failure) => {
@@ -396,14 +396,12 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
     let Some(function) = http else {
         return json_response(404, &[], &error_body("unknown_function", name));
     };
-    let call = match invocation.http_call(function.trigger_binding(), function.route_base()) {
+    let call = match payload::http_call(body, function.trigger_binding(), function.route_base()) {
         Ok(call) => call,
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
     };
     let reply = run_with_timeout(functions::dispatch(state, function, &call, &mut log)).await;
-    let mut outputs = Map::new();
-    outputs.insert(function.output_binding().to_string(), payload::http_output(reply));
-    envelope_response(&outputs, &log.into_lines())
+    response(200, &[], payload::http_envelope_text(function.output_binding(), reply, &log.into_lines()))
 }
 
 /// A trigger invocation that cannot be read. Failing it would make the host retry the same
