@@ -264,13 +264,15 @@ impl ReadPath {
             return result;
         };
         let (this, owned_key, calls) = (self.clone(), key.clone(), calls.clone());
-        let mut load = tokio::spawn(async move {
+        // On a task of its own (stopped at shutdown): it goes on after the stale value is served.
+        let mut load = self.core.background.spawn(async move {
             let result = this.load_from_store(&owned_key, stale, true, &calls).await;
             this.unlock_quietly(&owned_key, &token, &calls).await;
             result
         });
         match tokio::time::timeout(soft, &mut load).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(Some(result))) => result,
+            Ok(Ok(None)) => Err(ReadError::Store(StoreError::unavailable(SHUTTING_DOWN))),
             Ok(Err(stopped)) => {
                 Err(ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}"))))
             }
@@ -410,7 +412,7 @@ impl ReadPath {
             .collect();
         let places: Vec<usize> = batch.iter().map(|b| b.at).collect();
         let (this, calls) = (self.clone(), calls.clone());
-        let mut read = tokio::spawn(async move { this.read_and_settle(batch, &token, &calls).await });
+        let mut read = self.core.background.spawn(async move { this.read_and_settle(batch, &token, &calls).await });
         if fallbacks.len() == places.len() {
             let Ok(done) = tokio::time::timeout(soft, &mut read).await else {
                 tracing::warn!(keys = places.len(), soft_timeout = ?soft, "store slower than the soft timeout; serving the stale values while the load goes on (fail-safe)");
@@ -520,12 +522,20 @@ impl ReadPath {
     }
 }
 
+/// Why a load stopped at shutdown answers nothing.
+const SHUTTING_DOWN: &str = "the store read was stopped: the service is shutting down";
+
 /// The answers of a batched read's task, or, if the task stopped, that failure for each key.
-fn finished(done: Result<Vec<(usize, Answer)>, tokio::task::JoinError>, places: &[usize]) -> Vec<(usize, Answer)> {
-    done.unwrap_or_else(|stopped| {
-        let failure = ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}")));
-        places.iter().map(|at| (*at, Err(failure.clone()))).collect()
-    })
+fn finished(
+    done: Result<Option<Vec<(usize, Answer)>>, tokio::task::JoinError>,
+    places: &[usize],
+) -> Vec<(usize, Answer)> {
+    let failure = match done {
+        Ok(Some(answers)) => return answers,
+        Ok(None) => StoreError::unavailable(SHUTTING_DOWN),
+        Err(stopped) => StoreError::unavailable(format!("the store read stopped: {stopped}")),
+    };
+    places.iter().map(|at| (*at, Err(ReadError::Store(failure.clone())))).collect()
 }
 
 fn bypassed(mut lookup: Lookup) -> Lookup {
