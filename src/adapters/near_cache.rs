@@ -155,6 +155,17 @@ impl NearCache {
     fn forget(&self, key: &str) {
         self.held.invalidate(key);
     }
+
+    /// Before `key` is evicted: its copy is dropped, and a read in flight cannot keep what it read.
+    fn evicting(&self, key: &str, eviction: &Eviction) {
+        if let Some(stamp) = eviction.stamp {
+            self.state.heard(&FeedEvent::Evicted { key: key.to_string(), stamp });
+        }
+        if let Some(version) = eviction.below_version {
+            self.state.heard(&FeedEvent::Written { key: key.to_string(), version });
+        }
+        self.forget(key);
+    }
 }
 
 impl FeedListener for State {
@@ -301,15 +312,20 @@ impl Cache for NearCache {
     }
 
     async fn evict(&self, key: &str, eviction: &Eviction, now: Timestamp) -> Result<(), CacheError> {
-        if let Some(stamp) = eviction.stamp {
-            self.state.heard(&FeedEvent::Evicted { key: key.to_string(), stamp });
-        }
-        if let Some(version) = eviction.below_version {
-            self.state.heard(&FeedEvent::Written { key: key.to_string(), version });
-        }
-        self.forget(key);
+        self.evicting(key, eviction);
         let done = self.inner.evict(key, eviction, now).await;
         self.forget(key);
+        done
+    }
+
+    async fn evict_many(&self, evictions: &[(String, Eviction)], now: Timestamp) -> Vec<Result<(), CacheError>> {
+        for (key, eviction) in evictions {
+            self.evicting(key, eviction);
+        }
+        let done = self.inner.evict_many(evictions, now).await;
+        for (key, _) in evictions {
+            self.forget(key);
+        }
         done
     }
 

@@ -4,8 +4,9 @@
 //! Every invalidation takes a *stamp* from the version clock, the same clock that versions writes,
 //! so invalidations and writes are ordered: an entry is invalidated only if it was cached no later
 //! than the stamp (a write issued after an invalidation is never hidden by it; one issued before is
-//! always covered). Keys are evicted one by one (a script each, sent together); tags and "all" cost
-//! one write whatever the number of entries they cover, and are checked by readers.
+//! always covered). Keys are evicted in few calls, a hundred keys each, with at most a few in flight
+//! ([`crate::ports::Cache::evict_many`]); tags and "all" cost one write whatever the number of entries they
+//! cover, and are checked by readers.
 //!
 //! When Redis cannot be reached, the invalidation is kept in memory ([`Recovery`]) and replayed
 //! once it answers again, with its original stamp; so is every cache write of a write path that
@@ -157,15 +158,24 @@ impl Invalidator {
         let done: Result<(), CacheError> = match scope {
             Scope::Keys { keys, hard } => {
                 let eviction = Eviction { stamp: Some(stamp), below_version: None, hard: *hard };
-                let evictions = keys.iter().map(|key| async move {
-                    let result = core.cache.evict(key.as_str(), &eviction, now).await;
-                    if let Err(e) = &result {
-                        tracing::warn!(key = ?key.as_str(), error = %Chain(e), "could not evict the key; it is evicted when Redis answers again");
-                        core.recovery.evict_later(key.as_str(), eviction);
+                let evictions: Vec<(String, Eviction)> =
+                    keys.iter().map(|key| (key.as_str().to_string(), eviction)).collect();
+                let results = core.cache.evict_many(&evictions, now).await;
+                let (mut waiting, mut failure) = (0, None);
+                for ((key, eviction), result) in evictions.iter().zip(results) {
+                    if let Err(e) = result {
+                        core.recovery.evict_later(key, *eviction);
+                        waiting += 1;
+                        failure.get_or_insert((key.clone(), e));
                     }
-                    result
-                });
-                futures_util::future::join_all(evictions).await.into_iter().collect()
+                }
+                match failure {
+                    None => Ok(()),
+                    Some((first, e)) => {
+                        tracing::warn!(keys = waiting, first = ?first, error = %Chain(&e), "could not evict {waiting} of {} keys; they are evicted when Redis answers again", keys.len());
+                        Err(e)
+                    }
+                }
             }
             Scope::Tags(tags) => {
                 let names: Vec<String> = tags.iter().map(|t| t.as_str().to_string()).collect();
@@ -234,14 +244,14 @@ impl Invalidator {
                 }
             }
         }
-        let evictions = pending.keys.into_iter().map(|(key, eviction)| async move {
-            let result = core.cache.evict(&key, &eviction, now).await;
-            (key, eviction, result)
-        });
-        for (key, eviction, result) in futures_util::future::join_all(evictions).await {
+        // In few calls (a hundred keys each, one or a few at a time): up to MAX_PENDING_KEYS may
+        // wait, and requests' calls queue behind whatever is in flight.
+        let evictions: Vec<(String, Eviction)> = pending.keys.into_iter().collect();
+        let results = core.cache.evict_many(&evictions, now).await;
+        for ((key, eviction), result) in evictions.iter().zip(results) {
             match result {
                 Ok(()) => replayed += 1,
-                Err(_) => core.recovery.evict_later(&key, eviction),
+                Err(_) => core.recovery.evict_later(key, *eviction),
             }
         }
         if replayed > 0 {

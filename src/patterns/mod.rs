@@ -16,6 +16,7 @@
 //!   [`maintenance`] purges old tombstones.
 
 pub mod apply;
+pub mod background;
 pub mod cache_aside;
 pub mod dead_letters;
 pub mod health;
@@ -36,6 +37,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 pub use apply::Applier;
+pub use background::RequestTasks;
 pub use cache_aside::CacheAside;
 pub use dead_letters::DeadLetterAdmin;
 pub use health::HealthCheck;
@@ -194,6 +196,9 @@ pub(crate) struct Core {
     pub(crate) write_health: WriteHealth,
     /// Cache work that waits for Redis (docs/invalidation.md, "Auto-recovery").
     pub(crate) recovery: invalidation::Recovery,
+    /// Work requests start that outlives them (loads, refreshes): stopped at shutdown before the
+    /// node-id lease is given back.
+    pub(crate) background: RequestTasks,
 }
 
 impl Core {
@@ -337,6 +342,7 @@ impl Services {
             policy: parts.policy,
             write_health: WriteHealth::default(),
             recovery: invalidation::Recovery::default(),
+            background: RequestTasks::new(),
         });
         let read_path = read_path::ReadPath::new(core.clone());
         let applier = Applier::new(core.clone());
@@ -356,6 +362,12 @@ impl Services {
 }
 
 impl Services {
+    /// The work requests started that outlives them (background loads and refreshes), which
+    /// shutdown stops before the node-id lease is given back ([`crate::startup::Workers::stop`]).
+    pub fn request_tasks(&self) -> &RequestTasks {
+        &self.invalidation.core().background
+    }
+
     /// Sends the refresh-ahead read counts this process buffered to the hot-key set, and what the
     /// cache buffered.
     pub async fn flush_buffered_reads(&self) {

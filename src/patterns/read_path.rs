@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::future::join_all;
+use tokio::sync::Semaphore;
 
 use super::Core;
 use super::single_flight::{Claim, Leader, SingleFlight};
@@ -145,6 +146,34 @@ struct Batched {
     locked: bool,
 }
 
+/// Redis calls one bulk read keeps in flight at once (load gates, cache writes, lock releases): a
+/// bulk read names up to 1,000 keys, and every request's call on the shared connection queues
+/// behind what is in flight there. Only the calls are bounded: waits for another process's load
+/// overlap as before.
+pub(crate) const BULK_CALLS_IN_FLIGHT: usize = 16;
+
+/// A bound on the Redis calls in flight at once: those of one bulk read share one; a single read
+/// has none (it makes one call at a time).
+#[derive(Clone, Default)]
+struct Calls(Option<Arc<Semaphore>>);
+
+impl Calls {
+    /// The bound of one bulk read: [`BULK_CALLS_IN_FLIGHT`].
+    fn bulk() -> Self {
+        Self(Some(Arc::new(Semaphore::new(BULK_CALLS_IN_FLIGHT))))
+    }
+
+    /// Makes `call` once fewer than the bound are in flight.
+    async fn make<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        // The semaphore is never closed, so acquiring cannot fail (and would only lift the bound).
+        let _permit = match &self.0 {
+            Some(bound) => bound.acquire().await.ok(),
+            None => None,
+        };
+        call.await
+    }
+}
+
 /// The shared read path. Cheap to clone; clones share the in-flight loads.
 #[derive(Clone)]
 pub(crate) struct ReadPath {
@@ -160,10 +189,15 @@ impl ReadPath {
     /// Loads `key` after a miss: one load per key in this process, gated across processes.
     /// `stale` is the logically expired entry, if there was one (fail-safe material).
     pub(crate) async fn load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
-        self.loads.run(key.as_str(), || self.gated_load(key, stale)).await
+        self.load_within(key, stale, &Calls::default()).await
     }
 
-    async fn gated_load(&self, key: &Key, stale: Option<CacheEntry>) -> Result<Lookup, ReadError> {
+    /// [`ReadPath::load`] with its Redis calls under `calls`.
+    async fn load_within(&self, key: &Key, stale: Option<CacheEntry>, calls: &Calls) -> Result<Lookup, ReadError> {
+        self.loads.run(key.as_str(), || self.gated_load(key, stale, calls)).await
+    }
+
+    async fn gated_load(&self, key: &Key, stale: Option<CacheEntry>, calls: &Calls) -> Result<Lookup, ReadError> {
         let token = LockToken::random();
         let started = tokio::time::Instant::now();
         // Polls for the other caller's load: 10 ms, doubling to 100 ms, until `lock_wait`.
@@ -173,16 +207,17 @@ impl ReadPath {
             .without_max_times()
             .build();
         loop {
-            match self.core.cache.load_gate(key.as_str(), &token, self.core.policy.lock_ttl, self.core.now()).await {
+            let gate = self.core.cache.load_gate(key.as_str(), &token, self.core.policy.lock_ttl, self.core.now());
+            match calls.make(gate).await {
                 Ok(Gate::Fresh(entry)) => return Ok(Lookup::from_entry(entry)),
-                Ok(Gate::Acquired) => return self.load_holding_lock(key, stale, token).await,
+                Ok(Gate::Acquired) => return self.load_holding_lock(key, stale, token, calls).await,
                 Ok(Gate::Unreadable) => {
                     tracing::warn!(key = ?key.as_str(), "the cached entry of this key cannot be read; loading it from the store and caching it again");
-                    return self.load_from_store(key, None, true).await;
+                    return self.load_from_store(key, None, true, calls).await;
                 }
                 Ok(Gate::NotOurs) => {
                     tracing::warn!(key = ?key.as_str(), "the Redis key of this cache key holds data that is not a cache entry; reading the store without caching");
-                    return self.load_from_store(key, None, false).await.map(bypassed);
+                    return self.load_from_store(key, None, false, calls).await.map(bypassed);
                 }
                 Ok(Gate::Busy) => {
                     if let Some(stale) = self.soft_timed_out(&stale, started.elapsed()) {
@@ -191,13 +226,13 @@ impl ReadPath {
                     }
                     if started.elapsed() >= self.core.policy.lock_wait {
                         tracing::debug!(key = ?key.as_str(), "another process is still loading; reading the store too");
-                        return self.load_from_store(key, stale, true).await;
+                        return self.load_from_store(key, stale, true, calls).await;
                     }
                     tokio::time::sleep(pauses.next().unwrap_or(Duration::from_millis(100))).await;
                 }
                 Err(e) => {
                     tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "cache unavailable during a load; reading the store directly");
-                    return self.load_from_store(key, stale, false).await.map(bypassed);
+                    return self.load_from_store(key, stale, false, calls).await.map(bypassed);
                 }
             }
         }
@@ -218,23 +253,26 @@ impl ReadPath {
         key: &Key,
         stale: Option<CacheEntry>,
         token: LockToken,
+        calls: &Calls,
     ) -> Result<Lookup, ReadError> {
         let soft = self.core.policy.soft_timeout;
         let now = self.core.now();
         let fallback = stale.clone().filter(|s| !soft.is_zero() && s.is_servable_stale(now));
         let Some(fallback) = fallback else {
-            let result = self.load_from_store(key, stale, true).await;
-            self.unlock_quietly(key, &token).await;
+            let result = self.load_from_store(key, stale, true, calls).await;
+            self.unlock_quietly(key, &token, calls).await;
             return result;
         };
-        let (this, owned_key) = (self.clone(), key.clone());
-        let mut load = tokio::spawn(async move {
-            let result = this.load_from_store(&owned_key, stale, true).await;
-            this.unlock_quietly(&owned_key, &token).await;
+        let (this, owned_key, calls) = (self.clone(), key.clone(), calls.clone());
+        // On a task of its own (stopped at shutdown): it goes on after the stale value is served.
+        let mut load = self.core.background.spawn(async move {
+            let result = this.load_from_store(&owned_key, stale, true, &calls).await;
+            this.unlock_quietly(&owned_key, &token, &calls).await;
             result
         });
         match tokio::time::timeout(soft, &mut load).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(Some(result))) => result,
+            Ok(Ok(None)) => Err(ReadError::Store(StoreError::unavailable(SHUTTING_DOWN))),
             Ok(Err(stopped)) => {
                 Err(ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}"))))
             }
@@ -245,8 +283,8 @@ impl ReadPath {
         }
     }
 
-    async fn unlock_quietly(&self, key: &Key, token: &LockToken) {
-        if let Err(e) = self.core.cache.unlock(key.as_str(), token).await {
+    async fn unlock_quietly(&self, key: &Key, token: &LockToken, calls: &Calls) {
+        if let Err(e) = calls.make(self.core.cache.unlock(key.as_str(), token)).await {
             tracing::debug!(key = ?key.as_str(), error = %Chain(&e), "could not release the load lock; it expires by itself");
         }
     }
@@ -264,8 +302,10 @@ impl ReadPath {
     }
 
     /// Leads the keys no load in this process is reading yet, and follows the others (waiting for
-    /// those loads, all at once, while it reads its own).
+    /// those loads, all at once, while it reads its own). Its Redis calls share one bound
+    /// ([`BULK_CALLS_IN_FLIGHT`]).
     async fn load_together(&self, misses: Vec<(Key, Option<CacheEntry>)>, cache_up: bool) -> Vec<Answer> {
+        let calls = Calls::bulk();
         let (mut leading, mut following) = (Vec::new(), Vec::new());
         for (at, (key, stale)) in misses.into_iter().enumerate() {
             match self.loads.claim(key.as_str()) {
@@ -273,33 +313,41 @@ impl ReadPath {
                 Claim::Follow(follower) => following.push((at, key, stale, follower)),
             }
         }
-        let followed = join_all(following.into_iter().map(|(at, key, stale, follower)| async move {
-            match follower.wait().await {
-                Some(answer) => (at, answer),
-                // That load went away unfinished: load the key as a single read does.
-                None if cache_up => (at, self.load(&key, stale).await),
-                None => (at, self.load_bypassing_cache(&key).await),
+        let followed = join_all(following.into_iter().map(|(at, key, stale, follower)| {
+            let calls = &calls;
+            async move {
+                match follower.wait().await {
+                    Some(answer) => (at, answer),
+                    // That load went away unfinished: load the key as a single read does.
+                    None if cache_up => (at, self.load_within(&key, stale, calls).await),
+                    None => (at, self.load_bypassing_cache(&key).await),
+                }
             }
         }));
-        let (mut answers, followed) = tokio::join!(self.lead_many(leading, cache_up), followed);
+        let (mut answers, followed) = tokio::join!(self.lead_many(leading, cache_up, &calls), followed);
         answers.extend(followed);
         answers.sort_by_key(|(at, _)| *at);
         answers.into_iter().map(|(_, answer)| answer).collect()
     }
 
-    /// Loads the keys this process leads: passes the load gate of each (all at once); a fresh entry
-    /// that another process cached answers at once, a key another process is loading waits for it
-    /// as a single read does ([`ReadPath::gated_load`]), and the rest go into one store read.
+    /// Loads the keys this process leads: passes the load gate of each (at most `calls` at once); a
+    /// fresh entry that another process cached answers at once, a key another process is loading
+    /// waits for it as a single read does ([`ReadPath::gated_load`]), and the rest go into one
+    /// store read.
     async fn lead_many(
         &self,
         leading: Vec<(usize, Key, Option<CacheEntry>, Leader<Answer>)>,
         cache_up: bool,
+        calls: &Calls,
     ) -> Vec<(usize, Answer)> {
         let core = &self.core;
         let token = LockToken::random();
         let gates = join_all(leading.iter().map(|(_, key, _, _)| async {
             match cache_up {
-                true => Some(core.cache.load_gate(key.as_str(), &token, core.policy.lock_ttl, core.now()).await),
+                true => {
+                    let gate = core.cache.load_gate(key.as_str(), &token, core.policy.lock_ttl, core.now());
+                    Some(calls.make(gate).await)
+                }
                 false => None,
             }
         }))
@@ -335,11 +383,11 @@ impl ReadPath {
             batch.push(Batched { at, key, stale, leader, cache_it, locked });
         }
         let waited = join_all(waiting.into_iter().map(|(at, key, stale, leader)| async move {
-            let answer = self.gated_load(&key, stale).await;
+            let answer = self.gated_load(&key, stale, calls).await;
             leader.finish(answer.clone());
             (at, answer)
         }));
-        let (read, waited) = tokio::join!(self.read_batch(batch, token), waited);
+        let (read, waited) = tokio::join!(self.read_batch(batch, token, calls), waited);
         answers.extend(read);
         answers.extend(waited);
         answers
@@ -351,7 +399,7 @@ impl ReadPath {
     /// caller goes away. When every key has a stale value to fall back on, the caller waits at
     /// most the soft timeout and serves those, as a single read does; otherwise it waits for the
     /// store, which is no longer than it has to wait for the keys without one.
-    async fn read_batch(&self, batch: Vec<Batched>, token: LockToken) -> Vec<(usize, Answer)> {
+    async fn read_batch(&self, batch: Vec<Batched>, token: LockToken, calls: &Calls) -> Vec<(usize, Answer)> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -363,8 +411,8 @@ impl ReadPath {
             .filter_map(|b| b.stale.clone().filter(|s| s.is_servable_stale(now)).map(|s| (b.at, s)))
             .collect();
         let places: Vec<usize> = batch.iter().map(|b| b.at).collect();
-        let this = self.clone();
-        let mut read = tokio::spawn(async move { this.read_and_settle(batch, &token).await });
+        let (this, calls) = (self.clone(), calls.clone());
+        let mut read = self.core.background.spawn(async move { this.read_and_settle(batch, &token, &calls).await });
         if fallbacks.len() == places.len() {
             let Ok(done) = tokio::time::timeout(soft, &mut read).await else {
                 tracing::warn!(keys = places.len(), soft_timeout = ?soft, "store slower than the soft timeout; serving the stale values while the load goes on (fail-safe)");
@@ -377,7 +425,7 @@ impl ReadPath {
 
     /// One store read for every batched key, each answer cached (or not) as its gate said; the
     /// locks are released and the followers answered once the values are cached.
-    async fn read_and_settle(&self, batch: Vec<Batched>, token: &LockToken) -> Vec<(usize, Answer)> {
+    async fn read_and_settle(&self, batch: Vec<Batched>, token: &LockToken, calls: &Calls) -> Vec<(usize, Answer)> {
         let core = &self.core;
         // Stamped before the read: an eviction issued after this moment refuses what is read.
         let as_of = core.versions.next();
@@ -392,9 +440,9 @@ impl ReadPath {
                 Err(e) => vec![Err(e); keys.len()],
             };
         join_all(batch.into_iter().zip(reads).map(|(b, read)| async move {
-            let answer = self.settle(&b.key, b.stale, b.cache_it, as_of, read).await;
+            let answer = self.settle(&b.key, b.stale, b.cache_it, as_of, read, calls).await;
             if b.locked {
-                self.unlock_quietly(&b.key, token).await;
+                self.unlock_quietly(&b.key, token, calls).await;
             }
             let answer = if b.cache_it { answer } else { answer.map(bypassed) };
             b.leader.finish(answer.clone());
@@ -404,22 +452,26 @@ impl ReadPath {
     }
 
     pub(crate) async fn load_bypassing_cache(&self, key: &Key) -> Result<Lookup, ReadError> {
-        self.loads.run(key.as_str(), || async { self.load_from_store(key, None, false).await.map(bypassed) }).await
+        let calls = Calls::default();
+        self.loads
+            .run(key.as_str(), || async { self.load_from_store(key, None, false, &calls).await.map(bypassed) })
+            .await
     }
 
     /// Reads the store and, when `cache_it`, caches what it found. On a store failure, serves
     /// `stale` if it is still within the fail-safe window.
-    pub(crate) async fn load_from_store(
+    async fn load_from_store(
         &self,
         key: &Key,
         stale: Option<CacheEntry>,
         cache_it: bool,
+        calls: &Calls,
     ) -> Result<Lookup, ReadError> {
         let core = &self.core;
         // Stamped before the read: an eviction issued after this moment refuses what is read.
         let as_of = core.versions.next();
         let read = core.with_store_timeout("get", "reading the store", core.store.get(key.as_str())).await;
-        self.settle(key, stale, cache_it, as_of, read).await
+        self.settle(key, stale, cache_it, as_of, read, calls).await
     }
 
     /// Answers what a store read (stamped `as_of`) found for `key` and, when `cache_it`, caches
@@ -431,6 +483,7 @@ impl ReadPath {
         cache_it: bool,
         as_of: u64,
         read: Result<Option<Record>, StoreError>,
+        calls: &Calls,
     ) -> Result<Lookup, ReadError> {
         let core = &self.core;
         match read {
@@ -439,7 +492,7 @@ impl ReadPath {
                     record.map(|r| (r.value, r.version, r.options)).unwrap_or((None, 0, EntryOptions::NONE));
                 let entry = core.policy.entry_with(value, version, core.now(), &options, as_of);
                 if cache_it {
-                    core.cache_quietly(key, &entry).await;
+                    calls.make(core.cache_quietly(key, &entry)).await;
                 }
                 Ok(Lookup {
                     value: entry.value,
@@ -460,7 +513,7 @@ impl ReadPath {
                         fail_safe: true,
                         ..stale.clone()
                     };
-                    core.cache_quietly(key, &throttled).await;
+                    calls.make(core.cache_quietly(key, &throttled)).await;
                     Ok(Lookup::stale(&stale))
                 }
                 _ => Err(ReadError::Store(e)),
@@ -469,12 +522,20 @@ impl ReadPath {
     }
 }
 
+/// Why a load stopped at shutdown answers nothing.
+const SHUTTING_DOWN: &str = "the store read was stopped: the service is shutting down";
+
 /// The answers of a batched read's task, or, if the task stopped, that failure for each key.
-fn finished(done: Result<Vec<(usize, Answer)>, tokio::task::JoinError>, places: &[usize]) -> Vec<(usize, Answer)> {
-    done.unwrap_or_else(|stopped| {
-        let failure = ReadError::Store(StoreError::unavailable(format!("the store read stopped: {stopped}")));
-        places.iter().map(|at| (*at, Err(failure.clone()))).collect()
-    })
+fn finished(
+    done: Result<Option<Vec<(usize, Answer)>>, tokio::task::JoinError>,
+    places: &[usize],
+) -> Vec<(usize, Answer)> {
+    let failure = match done {
+        Ok(Some(answers)) => return answers,
+        Ok(None) => StoreError::unavailable(SHUTTING_DOWN),
+        Err(stopped) => StoreError::unavailable(format!("the store read stopped: {stopped}")),
+    };
+    places.iter().map(|at| (*at, Err(ReadError::Store(failure.clone())))).collect()
 }
 
 fn bypassed(mut lookup: Lookup) -> Lookup {

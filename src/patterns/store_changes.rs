@@ -13,7 +13,8 @@
 //!   fail-safe, would make the "never older" cache write refuse the reload; the stale copy that
 //!   goes is the value the other program replaced.
 //!
-//! The evictions of a batch go out together, one stamp for all. Those Redis does not take wait
+//! The evictions of a batch go out together, one stamp for all, in few calls (a hundred keys each,
+//! at most a few in flight: `Cache::evict_many`). Those Redis does not take wait
 //! for it in [`Core::recovery`], as any invalidation does; when Redis could not be reached the
 //! batch also fails ([`CacheUnreachable`]), so that the host runs it again: the replay in memory is
 //! lost if the instance stops, the change feed is not.
@@ -93,19 +94,21 @@ impl StoreChanges {
         followed.stamp = Some(stamp);
         let eviction = Eviction { stamp: Some(stamp), below_version: None, hard: true };
         let now = core.now();
-        let evictions =
-            evict.into_iter().map(|key| async move { (key, core.cache.evict(key.as_str(), &eviction, now).await) });
-        let mut unreachable = false;
-        for (key, result) in futures_util::future::join_all(evictions).await {
+        let evictions: Vec<(String, Eviction)> = evict.iter().map(|key| (key.as_str().to_string(), eviction)).collect();
+        let (mut unreachable, mut failure) = (false, None);
+        for ((key, eviction), result) in evictions.iter().zip(core.cache.evict_many(&evictions, now).await) {
             match result {
                 Ok(()) => followed.evicted += 1,
                 Err(e) => {
-                    tracing::warn!(key = ?key.as_str(), error = %Chain(&e), "could not evict a key another program changed in the store; it is evicted when Redis answers again");
-                    core.recovery.evict_later(key.as_str(), eviction);
+                    core.recovery.evict_later(key, *eviction);
                     unreachable |= e.is_transient();
                     followed.waiting += 1;
+                    failure.get_or_insert((key, e));
                 }
             }
+        }
+        if let Some((first, e)) = failure {
+            tracing::warn!(keys = followed.waiting, first = ?first, error = %Chain(&e), "could not evict {} keys other programs changed in the store; they are evicted when Redis answers again", followed.waiting);
         }
         if unreachable { Err(CacheUnreachable { followed }) } else { Ok(followed) }
     }

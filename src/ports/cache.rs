@@ -224,6 +224,17 @@ pub trait Cache: Send + Sync + std::fmt::Debug + 'static {
     /// Evicts `key` as `eviction` says, and announces it to every instance.
     async fn evict(&self, key: &str, eviction: &Eviction, now: Timestamp) -> Result<(), CacheError>;
 
+    /// Evicts each key as its eviction says, and announces them: in few calls, never one per key
+    /// all at once (a burst on the shared connection delays every request behind it). One result
+    /// per eviction, in order. By default one [`Cache::evict`] after the other.
+    async fn evict_many(&self, evictions: &[(String, Eviction)], now: Timestamp) -> Vec<Result<(), CacheError>> {
+        let mut results = Vec::with_capacity(evictions.len());
+        for (key, eviction) in evictions {
+            results.push(self.evict(key, eviction, now).await);
+        }
+        results
+    }
+
     /// Invalidates every entry carrying one of `tags` that was cached no later than `stamp`, in O(1).
     async fn invalidate_tags(&self, tags: &[String], stamp: u64) -> Result<(), CacheError>;
 

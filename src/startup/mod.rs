@@ -230,7 +230,10 @@ impl Application {
     /// stream still drains what was queued before), moving what an older release left, the tombstone
     /// purge, and connecting a store that connects in the background.
     pub fn start_workers(&self) -> Result<Workers, StartupError> {
-        let workers = Workers::new();
+        let mut workers = Workers::new();
+        // The work requests leave running (background loads and refreshes) is stopped before the
+        // lease below is given back: it takes stamps from the leased node id.
+        workers.stop_first(self.services.request_tasks().clone());
         let lease = NodeLease::new(Arc::new(self.redis.clone()), self.versions.clone());
         // Given back only once the requests are done: they take their versions from this id.
         workers.spawn_last("node-id lease", |shutdown| lease.keep(shutdown));

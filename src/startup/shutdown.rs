@@ -4,15 +4,20 @@
 //! 1. the port is closed; the background workers are told to stop ([`super::Workers::cancel`]);
 //!    open requests get up to [`DRAIN_WITHIN`] to finish, then their connections are cut (aborted)
 //!    and awaited, so that no request runs any more ([`crate::http::serve`]);
-//! 2. only then are the workers the requests relied on to the end (the node-id lease) told too: a
-//!    request still running after its node id was given back could issue versions that another
-//!    instance, leasing the id, issues too. Every worker is awaited until [`STOP_WITHIN`] after
-//!    the signal; one still running then is named in the log and left behind;
-//! 3. `main` flushes the telemetry exporters (at most [`FLUSH_WITHIN`]) and shuts the runtime down,
+//! 2. the work the requests started and left running (a load that goes on after a stale value was
+//!    served, an eager refresh: [`crate::patterns::RequestTasks`]) is stopped (cancelled) and
+//!    awaited ([`super::Workers::stop`]);
+//! 3. only then are the workers the requests relied on to the end (the node-id lease) told too: a
+//!    request, or work it started, still running after its node id was given back could issue
+//!    versions or stamps that another instance, leasing the id, issues too (if some of that work
+//!    cannot be stopped in time, the lease is not given back: it expires by itself). Every worker
+//!    is awaited until [`STOP_WITHIN`] after the signal; one still running then is named in the
+//!    log and left behind;
+//! 4. `main` flushes the telemetry exporters (at most [`FLUSH_WITHIN`]) and shuts the runtime down,
 //!    leaving behind, after [`TEARDOWN_WITHIN`], blocking calls that are still running: a DNS
 //!    lookup of the Redis host name on a resolver that does not answer lasts the resolver's timeout
 //!    (tens of seconds), and the runtime's plain drop would wait for every one of them;
-//! 4. should anything else hang, the watchdog armed at the signal logs what was still running and
+//! 5. should anything else hang, the watchdog armed at the signal logs what was still running and
 //!    exits the process [`EXIT_WITHIN`] after the signal.
 //!
 //! The process exits with status 0 in every case: it was asked to stop, and did.

@@ -1,6 +1,8 @@
 //! The work that runs beside the requests, owned: every worker gets a shutdown token, and
 //! [`Workers::stop`] cancels them all and waits for them to finish what they were doing. A worker
 //! that does not stop in time is named in the log and left behind (the process exits anyway).
+//! The work requests started and left running ([`RequestTasks`]: background loads and refreshes)
+//! is stopped first, before the workers the requests relied on to the end (the node-id lease).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::patterns::RequestTasks;
 
 /// The running background workers.
 #[derive(Debug, Default)]
@@ -18,6 +22,8 @@ pub struct Workers {
     last: CancellationToken,
     tasks: TaskTracker,
     running: Running,
+    /// Work the requests started, stopped by [`Workers::stop`] before `last` is told.
+    request_tasks: Vec<RequestTasks>,
 }
 
 /// The names of the workers still running. Cheap to clone; clones share the list.
@@ -81,6 +87,13 @@ impl Workers {
         self.start(name, work(self.last.clone()));
     }
 
+    /// Has [`Workers::stop`] stop `tasks` (work requests started and left running) before it tells
+    /// the workers started with [`Workers::spawn_last`]: that work takes stamps from the node id
+    /// their lease holds.
+    pub fn stop_first(&mut self, tasks: RequestTasks) {
+        self.request_tasks.push(tasks);
+    }
+
     fn start(&self, name: &'static str, work: impl Future<Output = ()> + Send + 'static) {
         let listed = self.running.enter(name);
         self.tasks.spawn(async move {
@@ -111,12 +124,29 @@ impl Workers {
     }
 
     /// Tells every worker to stop and waits up to `within` for them to finish; true when all did.
-    /// Otherwise the ones still running are named in the log and left behind.
+    /// Otherwise the ones still running are named in the log and left behind. The work requests
+    /// started ([`Workers::stop_first`]) is stopped first, and only once it has ended are the
+    /// workers started with [`Workers::spawn_last`] told: should some of it not end in time (stuck
+    /// in blocking code), they are not told at all, and the node-id lease is kept until the
+    /// process exits (it then expires by itself) rather than given back while that work may still
+    /// take stamps from it.
     pub async fn stop(self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
         self.shutdown.cancel();
-        self.last.cancel();
+        let mut requests_done = true;
+        for tasks in &self.request_tasks {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            requests_done &= tasks.stop(left).await;
+        }
+        if requests_done {
+            self.last.cancel();
+        } else {
+            tracing::warn!(
+                "work started by requests is still running: the node-id lease is kept (it expires by itself after the process exits)"
+            );
+        }
         self.tasks.close();
-        let stopped = tokio::time::timeout(within, self.tasks.wait()).await.is_ok();
+        let stopped = tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_ok();
         if !stopped {
             let names = self.running.names();
             tracing::warn!(
@@ -186,5 +216,64 @@ mod tests {
         assert!(workers.stop(Duration::from_secs(5)).await);
         assert!(last.load(Ordering::SeqCst), "stop tells the last ones");
         assert!(running.names().is_empty());
+    }
+
+    /// Notes, when dropped, whether the `last` workers had been told by then.
+    struct NotesLast(Arc<AtomicBool>, Arc<AtomicBool>);
+
+    impl Drop for NotesLast {
+        fn drop(&mut self) {
+            self.1.store(self.0.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_work_requests_started_is_stopped_before_the_last_ones_are_told() {
+        let mut workers = Workers::new();
+        let tasks = RequestTasks::new();
+        workers.stop_first(tasks.clone());
+        let (told, told_when_dropped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(true)));
+        let t = told.clone();
+        workers.spawn_last("last", |shutdown| async move {
+            shutdown.cancelled().await;
+            t.store(true, Ordering::SeqCst);
+        });
+        let notes = NotesLast(told.clone(), told_when_dropped.clone());
+        let _task = tasks.spawn(async move {
+            let _notes = notes;
+            std::future::pending::<()>().await
+        });
+        assert!(workers.stop(Duration::from_secs(5)).await);
+        assert!(
+            !told_when_dropped.load(Ordering::SeqCst),
+            "the request's task was stopped before the last ones were told"
+        );
+        assert!(told.load(Ordering::SeqCst), "then they were told");
+    }
+
+    /// A task stuck in blocking code cannot be stopped: the last ones (the node-id lease) are then
+    /// not told, so the lease is kept rather than given back while that task may take stamps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_ones_are_not_told_while_work_requests_started_runs_on() {
+        let mut workers = Workers::new();
+        let tasks = RequestTasks::new();
+        workers.stop_first(tasks.clone());
+        let told = Arc::new(AtomicBool::new(false));
+        let t = told.clone();
+        workers.spawn_last("last", |shutdown| async move {
+            shutdown.cancelled().await;
+            t.store(true, Ordering::SeqCst);
+        });
+        let (entered, blocked) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let _task = tasks.spawn(async move {
+            let _ = entered.send(());
+            // Blocking code: never yields until released.
+            let _ = released.recv();
+        });
+        blocked.recv().expect("the task runs");
+        assert!(!workers.stop(Duration::from_millis(100)).await, "not everything stopped");
+        assert!(!told.load(Ordering::SeqCst), "the last ones were not told");
+        let _ = release.send(());
     }
 }

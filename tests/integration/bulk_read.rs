@@ -362,3 +362,30 @@ async fn a_slow_store_serves_stale_values_after_the_soft_timeout_while_the_load_
     assert_eq!((fresh.header("x-cache"), &fresh.body["items"]), (Some("hit"), &stored_items(&slow, "cache")));
     assert_eq!(t.store.get_manys() - batches, 1, "one store read, finished in the background");
 }
+
+/// A cold bulk read keeps a few Redis calls in flight on the shared connection, whatever the number
+/// of keys: the load gates, the cache writes and the lock releases of its misses go out at most 16
+/// at a time, not one per key all at once (a bulk read names up to 1,000 keys; every request's
+/// Redis call queues behind what is in flight there). Measured by the Redis handle itself: the
+/// most round trips it had in flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_bulk_read_keeps_a_few_redis_calls_in_flight() {
+    const KEYS: usize = 500;
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[("L1MaxEntries", "0")]);
+    // With the feed live, a gate needs no fetch of the invalidation clocks beside it.
+    let _feed = common::live_feed(&t.app).await;
+    let cold = names("cold", KEYS);
+    store_all(&t, &cold).await;
+    // Connected, the scripts loaded.
+    t.app.services.cache_aside.get_many(&keys(&names("warm", 2))).await;
+    let before = t.app.redis.round_trips();
+    t.app.redis.take_peak_in_flight();
+    let answers = t.app.services.cache_aside.get_many(&keys(&cold)).await;
+    let (round_trips, peak) = (t.app.redis.round_trips() - before, t.app.redis.take_peak_in_flight());
+    eprintln!("FIGURES a cold bulk read of {KEYS} keys: {round_trips} round trips, {peak} in flight at most");
+    assert!(answers.iter().all(|(_, a)| a.as_ref().is_ok_and(|a| a.source == Source::Store)), "every key is loaded");
+    assert!(peak <= 16, "{peak} round trips in flight at once; at most 16");
+    let again = t.app.services.cache_aside.get_many(&keys(&cold)).await;
+    assert!(again.iter().all(|(_, a)| a.as_ref().is_ok_and(|a| a.source == Source::Cache)), "every key was cached");
+}

@@ -7,6 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use cachepatterns::domain::key::Key;
+use cachepatterns::domain::options::{EntryOptions, Tag};
 use cachepatterns::patterns::invalidation::{Outcome, Scope};
 use cachepatterns::ports::Cache;
 use cachepatterns::ports::clock::ManualClock;
@@ -349,4 +350,128 @@ async fn the_fail_safe_cannot_bring_back_a_value_evicted_hard() {
     let put = Cache::put(&t.app.redis, "gone", &fail_safe, t.app.versions.now()).await.unwrap();
     assert_eq!(put, cachepatterns::ports::cache::Put::Evicted);
     assert_eq!(Cache::get(&t.app.redis, "gone").await.unwrap(), None, "the hard eviction holds");
+}
+
+/// Round trips a burst may keep in flight at once on a cluster, where keys of different slots
+/// cannot share a script call (the adapter's bound; on a single endpoint one call is in flight).
+const CLUSTER_CALLS_IN_FLIGHT: u64 = 16;
+
+/// The keys `prefix-0`… in four hash-tag groups: four slots on a cluster, so that calls that take
+/// many keys of one slot count alike on a single node and on a cluster.
+fn grouped_keys(prefix: &str, n: usize) -> Vec<Key> {
+    (0..n).map(|i| key(&format!("{{g{}}}{prefix}-{i}", i % 4))).collect()
+}
+
+/// Evicting many keys against a hung Redis puts a few calls on the shared connection, not one per
+/// key: one call of many keys on a single node (at most a few, of a slot each, on a cluster), and
+/// none after a call failed. The keys not evicted wait for Redis, as every failed eviction does.
+/// Every request's Redis call queues behind what is in flight there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicting_many_keys_against_a_hung_redis_has_few_calls_in_flight() {
+    const KEYS: usize = 1000;
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let s = &t.app.services;
+    // Connected, the script loaded.
+    let warm = s.invalidation.invalidate(&Scope::Keys { keys: vec![key("warm")], hard: false }).await;
+    assert!(matches!(warm, Outcome::Done { .. }), "{warm:?}");
+    let keys: Vec<Key> = (0..KEYS).map(|i| key(&format!("hung-{i}"))).collect();
+    redis.pause();
+    let before = t.app.redis.round_trips();
+    t.app.redis.take_peak_in_flight();
+    let outcome = s.invalidation.invalidate(&Scope::Keys { keys, hard: false }).await;
+    let (started, peak) = (t.app.redis.round_trips() - before, t.app.redis.take_peak_in_flight());
+    redis.resume();
+    eprintln!(
+        "FIGURES evicting {KEYS} keys against a hung Redis: {started} round trips started, {peak} in flight at most"
+    );
+    assert!(matches!(outcome, Outcome::Pending { .. }), "{outcome:?}");
+    assert_eq!(s.invalidation.pending(), KEYS, "every key waits for Redis");
+    let bound = if redis.is_cluster() { CLUSTER_CALLS_IN_FLIGHT } else { 1 };
+    assert!((1..=bound).contains(&started), "{started} round trips started against a hung Redis; at most {bound}");
+    assert!(peak <= bound, "{peak} round trips in flight at once; at most {bound}");
+}
+
+/// What waited for Redis is replayed in a few multi-key calls once it answers, not one call per
+/// key all at once (up to 10,000 keys may wait): one round trip per 100 keys of a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_many_evictions_is_sent_in_a_few_calls() {
+    const KEYS: usize = 2000;
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let s = &t.app.services;
+    let keys = grouped_keys("replayed", KEYS);
+    let cached = &keys[..8];
+    for k in cached {
+        s.write_through.write(k, Change::Upsert(json!("old"))).await.unwrap();
+        assert_eq!(s.cache_aside.get(k).await.unwrap().source, cachepatterns::patterns::Source::Cache);
+    }
+    // Redis refuses every write (see `cache_writes_and_invalidations_that_failed_…` above).
+    redis.command("CONFIG SET min-replicas-to-write 1").expect("CONFIG SET");
+    for batch in keys.chunks(1000) {
+        let outcome = s.invalidation.invalidate(&Scope::Keys { keys: batch.to_vec(), hard: false }).await;
+        assert!(matches!(outcome, Outcome::Pending { .. }), "{outcome:?}");
+    }
+    assert_eq!(s.invalidation.pending(), KEYS);
+    redis.command("CONFIG SET min-replicas-to-write 0").expect("CONFIG SET");
+    redis.reset_stats();
+    let before = t.app.redis.round_trips();
+    t.app.redis.take_peak_in_flight();
+    assert_eq!(s.invalidation.replay_pending().await, KEYS, "every eviction is replayed");
+    let (round_trips, peak) = (t.app.redis.round_trips() - before, t.app.redis.take_peak_in_flight());
+    let calls = redis.command_calls();
+    let scripts = calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
+    let announced = calls.get("publish").copied().unwrap_or(0);
+    eprintln!(
+        "FIGURES replay of {KEYS} evictions: {round_trips} round trips (a ping first), {scripts} script calls, {announced} announced, {peak} in flight at most"
+    );
+    assert_eq!(s.invalidation.pending(), 0);
+    assert_eq!(announced, KEYS as u64, "every key is evicted and announced: {calls:?}");
+    assert_eq!(round_trips, 1 + (KEYS as u64).div_ceil(100), "a ping, then one call per 100 keys of a slot");
+    // On a cluster a node that never ran the script answers NOSCRIPT once, within the same call.
+    assert!(scripts <= (KEYS as u64).div_ceil(100) + 3, "{scripts} script calls: {calls:?}");
+    assert!(peak <= CLUSTER_CALLS_IN_FLIGHT, "{peak} round trips in flight at once");
+    for k in cached {
+        let read = s.cache_aside.get(k).await.unwrap();
+        assert_eq!(read.cache, cachepatterns::patterns::CacheStatus::Miss, "{k:?} was evicted by the replay");
+    }
+}
+
+/// A bulk read of entries a tag invalidation covers marks them stale in Redis in a few multi-key
+/// calls, not one call per entry all at once (a bulk read names up to 1,000 keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_tag_invalidation_covers_are_marked_stale_in_a_few_calls() {
+    const KEYS: usize = 400;
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let s = &t.app.services;
+    let keys = grouped_keys("covered", KEYS);
+    let tagged = EntryOptions { tags: vec![Tag::new("covered").unwrap()], ttl: None };
+    for k in &keys {
+        s.write_through.write_with(k, Change::Upsert(json!(1)), &tagged).await.unwrap();
+    }
+    let outcome = s.invalidation.invalidate(&Scope::Tags(vec![Tag::new("covered").unwrap()])).await;
+    assert!(matches!(outcome, Outcome::Done { .. }), "{outcome:?}");
+    let names: Vec<String> = keys.iter().map(|k| k.as_str().to_string()).collect();
+    let read = |what: &'static str| {
+        let (redis, app, names) = (&redis, &t.app, &names);
+        async move {
+            redis.reset_stats();
+            let before = app.redis.round_trips();
+            app.redis.take_peak_in_flight();
+            let entries = Cache::get_many(&app.redis, names).await.expect("a bulk read of Redis");
+            let (round_trips, peak) = (app.redis.round_trips() - before, app.redis.take_peak_in_flight());
+            let scripts = redis.command_calls().get("evalsha").copied().unwrap_or(0);
+            eprintln!(
+                "FIGURES {what}: get_many of {KEYS} covered entries: {round_trips} round trips, {scripts} script calls, {peak} in flight at most"
+            );
+            assert!(entries.iter().all(|e| e.as_ref().is_some_and(|e| !e.is_fresh(app.versions.now()))), "{what}");
+            round_trips
+        }
+    };
+    // Two reads of the entries (200 keys each, pipelined) and the invalidation clocks beside them
+    // (the feed is not followed here), then one call per 100 entries of a slot.
+    assert_eq!(read("first read").await, 3 + (KEYS as u64).div_ceil(100));
+    // Marked stale in Redis: nothing left to do.
+    assert_eq!(read("second read").await, 3);
 }

@@ -376,3 +376,176 @@ async fn a_request_still_running_after_the_drain_is_cut_before_the_lease_is_give
     let answer = client.join().expect("the client");
     assert!(answer.is_empty(), "the cut request got no answer: {:?}", String::from_utf8_lossy(&answer));
 }
+
+/// A store whose reads never finish once `hold` is set. When a held read is dropped (its task was
+/// stopped), it notes whether the process's node-id lease was still in Redis at that moment.
+struct HeldReads {
+    inner: Arc<dyn cachepatterns::ports::store::Store>,
+    redis: Arc<RedisServer>,
+    /// The lease key, once the process holds it.
+    lease: std::sync::Mutex<String>,
+    hold: AtomicBool,
+    /// Reads being held.
+    entered: std::sync::atomic::AtomicUsize,
+    /// For each held read dropped: whether the lease key still existed then.
+    cut: std::sync::Mutex<Vec<bool>>,
+}
+
+/// Dropped with a held read's future.
+struct OnReadCut<'a>(&'a HeldReads);
+
+impl Drop for OnReadCut<'_> {
+    fn drop(&mut self) {
+        // Never a panic here: this may run while a failed test unwinds.
+        let lease = self.0.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let exists = self.0.redis.command(&format!("EXISTS {lease}"));
+        self.0.cut.lock().unwrap_or_else(|p| p.into_inner()).push(exists.is_ok_and(|r| r.starts_with(":1")));
+    }
+}
+
+impl HeldReads {
+    async fn held(&self) -> ! {
+        let _cut = OnReadCut(self);
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+#[async_trait::async_trait]
+impl cachepatterns::ports::store::Store for HeldReads {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if self.hold.load(Ordering::SeqCst) {
+            self.held().await
+        }
+        self.inner.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
+        if self.hold.load(Ordering::SeqCst) {
+            self.held().await
+        }
+        self.inner.get_many(keys).await
+    }
+
+    async fn apply_with(
+        &self,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Applied, StoreError> {
+        self.inner.apply_with(key, version, change, options).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+/// Sends `request` (without its final blank line) on a connection of its own and returns the
+/// whole answer.
+fn http(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(request.as_bytes()).expect("send the request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Work that requests start and that outlives them — an eager refresh (Refresh-Ahead), the load that
+/// goes on after a stale value was served (soft timeout), and the store read of a bulk load after
+/// its stale values were served — is stopped before the node-id lease is given back: it takes
+/// stamps from the version clock (a load stamps what it read before reading), and another instance
+/// may lease the id next (stamps and versions that tie). Here each one's store read never
+/// finishes; the requests are answered, `serve` returns, and then the handler's steps
+/// (`startup::run`) stop the workers: every held read must be dropped while the lease key is still
+/// in Redis, and the lease is given back afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_loads_and_refreshes_are_stopped_before_the_lease_is_given_back() {
+    use cachepatterns::domain::key::Key;
+    use cachepatterns::ports::clock::ManualClock;
+    let redis = Arc::new(RedisServer::start());
+    let dir = common::TempDir::new("held-reads");
+    let sqlite = cachepatterns::adapters::sqlite::SqliteStore::open(&dir.path().join("store.db")).expect("sqlite");
+    let store = Arc::new(HeldReads {
+        inner: Arc::new(sqlite),
+        redis: redis.clone(),
+        lease: std::sync::Mutex::new(String::new()),
+        hold: AtomicBool::new(false),
+        entered: std::sync::atomic::AtomicUsize::new(0),
+        cut: std::sync::Mutex::new(Vec::new()),
+    });
+    let time = ManualClock::starting_now();
+    let extra = [("FailSafeSoftTimeoutMs", "50"), ("L1MaxEntries", "0")];
+    let t =
+        common::TestApp::builder(&redis.connection_string(), &extra).store(store.clone()).clock(time.clone()).build();
+    let workers = t.app.start_workers().expect("the workers start");
+    let leases = || redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
+    until("the node-id lease is taken", || leases().starts_with("*1\r\n")).await;
+    let lease = leases().lines().nth(2).expect("the lease key").to_string();
+    *store.lease.lock().unwrap() = lease.clone();
+
+    // Three keys cached with a 10 s TTL (stale 290 s later, within the fail-safe), one with the
+    // default TTL (fresh 290 s later, past the refresh-ahead factor).
+    let s = &t.app.services;
+    let short = EntryOptions { tags: Vec::new(), ttl: Some(Duration::from_secs(10)) };
+    for key in ["stale-one", "stale-a", "stale-b"] {
+        s.write_through.write_with(&Key::new(key).unwrap(), Change::Upsert(json!(key)), &short).await.unwrap();
+    }
+    s.write_through.write(&Key::new("refreshed").unwrap(), Change::Upsert(json!(1))).await.unwrap();
+    time.advance(Duration::from_secs(290));
+    store.hold.store(true, Ordering::SeqCst);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+    let limits = cachepatterns::http::Limits::default();
+    let router = t.app.router_with(limits);
+    let stopping = async {
+        let _ = signalled.await;
+        workers.cancel();
+    };
+    let server = cachepatterns::http::serve(listener, router, limits, stopping, Duration::from_millis(200));
+    let requests = [
+        "GET /api/refresh-ahead/refreshed HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+        "GET /api/cache-aside/stale-one HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+        {
+            let body = r#"{"keys":["stale-a","stale-b"]}"#;
+            format!(
+                "POST /api/cache-aside HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        },
+    ];
+    let client = std::thread::spawn(move || requests.iter().map(|r| http(port, r)).collect::<Vec<_>>());
+    let serving = async {
+        until("the requests are answered", || client.is_finished()).await;
+        let answers = client.join().expect("the client");
+        until("the three background reads are held", || store.entered.load(Ordering::SeqCst) == 3).await;
+        let _ = signal.send(());
+        answers
+    };
+    let (served, answers) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), server), serving);
+    served.expect("serve returns").expect("serve");
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 200"), "every request was answered at once: {answer}");
+    }
+    assert!(answers[0].contains("x-cache: hit") && answers[1].contains("x-cache: stale"), "{answers:?}");
+    assert!(store.cut.lock().unwrap().is_empty(), "the background reads ran on after their requests");
+    // What `startup::run` does once `serve` returned.
+    let stopped = workers.stop(Duration::from_secs(5)).await;
+    let cut = store.cut.lock().unwrap().clone();
+    assert_eq!(
+        cut,
+        vec![true; 3],
+        "when the workers stopped, every background read had been stopped (one entry each) while the lease was held (true)"
+    );
+    assert!(stopped, "the workers stop");
+    assert!(leases().starts_with("*0\r\n"), "the lease is given back: {:?}", leases());
+}

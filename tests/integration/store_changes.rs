@@ -16,6 +16,7 @@ use cachepatterns::config::{Settings, StoreSettings};
 use cachepatterns::domain::key::Key;
 use cachepatterns::http::TriggerFunction;
 use cachepatterns::patterns::CacheStatus;
+use cachepatterns::patterns::store_changes::ChangedItem;
 use cachepatterns::ports::DeadLetters;
 use cachepatterns::ports::store::{Change, Store};
 use common::cosmos::{CONTAINER, DATABASE, Emulator};
@@ -326,4 +327,42 @@ async fn while_redis_refuses_the_evictions_wait_and_the_batch_is_delivered_again
     assert_eq!(s.invalidation.pending(), 0);
     assert_eq!(s.cache_aside.get(&key("away:a")).await.unwrap().value, Some(json!("v2").into()));
     assert_eq!(s.cache_aside.get(&key("away:ours")).await.unwrap().cache, CacheStatus::Hit, "never evicted");
+}
+
+/// A batch of many items other programs changed is evicted in a few multi-key calls, not one call
+/// per item all at once: one round trip per 100 keys of a slot (keys in four hash-tag groups here,
+/// four slots on a cluster). The change feed's batches are as large as the trigger's
+/// `maxItemsPerInvocation` allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_foreign_changes_is_evicted_in_a_few_calls() {
+    const KEYS: usize = 400;
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let s = &t.app.services;
+    let changed: Vec<Key> = (0..KEYS).map(|i| key(&format!("{{g{}}}foreign-{i}", i % 4))).collect();
+    for k in &changed[..8] {
+        s.write_through.write(k, Change::Upsert(json!("old"))).await.unwrap();
+    }
+    let items: Vec<ChangedItem> =
+        changed.iter().map(|k| ChangedItem { key: k.clone(), version: None, written_by_us: false }).collect();
+    // The script loaded.
+    s.store_changes.follow(&items[..1]).await.expect("a batch of one");
+    redis.reset_stats();
+    let before = t.app.redis.round_trips();
+    t.app.redis.take_peak_in_flight();
+    let followed = s.store_changes.follow(&items).await.expect("the batch is followed");
+    let (round_trips, peak) = (t.app.redis.round_trips() - before, t.app.redis.take_peak_in_flight());
+    let calls = redis.command_calls();
+    let scripts = calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
+    eprintln!(
+        "FIGURES a batch of {KEYS} foreign changes: {round_trips} round trips, {scripts} script calls, {peak} in flight at most"
+    );
+    assert_eq!((followed.evicted, followed.waiting), (KEYS, 0), "{followed:?}");
+    assert_eq!(calls.get("publish").copied(), Some(KEYS as u64), "every eviction is announced: {calls:?}");
+    assert_eq!(round_trips, (KEYS as u64).div_ceil(100), "one call per 100 keys of a slot");
+    assert!(scripts <= (KEYS as u64).div_ceil(100) + 3, "{scripts} script calls: {calls:?}");
+    assert!(peak <= 16, "{peak} round trips in flight at once");
+    for k in &changed[..8] {
+        assert_eq!(s.cache_aside.get(k).await.unwrap().cache, CacheStatus::Miss, "{k:?} was evicted");
+    }
 }

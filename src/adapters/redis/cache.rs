@@ -6,9 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::ConnectionLike;
 
-use super::invalidation::ALL_FIELD;
+use super::invalidation::{ALL_FIELD, covered_by};
 use super::{Redis, entry, scripts};
 use crate::domain::entry::CacheEntry;
+use crate::domain::error_chain::Chain;
 use crate::domain::time::Timestamp;
 use crate::ports::LockToken;
 use crate::ports::cache::{Cache, CacheError, EntryMeta, Eviction, Gate, HotKeyPolicy, Put, RefreshGate};
@@ -109,12 +110,28 @@ impl Redis {
         Ok(out)
     }
 
-    /// Reads the entries of `keys` (in order), with the invalidation clocks at hand.
+    /// Reads the entries of `keys` (in order), with the invalidation clocks at hand. Entries an
+    /// invalidation covers come back stale, and are marked stale in their hashes in few calls
+    /// ([`Redis::evict_entries`]), not one per entry at once.
     pub(crate) async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<CacheEntry>>, CacheError> {
         let rows = self.read_with_clocks(self.entry_fields(keys, &entry::FIELDS)).await?;
-        // Entries an invalidation covers are evicted in their hashes: all at once.
-        let checks = keys.iter().zip(rows).map(|(key, row)| self.checked(key, row.and_then(entry::from_fields)));
-        Ok(futures_util::future::join_all(checks).await)
+        let mut entries: Vec<Option<CacheEntry>> =
+            rows.into_iter().map(|row| row.and_then(entry::from_fields)).collect();
+        let mut covered = Vec::new();
+        for (key, found) in keys.iter().zip(entries.iter_mut()) {
+            let Some(entry) = found else { continue };
+            let floor = self.feed().floor(&entry.tags);
+            if covered_by(entry, floor) {
+                entry.fresh_until = Timestamp::EPOCH;
+                covered.push((key.clone(), Eviction { stamp: Some(floor), below_version: None, hard: false }));
+            }
+        }
+        let marked = self.evict_entries(&covered, false).await;
+        if let Some(Err(e)) = marked.iter().find(|m| m.is_err()) {
+            let failed = marked.iter().filter(|m| m.is_err()).count();
+            tracing::debug!(entries = failed, error = %Chain(e), "could not mark invalidated entries stale in Redis; the next read tries again");
+        }
+        Ok(entries)
     }
 
     /// Writes `entry` unless Redis holds a newer version, or the key is not a cache entry.
@@ -246,6 +263,10 @@ impl Cache for Redis {
 
     async fn evict(&self, key: &str, eviction: &Eviction, _now: Timestamp) -> Result<(), CacheError> {
         self.evict_entry(key, eviction.stamp, eviction.below_version, eviction.hard, true).await
+    }
+
+    async fn evict_many(&self, evictions: &[(String, Eviction)], _now: Timestamp) -> Vec<Result<(), CacheError>> {
+        self.evict_entries(evictions, true).await
     }
 
     async fn invalidate_tags(&self, tags: &[String], stamp: u64) -> Result<(), CacheError> {

@@ -5,7 +5,8 @@
 //!   fail-safe copy stays unless the eviction is hard) and the hash remembers the eviction's stamp
 //!   in the `inv` field, so a load that read the store before the eviction cannot cache its value
 //!   afterwards. A write stamped after the eviction is cached as usual: invalidations never hide
-//!   later writes.
+//!   later writes. Many keys go in few calls ([`Redis::evict_entries`]): one script call per
+//!   hundred keys of a slot, never more than a few calls in flight on the shared connection.
 //! * **Tags and "all"** cost one `HSET` on one hash, the *clocks* (`{inv}clocks`): field `\x1fall`
 //!   and one field per tag, each holding the stamp of its last invalidation. An entry is
 //!   invalidated when it was cached (`asof`) no later than the clock of "all" or of one of its
@@ -20,7 +21,7 @@
 //!   while the last answer is younger than [`SILENT_FOR_AT_MOST`]; on every (re)connection it
 //!   reloads the clocks and starts a new *generation* (the near cache drops what it held before).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -29,11 +30,12 @@ use futures_util::{FutureExt, StreamExt};
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{Redis, scripts};
+use super::{Redis, keys, scripts};
 use crate::domain::entry::CacheEntry;
 use crate::domain::error_chain::Chain;
 use crate::domain::time::Timestamp;
 use crate::ports::CacheError;
+use crate::ports::cache::Eviction;
 
 /// How often the subscriber connection is pinged.
 pub(crate) const PING_EVERY: Duration = Duration::from_millis(50);
@@ -44,6 +46,20 @@ pub(crate) const SILENT_FOR_AT_MOST: Duration = Duration::from_millis(200);
 pub(crate) const REMEMBER_EVICTION: Duration = Duration::from_secs(60);
 /// The clocks' field for "all" (no tag can contain U+001F).
 pub(crate) const ALL_FIELD: &str = "\u{1f}all";
+/// Keys evicted per script call. Each costs about ten commands on the server, so a call keeps
+/// Redis busy about a millisecond at most; a bulk eviction of 1,000 keys is ten calls, the replay
+/// of the most evictions that may wait (10,000) a hundred.
+pub(crate) const EVICT_CHUNK: usize = 100;
+/// Eviction calls in flight at once on a cluster, where keys of different slots cannot share a
+/// call (on a single endpoint: one).
+pub(crate) const EVICT_IN_FLIGHT_ON_A_CLUSTER: usize = 16;
+
+/// True when an invalidation whose newest stamp is `floor` covers `entry`, which is not marked
+/// stale yet: it was cached (`asof`) no later than `floor`, is not already evicted
+/// (`fresh_until` 0) and is not a fail-safe copy (served stale anyway).
+pub(crate) fn covered_by(entry: &CacheEntry, floor: u64) -> bool {
+    entry.as_of <= floor && !entry.fail_safe && entry.fresh_until != Timestamp::EPOCH
+}
 
 /// One message on the feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +274,7 @@ impl Redis {
     /// not after `floor`), it is evicted in Redis (keeping the fail-safe copy) and returned stale.
     /// Entries already evicted, or served stale by the fail-safe, are left as they are.
     pub(crate) async fn unless_invalidated(&self, key: &str, entry: CacheEntry, floor: u64) -> CacheEntry {
-        if entry.as_of > floor || entry.fail_safe || entry.fresh_until == Timestamp::EPOCH {
+        if !covered_by(&entry, floor) {
             return entry;
         }
         if let Err(e) = self.evict_entry(key, Some(floor), None, false, false).await {
@@ -279,15 +295,87 @@ impl Redis {
         hard: bool,
         announce: bool,
     ) -> Result<(), CacheError> {
+        let eviction = Eviction { stamp, below_version, hard };
+        self.evict_call(std::iter::once((key, &eviction)), announce).await
+    }
+
+    /// Evicts each key as its eviction says (see [`Redis::evict_entry`]), in few calls: one
+    /// script call per [`EVICT_CHUNK`] keys of a slot (on a single endpoint, of any slots). On a
+    /// single endpoint the calls go one at a time; on a cluster (or before Redis first answered)
+    /// at most [`EVICT_IN_FLIGHT_ON_A_CLUSTER`] at once. Every request's call on the shared
+    /// connection queues behind what is in flight there, so a burst of evictions (the replay of
+    /// what waited while Redis was away, up to 10,000 keys) must not all go at once. Once a call
+    /// failed, the calls not yet sent fail alike without being sent (Redis is down or slow: they
+    /// would only add to its load). One result per eviction, in order.
+    pub(crate) async fn evict_entries(
+        &self,
+        evictions: &[(String, Eviction)],
+        announce: bool,
+    ) -> Vec<Result<(), CacheError>> {
+        let single = self.is_cluster() == Some(false);
+        let calls: Vec<Vec<usize>> = if single {
+            let all: Vec<usize> = (0..evictions.len()).collect();
+            all.chunks(EVICT_CHUNK).map(<[usize]>::to_vec).collect()
+        } else {
+            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+            for (at, (key, _)) in evictions.iter().enumerate() {
+                by_slot.entry(keys::slot(&self.keys.entry(key))).or_default().push(at);
+            }
+            by_slot
+                .into_values()
+                .flat_map(|ats| ats.chunks(EVICT_CHUNK).map(<[usize]>::to_vec).collect::<Vec<_>>())
+                .collect()
+        };
+        let failed: OnceLock<CacheError> = OnceLock::new();
+        let results = futures_util::stream::iter(calls)
+            .map(|ats| {
+                let failed = &failed;
+                async move {
+                    let result = match failed.get() {
+                        Some(e) => Err(e.clone()),
+                        None => {
+                            let batch = ats.iter().map(|at| (evictions[*at].0.as_str(), &evictions[*at].1));
+                            let result = self.evict_call(batch, announce).await;
+                            if let Err(e) = &result {
+                                let _ = failed.set(e.clone());
+                            }
+                            result
+                        }
+                    };
+                    (ats, result)
+                }
+            })
+            .buffer_unordered(if single { 1 } else { EVICT_IN_FLIGHT_ON_A_CLUSTER });
+        let mut out: Vec<Result<(), CacheError>> = (0..evictions.len()).map(|_| Ok(())).collect();
+        let results: Vec<(Vec<usize>, Result<(), CacheError>)> = results.collect().await;
+        for (ats, result) in results {
+            for at in ats {
+                out[at] = result.clone();
+            }
+        }
+        out
+    }
+
+    /// One script call evicting `evictions` (keys of one slot on a cluster).
+    async fn evict_call<'a>(
+        &self,
+        evictions: impl Iterator<Item = (&'a str, &'a Eviction)>,
+        announce: bool,
+    ) -> Result<(), CacheError> {
         let mut invocation = scripts::EVICT.prepare_invoke();
-        invocation
-            .key(self.keys.entry(key))
-            .arg(stamp.map(|s| s.to_string()).unwrap_or_default())
-            .arg(below_version.map(|v| v.to_string()).unwrap_or_default())
-            .arg(if hard { "1" } else { "0" })
-            .arg(REMEMBER_EVICTION.as_millis() as u64)
-            .arg(if announce { self.keys.feed_channel() } else { String::new() })
-            .arg(key);
+        invocation.arg(REMEMBER_EVICTION.as_millis() as u64).arg(if announce {
+            self.keys.feed_channel()
+        } else {
+            String::new()
+        });
+        for (key, eviction) in evictions {
+            invocation
+                .key(self.keys.entry(key))
+                .arg(eviction.stamp.map(|s| s.to_string()).unwrap_or_default())
+                .arg(eviction.below_version.map(|v| v.to_string()).unwrap_or_default())
+                .arg(if eviction.hard { "1" } else { "0" })
+                .arg(key);
+        }
         self.invoke::<i64>(&invocation).await.map(|_| ())
     }
 

@@ -101,6 +101,33 @@ impl Keys {
     }
 }
 
+/// The Redis Cluster slot of `redis_key` (CRC16/XMODEM of the key, or of its hash tag: the text
+/// between the first `{` and the next `}`, when not empty), as the cluster computes it. Callers
+/// group keys by slot to send them in one multi-key call.
+pub(crate) fn slot(redis_key: &str) -> u16 {
+    let bytes = redis_key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let close = open + 1 + bytes[open + 1..].iter().position(|b| *b == b'}')?;
+            (close > open + 1).then(|| &bytes[open + 1..close])
+        })
+        .unwrap_or(bytes);
+    crc16_xmodem(hashed) % 16384
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in bytes {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
 /// Internal keys of the layout before this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyKeys {
@@ -142,6 +169,20 @@ mod tests {
             assert!(!internal.contains(&entry));
             assert_eq!(keys.cache_key(&entry), Some(user));
         }
+    }
+
+    #[test]
+    fn slots_are_the_clusters() {
+        // The check value of CRC16/XMODEM, and slots `CLUSTER KEYSLOT` answers.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!((slot("foo"), slot("bar"), slot("hello")), (12182, 5061, 866));
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("a{user1000}b"), slot("user1000"));
+        // An empty tag, or none closed, hashes the whole key.
+        assert_eq!(slot("{}user"), crc16_xmodem(b"{}user") % 16384);
+        assert_eq!(slot("{user"), crc16_xmodem(b"{user") % 16384);
+        assert_eq!(slot("x{}{a}"), crc16_xmodem(b"x{}{a}") % 16384);
     }
 
     #[test]

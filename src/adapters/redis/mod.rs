@@ -87,6 +87,27 @@ impl std::fmt::Debug for Redis {
 struct Breaker {
     open_until_ms: AtomicU64,
     round_trips: AtomicU64,
+    /// Round trips started and not yet ended.
+    in_flight: AtomicU64,
+    /// The most round trips in flight at once since [`Redis::take_peak_in_flight`] last read it.
+    peak_in_flight: AtomicU64,
+}
+
+/// One round trip in flight, counted until it is dropped (ended, failed or cancelled).
+struct InFlight<'a>(&'a Breaker);
+
+impl<'a> InFlight<'a> {
+    fn enter(breaker: &'a Breaker) -> Self {
+        let now = breaker.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        breaker.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        Self(breaker)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn monotonic_ms() -> u64 {
@@ -265,6 +286,14 @@ impl Redis {
         self.breaker.round_trips.load(Ordering::Relaxed)
     }
 
+    /// The most round trips this handle (and its clones) had in flight at once since the last
+    /// call, which starts counting again from those in flight now. What a burst of calls puts on
+    /// the shared connection at once: every call queues behind what is in flight there.
+    pub fn take_peak_in_flight(&self) -> u64 {
+        let now = self.breaker.in_flight.load(Ordering::Relaxed);
+        self.breaker.peak_in_flight.swap(now, Ordering::Relaxed)
+    }
+
     /// Whether Redis is a cluster (`None` until it first answered).
     pub fn is_cluster(&self) -> Option<bool> {
         self.connector.is_cluster()
@@ -348,6 +377,7 @@ impl Redis {
             None => self.deadline,
         };
         self.breaker.round_trips.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight::enter(&self.breaker);
         let connector = &self.connector;
         let round_trip = async move { call(connector.get().await?).await };
         let started = Instant::now();

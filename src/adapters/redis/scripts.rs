@@ -1,7 +1,8 @@
 //! The Lua scripts that make multi-step cache operations atomic on the Redis server.
 //!
 //! Each script touches exactly one key, the entry hash, so each is valid on Redis Cluster whatever
-//! the key (one slot per per-key operation). Per-key coordination (the load lock, the
+//! the key (one slot per per-key operation); the eviction script takes many entries at once, which
+//! the caller groups by slot. Per-key coordination (the load lock, the
 //! refresh lock) lives in fields of that hash, next to the entry it guards:
 //!
 //! | field | meaning |
@@ -74,51 +75,57 @@ return 1
     ))
 });
 
-/// Evicts an entry (docs/invalidation.md).
+/// Evicts entries (docs/invalidation.md), one or many in one call: on a cluster, the keys of one
+/// call share a slot.
 ///
-/// KEYS[1] entry; ARGV: stamp ('' for none), version floor ('' for none), hard (0/1), how long the
-/// hash remembers the eviction at least (ms), feed channel ('' for none), the cache key.
-/// The entry turns stale (`soft` = 0, the stale copy kept for the fail-safe) when it was cached no
+/// KEYS: the entries; ARGV: how long a hash remembers an eviction at least (ms), feed channel (''
+/// for none), then for each key, in the order of KEYS: stamp ('' for none), version floor (''
+/// for none), hard (0/1), the cache key.
+/// An entry turns stale (`soft` = 0, the stale copy kept for the fail-safe) when it was cached no
 /// later than the stamp or holds a version below the floor; with `hard` its value goes too. The
 /// stamp is remembered in `inv` (later writes of values read before it are refused), the floor in
-/// `minv`. Returns 1 when an entry was evicted, 0 when none was covered, -1 when the key is not a
-/// cache entry.
+/// `minv`. A key that is not a cache entry is left alone (and not announced). Returns how many
+/// entries were evicted.
 pub(crate) static EVICT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{NEWER}
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'hash' and kind ~= 'none' then return -1 end
-local stamp, floor = ARGV[1], ARGV[2]
-local e = redis.call('HMGET', KEYS[1], 'ver', 'asof', 'inv', 'minv')
-if stamp ~= '' and (not e[3] or newer(stamp, e[3])) then redis.call('HSET', KEYS[1], 'inv', stamp) end
-if floor ~= '' and (not e[4] or newer(floor, e[4])) then redis.call('HSET', KEYS[1], 'minv', floor) end
-local hit = 0
-if e[1] then
-  local asof = e[2] or e[1]
-  if (stamp ~= '' and not newer(asof, stamp)) or (floor ~= '' and newer(floor, e[1])) then
-    hit = 1
-    if ARGV[3] == '1' then
-      redis.call('HDEL', KEYS[1], 'data', 'ver', 'neg', 'fs', 'asof', 'tags', 'at', 'soft', 'hard')
-    else
-      redis.call('HSET', KEYS[1], 'soft', '0')
+local keep, channel = tonumber(ARGV[1]), ARGV[2]
+-- Later writes keep a hash at least until then (their own expiry may be shorter).
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + keep
+local hits = 0
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 4
+  local stamp, floor, hard, name = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'hash' or kind == 'none' then
+    local e = redis.call('HMGET', key, 'ver', 'asof', 'inv', 'minv')
+    if stamp ~= '' and (not e[3] or newer(stamp, e[3])) then redis.call('HSET', key, 'inv', stamp) end
+    if floor ~= '' and (not e[4] or newer(floor, e[4])) then redis.call('HSET', key, 'minv', floor) end
+    if e[1] then
+      local asof = e[2] or e[1]
+      if (stamp ~= '' and not newer(asof, stamp)) or (floor ~= '' and newer(floor, e[1])) then
+        hits = hits + 1
+        if hard == '1' then
+          redis.call('HDEL', key, 'data', 'ver', 'neg', 'fs', 'asof', 'tags', 'at', 'soft', 'hard')
+        else
+          redis.call('HSET', key, 'soft', '0')
+        end
+      end
+    end
+    if stamp ~= '' or floor ~= '' then
+      local pttl = redis.call('PTTL', key)
+      if pttl < keep then redis.call('PEXPIRE', key, keep) end
+      local invx = tonumber(redis.call('HGET', key, 'invx') or '0')
+      if until_ms > invx then redis.call('HSET', key, 'invx', until_ms) end
+    end
+    if channel ~= '' then
+      if stamp ~= '' then redis.call('PUBLISH', channel, 'e ' .. stamp .. ' ' .. name) end
+      if floor ~= '' then redis.call('PUBLISH', channel, 'w ' .. floor .. ' ' .. name) end
     end
   end
 end
-if stamp ~= '' or floor ~= '' then
-  local keep = tonumber(ARGV[4])
-  local pttl = redis.call('PTTL', KEYS[1])
-  if pttl < keep then redis.call('PEXPIRE', KEYS[1], keep) end
-  -- Later writes keep the hash at least until then (their own expiry may be shorter).
-  local t = redis.call('TIME')
-  local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + keep
-  local invx = tonumber(redis.call('HGET', KEYS[1], 'invx') or '0')
-  if until_ms > invx then redis.call('HSET', KEYS[1], 'invx', until_ms) end
-end
-if ARGV[5] ~= '' then
-  if stamp ~= '' then redis.call('PUBLISH', ARGV[5], 'e ' .. stamp .. ' ' .. ARGV[6]) end
-  if floor ~= '' then redis.call('PUBLISH', ARGV[5], 'w ' .. floor .. ' ' .. ARGV[6]) end
-end
-return hit
+return hits
 "#
     ))
 });

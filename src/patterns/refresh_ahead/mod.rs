@@ -192,12 +192,13 @@ impl RefreshAhead {
             && now.since(entry.written_at).as_secs_f64() >= factor * ttl.as_secs_f64()
     }
 
-    /// Starts a background refresh of `key` unless this process is already refreshing it.
+    /// Starts a background refresh of `key` unless this process is already refreshing it (on a
+    /// task stopped at shutdown, see `background`).
     fn spawn_refresh(&self, key: &Key, observed: Timestamp) {
         let Some(claim) = self.claim(key.as_str()) else { return };
         let this = self.clone();
         let key = key.clone();
-        tokio::spawn(async move {
+        self.read.core.background.spawn(async move {
             let _claim = claim;
             let refreshed = this.refresh_key(&key, Some(observed)).await;
             crate::telemetry::metrics().refresh("read", refreshed.outcome());

@@ -103,10 +103,15 @@ impl RefreshAhead {
                 continue;
             };
             let (this, permits) = (self.clone(), permits.clone());
-            tasks.spawn(async move {
+            // Tracked, so that shutdown stops it before the node-id lease is given back, even once
+            // the run's request was cut (the set then only aborts it).
+            let refresh = self.read.core.background.guard(async move {
                 let _claim = claim;
                 let Ok(_permit) = permits.acquire_owned().await else { return Refreshed::Skipped };
                 this.refresh_key(&key, observed).await
+            });
+            tasks.spawn(async move {
+                refresh.await.unwrap_or_else(|| Refreshed::Failed("stopped: the service is shutting down".into()))
             });
         }
         while let Some(done) = tasks.join_next().await {
