@@ -48,7 +48,16 @@ fn conflicting_writes(processes: usize, rounds: usize) {
     let redis_cs = redis.connection_string();
     let store = store_path.display().to_string();
     let handlers: Vec<Arc<Handler>> = (0..processes)
-        .map(|_| Arc::new(Handler::start(&[("RedisCache", &redis_cs), ("LocalStorePath", &store)])))
+        // Entries (and the record of a delete) outlive the run, however slow the machine: the final
+        // check compares what is cached, and an entry that expired on its own would hold nothing.
+        .map(|_| {
+            Arc::new(Handler::start(&[
+                ("RedisCache", &redis_cs),
+                ("LocalStorePath", &store),
+                ("CacheTtlSeconds", "3600"),
+                ("NegativeCacheTtlSeconds", "3600"),
+            ]))
+        })
         .collect();
     // Every process holds its version node-id lease before the writes start.
     let started = Instant::now();
