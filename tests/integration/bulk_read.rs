@@ -389,3 +389,54 @@ async fn a_cold_bulk_read_keeps_a_few_redis_calls_in_flight() {
     let again = t.app.services.cache_aside.get_many(&keys(&cold)).await;
     assert!(again.iter().all(|(_, a)| a.as_ref().is_ok_and(|a| a.source == Source::Cache)), "every key was cached");
 }
+
+/// Damaged entries, fresh by their times but unreadable (not JSON, JSON a tree cannot hold, a
+/// field that is not UTF-8), are misses for a bulk read as for a single read: the store's value
+/// is answered and the entry written over, and nothing fails.
+#[tokio::test]
+async fn damaged_entries_are_reloaded_by_bulk_and_single_reads() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[("L1MaxEntries", "0")]);
+    let _feed = common::live_feed(&t.app).await;
+    let router = t.app.router();
+    let aside = FunctionDef::load("CacheAside");
+    let far = common::now().as_millis() + 3_600_000;
+    // Inline commands read `\xff` in double quotes as that byte.
+    let damage = [
+        ("data", "not-json"),
+        ("data", "1e400"),
+        ("data", "\"\\\"\\\\ud800\\\"\""),
+        ("data", &format!("{}{}", "[".repeat(200), "]".repeat(200))),
+        ("data", "\"\\xff\\xfe\""),
+        ("tags", "\"\\xff\""),
+    ];
+    for read in ["bulk", "single"] {
+        let damaged = names(&format!("damaged-{read}"), damage.len());
+        store_all(&t, &damaged).await;
+        for (name, (field, text)) in damaged.iter().zip(damage) {
+            let data = if field == "data" { text.to_string() } else { "1".to_string() };
+            redis.command(&format!("HSET {name} data {data} ver 1 at 0 soft {far} hard {far}")).unwrap();
+            if field != "data" {
+                redis.command(&format!("HSET {name} {field} {text}")).unwrap();
+            }
+        }
+        let answers: Vec<Value> = if read == "bulk" {
+            let answer = send(&router, Mode::Direct, &aside, &bulk(&damaged)).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            answer.body["items"].as_array().cloned().unwrap_or_default()
+        } else {
+            let mut items = Vec::new();
+            for name in &damaged {
+                let answer = send(&router, Mode::Direct, &aside, &Call::new("GET", Some(name))).await;
+                assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+                items.push(answer.body);
+            }
+            items
+        };
+        assert_eq!(Value::Array(answers), stored_items(&damaged, "store"), "{read}");
+        for (i, name) in damaged.iter().enumerate() {
+            let repaired = t.app.redis.get(name).await.unwrap().expect("the entry was written again");
+            assert_eq!((repaired.value, repaired.version), (Some(json!({"n": i}).into()), 100 + i as u64), "{name}");
+        }
+    }
+}

@@ -392,6 +392,34 @@ async fn evicting_many_keys_against_a_hung_redis_has_few_calls_in_flight() {
     assert!(peak <= bound, "{peak} round trips in flight at once; at most {bound}");
 }
 
+/// A call Redis refuses (its keys include a damaged hash, on which the eviction script fails)
+/// fails alone: the calls for the other keys are still sent, and their entries evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_eviction_call_does_not_stop_the_others() {
+    const KEYS: usize = 300;
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[("L1MaxEntries", "0")]);
+    let s = &t.app.services;
+    let keys = grouped_keys("refused", KEYS);
+    let cached = [&keys[KEYS / 2], &keys[KEYS - 1]];
+    for k in cached {
+        s.write_through.write(k, Change::Upsert(json!("old"))).await.unwrap();
+    }
+    // The first key's hash holds an eviction deadline that is not a number: the script errors.
+    s.write_through.write(&keys[0], Change::Upsert(json!("old"))).await.unwrap();
+    redis.command(&format!("HSET {} invx garbage", keys[0].as_str())).expect("HSET");
+    s.invalidation.invalidate(&Scope::Keys { keys: keys.clone(), hard: false }).await;
+    for k in cached {
+        let read = s.cache_aside.get(k).await.unwrap();
+        assert_ne!(
+            read.cache,
+            cachepatterns::patterns::CacheStatus::Hit,
+            "{}: still served from the cache",
+            k.as_str()
+        );
+    }
+}
+
 /// What waited for Redis is replayed in a few multi-key calls once it answers, not one call per
 /// key all at once (up to 10,000 keys may wait): one round trip per 100 keys of a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

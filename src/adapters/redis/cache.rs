@@ -14,23 +14,20 @@ use crate::domain::time::Timestamp;
 use crate::ports::LockToken;
 use crate::ports::cache::{Cache, CacheError, EntryMeta, Eviction, Gate, HotKeyPolicy, Put, RefreshGate};
 
-/// A field of a reply as text, moved out (`None` when absent, empty or not UTF-8: the entry is
-/// then unreadable, and read again from the store).
-fn into_text(value: redis::Value) -> Option<String> {
-    match value {
-        redis::Value::BulkString(bytes) if !bytes.is_empty() => String::from_utf8(bytes).ok(),
-        redis::Value::SimpleString(s) if !s.is_empty() => Some(s),
-        _ => None,
-    }
-}
-
-/// A `redis::Value` as text, if it is a non-empty string.
-fn as_text(value: &redis::Value) -> Option<String> {
-    match value {
-        redis::Value::BulkString(bytes) if !bytes.is_empty() => String::from_utf8(bytes.clone()).ok(),
-        redis::Value::SimpleString(s) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    }
+/// The fields of an entry hash from a reply, each moved out as text (`None` where absent or
+/// empty), or `None` when one of them is not UTF-8: such an entry is unreadable as a whole (a
+/// field quietly dropped, say its tags, would let an invalidation miss it), and is read again
+/// from the store and written over.
+fn entry_texts(fields: impl IntoIterator<Item = redis::Value>) -> Option<Vec<Option<String>>> {
+    fields
+        .into_iter()
+        .map(|field| match field {
+            redis::Value::BulkString(bytes) if bytes.is_empty() => Some(None),
+            redis::Value::BulkString(bytes) => String::from_utf8(bytes).ok().map(Some),
+            redis::Value::SimpleString(text) => Some((!text.is_empty()).then_some(text)),
+            _ => Some(None),
+        })
+        .collect()
 }
 
 impl Redis {
@@ -69,7 +66,9 @@ impl Redis {
                 other => other,
             };
             match reply {
-                Ok(redis::Value::Array(fields)) => Ok(Some(fields.into_iter().map(into_text).collect())),
+                // A field that is not UTF-8 makes the entry unreadable: read as a miss, whose
+                // load gate finds it damaged, reloads it and writes it over.
+                Ok(redis::Value::Array(fields)) => Ok(entry_texts(fields)),
                 Ok(_) => Err(redis::RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,
                     "HMGET of an entry answered something other than a list of fields",
@@ -102,10 +101,10 @@ impl Redis {
                 })
                 .collect();
             let rows = self.query_each(cmds).await?;
-            out.extend(
-                rows.into_iter()
-                    .map(|row| row.ok().and_then(|value| redis::from_redis_value::<Vec<Option<String>>>(value).ok())),
-            );
+            out.extend(rows.into_iter().map(|row| match row {
+                Ok(redis::Value::Array(fields)) => entry_texts(fields),
+                _ => None,
+            }));
         }
         Ok(out)
     }
@@ -186,11 +185,13 @@ impl Cache for Redis {
         // gate is passed again.
         for _ in 0..2 {
             let reply: Vec<redis::Value> = self.read_with_clocks(self.invoke(&invocation)).await?;
-            return Ok(match reply.first() {
+            let mut reply = reply.into_iter();
+            return Ok(match reply.next() {
                 Some(redis::Value::Int(1)) => {
-                    let fields: Vec<Option<String>> = reply[1..].iter().map(as_text).collect();
                     // No lock was taken: a damaged entry is reloaded, not waited on.
-                    let Some(found) = entry::from_fields(fields) else { return Ok(Gate::Unreadable) };
+                    let Some(found) = entry_texts(reply).and_then(entry::from_fields) else {
+                        return Ok(Gate::Unreadable);
+                    };
                     match self.checked(key, Some(found)).await {
                         Some(entry) if entry.is_fresh(now) => Gate::Fresh(entry),
                         _ => continue,

@@ -34,7 +34,7 @@ pub(crate) fn from_fields(fields: Vec<Option<String>>) -> Option<CacheEntry> {
     let version = number(&ver)?;
     let negative = neg.as_deref() == Some("1");
     // The text is checked to be JSON, not parsed into a tree: a hit writes it out as it is.
-    let value = if negative { None } else { Some(JsonText::parse(data?).ok()?) };
+    let value = if negative { None } else { Some(JsonText::parse(&data?).ok()?) };
     Some(CacheEntry {
         value,
         version,

@@ -336,7 +336,11 @@ impl Redis {
                         None => {
                             let batch = ats.iter().map(|at| (evictions[*at].0.as_str(), &evictions[*at].1));
                             let result = self.evict_call(batch, announce).await;
-                            if let Err(e) = &result {
+                            // Only an outage stops the rest: a call that Redis refused (a
+                            // damaged entry among its keys) says nothing about the other calls.
+                            if let Err(e) = &result
+                                && e.is_transient()
+                            {
                                 let _ = failed.set(e.clone());
                             }
                             result

@@ -10,13 +10,26 @@ use crate::http::errors;
 use crate::http::host::{HttpReply, InvocationLog};
 use crate::patterns::{CacheStatus, Lookup, ReadError, Source};
 
-/// A value found: `{"key","value","version","source"}`, written straight from the looked-up value.
-#[derive(serde::Serialize)]
-struct Found<'a> {
-    key: &'a str,
-    value: &'a JsonText,
-    version: u64,
-    source: &'a str,
+/// A value found, `{"key","value","version","source"}`, written out around the value's JSON text,
+/// which goes in as it is: a hit never parses the value.
+fn found_text(out: &mut String, key: &str, value: &JsonText, version: u64, source: &str) {
+    out.push_str("{\"key\":");
+    push_json_string(out, key);
+    out.push_str(",\"value\":");
+    out.push_str(value.as_str());
+    out.push_str(",\"version\":");
+    out.push_str(&version.to_string());
+    out.push_str(",\"source\":");
+    push_json_string(out, source);
+    out.push('}');
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    // Writing a string as JSON cannot fail; the fallback only keeps this total.
+    match serde_json::to_string(text) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
 }
 
 /// The reply to a read by `pattern` of `key`, logged.
@@ -33,10 +46,11 @@ pub(super) fn reply(pattern: &str, key: &Key, result: Result<Lookup, ReadError>,
         lookup.version
     ));
     let reply = match &lookup.value {
-        Some(value) => HttpReply::serialized(
-            200,
-            &Found { key: key.as_str(), value, version: lookup.version, source: lookup.source.as_str() },
-        ),
+        Some(value) => {
+            let mut body = String::with_capacity(value.len() + key.as_str().len() + 64);
+            found_text(&mut body, key.as_str(), value, lookup.version, lookup.source.as_str());
+            HttpReply::json_text(200, body)
+        }
         None => {
             HttpReply::error(404, "not_found", format!("no value for key {:?} in the cache or the store", key.as_str()))
         }
@@ -84,12 +98,11 @@ pub(super) fn bulk_reply(
         }
         stale += usize::from(lookup.source == Source::Stale);
         match &lookup.value {
-            Some(value) => items.push(json!({
-                "key": key.as_str(),
-                "value": value,
-                "version": lookup.version,
-                "source": lookup.source.as_str(),
-            })),
+            Some(value) => {
+                let mut item = String::with_capacity(value.len() + key.as_str().len() + 64);
+                found_text(&mut item, key.as_str(), value, lookup.version, lookup.source.as_str());
+                items.push(item);
+            }
             None => missing.push(key.as_str()),
         }
     }
@@ -115,8 +128,15 @@ pub(super) fn bulk_reply(
             errors::read_failure_detail(e)["message"]
         ));
     }
-    let reply = HttpReply::json(200, json!({"items": items, "missing": missing, "failed": failed}))
-        .with_header("x-cache", cache.as_str());
+    // The items are written out as text (their values are never parsed); the rest is small.
+    let mut body = String::from("{\"items\":[");
+    body.push_str(&items.join(","));
+    body.push_str("],\"missing\":");
+    body.push_str(&json!(missing).to_string());
+    body.push_str(",\"failed\":");
+    body.push_str(&serde_json::Value::Array(failed).to_string());
+    body.push('}');
+    let reply = HttpReply::json_text(200, body).with_header("x-cache", cache.as_str());
     match tiers.split_first() {
         Some((tier, others)) if others.iter().all(|other| other == tier) => {
             reply.with_header("x-cache-tier", tier.as_str())

@@ -280,55 +280,7 @@ impl<'de> Deserialize<'de> for Name<'de> {
     }
 }
 
-/// A value read and dropped, checked as strictly as reading it as a [`Value`] would check it
-/// (`IgnoredAny` only checks the syntax: it lets through numbers out of range, lone surrogates and
-/// any depth, which a `Value` refuses).
-pub(crate) struct Skip;
-
-impl<'de> Deserialize<'de> for Skip {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SkipVisitor;
-        impl<'de> Visitor<'de> for SkipVisitor {
-            type Value = Skip;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any valid JSON value")
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_none<E>(self) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Skip, D::Error> {
-                Skip::deserialize(deserializer)
-            }
-            fn visit_unit<E>(self) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
-                while seq.next_element::<Skip>()?.is_some() {}
-                Ok(Skip)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
-                while map.next_entry::<Skip, Skip>()?.is_some() {}
-                Ok(Skip)
-            }
-        }
-        deserializer.deserialize_any(SkipVisitor)
-    }
-}
+pub(crate) use crate::domain::json::Skip;
 
 /// Whether member `candidate`, met after `current` (the one chosen so far, if any), is the one
 /// [`field`] finds for `name` in a `Map` of the members: an exact name first, else the first name

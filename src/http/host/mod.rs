@@ -87,12 +87,9 @@ impl HttpReply {
         Self { status, headers: Vec::new(), body: ReplyBody::Json(body) }
     }
 
-    /// A JSON answer serialised from `body` (`500` in the unlikely case it cannot be).
-    pub(crate) fn serialized(status: u16, body: &impl serde::Serialize) -> Self {
-        match serde_json::to_string(body) {
-            Ok(text) => Self { status, headers: Vec::new(), body: ReplyBody::JsonText(text) },
-            Err(e) => Self::error(500, "internal", format!("the answer could not be written as JSON: {e}")),
-        }
+    /// A JSON answer already written out as `body`.
+    pub(crate) fn json_text(status: u16, body: String) -> Self {
+        Self { status, headers: Vec::new(), body: ReplyBody::JsonText(body) }
     }
 
     /// A text answer of `content_type`.

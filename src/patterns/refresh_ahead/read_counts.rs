@@ -18,7 +18,7 @@ use crate::domain::time::Timestamp;
 #[derive(Debug)]
 pub(crate) struct ReadCounts {
     pending: Mutex<Pending>,
-    /// Most distinct keys waiting to be sent: as many as the hot-key set keeps
+    /// Most counts (one per key and second of reading) waiting to be sent: as many as the hot-key set keeps
     /// (`RefreshAheadHotKeysMax`); more would only be trimmed away again, and each costs a share of
     /// the send. Reads of further keys are not counted until the next send (a key read that often
     /// is counted again in the next second).
@@ -33,7 +33,7 @@ struct Pending {
 }
 
 impl ReadCounts {
-    /// Nothing waiting; at most `max_keys` distinct keys will.
+    /// Nothing waiting; at most `max_keys` counts (key and second) will.
     pub(crate) fn new(max_keys: u64) -> Self {
         Self { pending: Mutex::default(), max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX) }
     }
