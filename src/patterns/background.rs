@@ -52,12 +52,14 @@ impl RequestTasks {
     }
 
     /// How many are running (or stopped but not yet dropped).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.tasks.len()
     }
 
     /// True when none is running.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
 

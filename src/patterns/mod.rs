@@ -16,7 +16,7 @@
 //!   [`maintenance`] purges old tombstones.
 
 pub mod apply;
-pub mod background;
+pub(crate) mod background;
 pub mod cache_aside;
 pub mod dead_letters;
 pub mod health;
@@ -37,7 +37,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 pub use apply::Applier;
-pub use background::RequestTasks;
+pub(crate) use background::RequestTasks;
 pub use cache_aside::CacheAside;
 pub use dead_letters::DeadLetterAdmin;
 pub use health::HealthCheck;
@@ -364,7 +364,7 @@ impl Services {
 impl Services {
     /// The work requests started that outlives them (background loads and refreshes), which
     /// shutdown stops before the node-id lease is given back ([`crate::startup::Workers::stop`]).
-    pub fn request_tasks(&self) -> &RequestTasks {
+    pub(crate) fn request_tasks(&self) -> &RequestTasks {
         &self.invalidation.core().background
     }
 

@@ -90,7 +90,7 @@ impl Workers {
     /// Has [`Workers::stop`] stop `tasks` (work requests started and left running) before it tells
     /// the workers started with [`Workers::spawn_last`]: that work takes stamps from the node id
     /// their lease holds.
-    pub fn stop_first(&mut self, tasks: RequestTasks) {
+    pub(crate) fn stop_first(&mut self, tasks: RequestTasks) {
         self.request_tasks.push(tasks);
     }
 

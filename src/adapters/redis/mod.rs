@@ -288,7 +288,8 @@ impl Redis {
 
     /// The most round trips this handle (and its clones) had in flight at once since the last
     /// call, which starts counting again from those in flight now. What a burst of calls puts on
-    /// the shared connection at once: every call queues behind what is in flight there.
+    /// the shared connection at once: every call queues behind what is in flight there. For tests.
+    #[doc(hidden)]
     pub fn take_peak_in_flight(&self) -> u64 {
         let now = self.breaker.in_flight.load(Ordering::Relaxed);
         self.breaker.peak_in_flight.swap(now, Ordering::Relaxed)
