@@ -450,3 +450,18 @@ impl Redis {
         self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::error_chain::Chain;
+
+    /// redis-rs pastes a server error's text into its own and returns it as the source too.
+    #[test]
+    fn a_redis_server_error_is_logged_once() {
+        let parsed = redis::parse_redis_value(b"-NOPERM this user has no permissions\r\n");
+        let Ok(redis::Value::ServerError(server)) = parsed else { panic!("not a server error: {parsed:?}") };
+        let e = redis::RedisError::from(server);
+        let shown = Chain(&e).to_string();
+        assert_eq!(shown.matches("no permissions").count(), 1, "{shown}");
+    }
+}
