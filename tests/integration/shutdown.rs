@@ -251,47 +251,90 @@ fn a_request_that_does_not_finish_does_not_hold_the_exit() {
     eprintln!("a stalled request: exited {took:?} after SIGTERM");
 }
 
-/// A store whose writes never finish. When a held write is dropped (its request was cut), it notes
-/// whether the process's node-id lease was still in Redis at that moment.
-struct HeldWrites {
+/// A store whose reads or writes, once held, never finish. When a held call is dropped (its
+/// request was cut, or its task stopped), it notes whether the process's node-id lease was still in
+/// Redis at that moment.
+struct HeldStore {
     inner: Arc<dyn cachepatterns::ports::store::Store>,
     redis: Arc<RedisServer>,
     /// The lease key, once the process holds it.
     lease: std::sync::Mutex<String>,
-    /// A write is being held.
-    entered: AtomicBool,
-    /// Once a held write was dropped: whether the lease key still existed then.
-    cut: std::sync::Mutex<Option<bool>>,
+    hold_reads: AtomicBool,
+    hold_writes: AtomicBool,
+    /// Calls being held.
+    entered: std::sync::atomic::AtomicUsize,
+    /// For each held call dropped: whether the lease key still existed then.
+    cut: std::sync::Mutex<Vec<bool>>,
 }
 
-/// Dropped with the held write's future.
-struct OnCut<'a>(&'a HeldWrites);
+/// Dropped with a held call's future.
+struct OnCut<'a>(&'a HeldStore);
 
 impl Drop for OnCut<'_> {
     fn drop(&mut self) {
         // Never a panic here: this may run while a failed test unwinds.
         let lease = self.0.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let exists = self.0.redis.command(&format!("EXISTS {lease}"));
-        *self.0.cut.lock().unwrap_or_else(|p| p.into_inner()) = Some(exists.is_ok_and(|r| r.starts_with(":1")));
+        self.0.cut.lock().unwrap_or_else(|p| p.into_inner()).push(exists.is_ok_and(|r| r.starts_with(":1")));
+    }
+}
+
+impl HeldStore {
+    /// A SQLite store in `dir`, nothing held yet.
+    fn new(redis: &Arc<RedisServer>, dir: &common::TempDir) -> Arc<Self> {
+        let sqlite = cachepatterns::adapters::sqlite::SqliteStore::open(&dir.path().join("store.db")).expect("sqlite");
+        Arc::new(Self {
+            inner: Arc::new(sqlite),
+            redis: redis.clone(),
+            lease: std::sync::Mutex::new(String::new()),
+            hold_reads: AtomicBool::new(false),
+            hold_writes: AtomicBool::new(false),
+            entered: std::sync::atomic::AtomicUsize::new(0),
+            cut: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Waits (bounded) until the process holds its node-id lease, and notes its key.
+    async fn note_the_lease(&self) {
+        let leases = || self.redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
+        until("the node-id lease is taken", || leases().starts_with("*1\r\n")).await;
+        *self.lease.lock().unwrap() = leases().lines().nth(2).expect("the lease key").to_string();
+    }
+
+    async fn held(&self) -> ! {
+        let _cut = OnCut(self);
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
     }
 }
 
 #[async_trait::async_trait]
-impl cachepatterns::ports::store::Store for HeldWrites {
+impl cachepatterns::ports::store::Store for HeldStore {
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if self.hold_reads.load(Ordering::SeqCst) {
+            self.held().await
+        }
         self.inner.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
+        if self.hold_reads.load(Ordering::SeqCst) {
+            self.held().await
+        }
+        self.inner.get_many(keys).await
     }
 
     async fn apply_with(
         &self,
-        _key: &str,
-        _version: u64,
-        _change: Change,
-        _options: &EntryOptions,
+        key: &str,
+        version: u64,
+        change: Change,
+        options: &EntryOptions,
     ) -> Result<Applied, StoreError> {
-        let _cut = OnCut(self);
-        self.entered.store(true, Ordering::SeqCst);
-        std::future::pending().await
+        if self.hold_writes.load(Ordering::SeqCst) {
+            self.held().await
+        }
+        self.inner.apply_with(key, version, change, options).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -322,20 +365,12 @@ async fn a_request_still_running_after_the_drain_is_cut_before_the_lease_is_give
     use std::io::{Read, Write};
     let redis = Arc::new(RedisServer::start());
     let dir = common::TempDir::new("held-writes");
-    let sqlite = cachepatterns::adapters::sqlite::SqliteStore::open(&dir.path().join("store.db")).expect("sqlite");
-    let store = Arc::new(HeldWrites {
-        inner: Arc::new(sqlite),
-        redis: redis.clone(),
-        lease: std::sync::Mutex::new(String::new()),
-        entered: AtomicBool::new(false),
-        cut: std::sync::Mutex::new(None),
-    });
+    let store = HeldStore::new(&redis, &dir);
+    store.hold_writes.store(true, Ordering::SeqCst);
     let t = common::TestApp::builder(&redis.connection_string(), &[]).store(store.clone()).build();
     let workers = t.app.start_workers().expect("the workers start");
+    store.note_the_lease().await;
     let leases = || redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
-    until("the node-id lease is taken", || leases().starts_with("*1\r\n")).await;
-    let lease = leases().lines().nth(2).expect("the lease key").to_string();
-    *store.lease.lock().unwrap() = lease.clone();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().unwrap().port();
@@ -358,92 +393,23 @@ async fn a_request_still_running_after_the_drain_is_cut_before_the_lease_is_give
         answer
     });
     let serving = async {
-        until("the write reaches the store", || store.entered.load(Ordering::SeqCst)).await;
+        until("the write reaches the store", || store.entered.load(Ordering::SeqCst) == 1).await;
         let _ = signal.send(());
     };
     let (served, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), server), serving);
     served.expect("serve returns after the drain time").expect("serve");
-    let cut = *store.cut.lock().unwrap();
+    let cut = store.cut.lock().unwrap().clone();
     // What `startup::run` does once `serve` returned.
     let stopped = workers.stop(Duration::from_secs(5)).await;
     assert_eq!(
         cut,
-        Some(true),
-        "when serve returned, the held request was cut (Some), while the lease was held (true)"
+        vec![true],
+        "when serve returned, the held request had been cut (one entry) while the lease was held (true)"
     );
     assert!(stopped, "the workers stop");
     assert!(leases().starts_with("*0\r\n"), "the lease is given back: {:?}", leases());
     let answer = client.join().expect("the client");
     assert!(answer.is_empty(), "the cut request got no answer: {:?}", String::from_utf8_lossy(&answer));
-}
-
-/// A store whose reads never finish once `hold` is set. When a held read is dropped (its task was
-/// stopped), it notes whether the process's node-id lease was still in Redis at that moment.
-struct HeldReads {
-    inner: Arc<dyn cachepatterns::ports::store::Store>,
-    redis: Arc<RedisServer>,
-    /// The lease key, once the process holds it.
-    lease: std::sync::Mutex<String>,
-    hold: AtomicBool,
-    /// Reads being held.
-    entered: std::sync::atomic::AtomicUsize,
-    /// For each held read dropped: whether the lease key still existed then.
-    cut: std::sync::Mutex<Vec<bool>>,
-}
-
-/// Dropped with a held read's future.
-struct OnReadCut<'a>(&'a HeldReads);
-
-impl Drop for OnReadCut<'_> {
-    fn drop(&mut self) {
-        // Never a panic here: this may run while a failed test unwinds.
-        let lease = self.0.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let exists = self.0.redis.command(&format!("EXISTS {lease}"));
-        self.0.cut.lock().unwrap_or_else(|p| p.into_inner()).push(exists.is_ok_and(|r| r.starts_with(":1")));
-    }
-}
-
-impl HeldReads {
-    async fn held(&self) -> ! {
-        let _cut = OnReadCut(self);
-        self.entered.fetch_add(1, Ordering::SeqCst);
-        std::future::pending().await
-    }
-}
-
-#[async_trait::async_trait]
-impl cachepatterns::ports::store::Store for HeldReads {
-    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        if self.hold.load(Ordering::SeqCst) {
-            self.held().await
-        }
-        self.inner.get(key).await
-    }
-
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
-        if self.hold.load(Ordering::SeqCst) {
-            self.held().await
-        }
-        self.inner.get_many(keys).await
-    }
-
-    async fn apply_with(
-        &self,
-        key: &str,
-        version: u64,
-        change: Change,
-        options: &EntryOptions,
-    ) -> Result<Applied, StoreError> {
-        self.inner.apply_with(key, version, change, options).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
 }
 
 /// Sends `request` (without its final blank line) on a connection of its own and returns the
@@ -472,24 +438,14 @@ async fn background_loads_and_refreshes_are_stopped_before_the_lease_is_given_ba
     use cachepatterns::ports::clock::ManualClock;
     let redis = Arc::new(RedisServer::start());
     let dir = common::TempDir::new("held-reads");
-    let sqlite = cachepatterns::adapters::sqlite::SqliteStore::open(&dir.path().join("store.db")).expect("sqlite");
-    let store = Arc::new(HeldReads {
-        inner: Arc::new(sqlite),
-        redis: redis.clone(),
-        lease: std::sync::Mutex::new(String::new()),
-        hold: AtomicBool::new(false),
-        entered: std::sync::atomic::AtomicUsize::new(0),
-        cut: std::sync::Mutex::new(Vec::new()),
-    });
+    let store = HeldStore::new(&redis, &dir);
     let time = ManualClock::starting_now();
     let extra = [("FailSafeSoftTimeoutMs", "50"), ("L1MaxEntries", "0")];
     let t =
         common::TestApp::builder(&redis.connection_string(), &extra).store(store.clone()).clock(time.clone()).build();
     let workers = t.app.start_workers().expect("the workers start");
+    store.note_the_lease().await;
     let leases = || redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
-    until("the node-id lease is taken", || leases().starts_with("*1\r\n")).await;
-    let lease = leases().lines().nth(2).expect("the lease key").to_string();
-    *store.lease.lock().unwrap() = lease.clone();
 
     // Three keys cached with a 10 s TTL (stale 290 s later, within the fail-safe), one with the
     // default TTL (fresh 290 s later, past the refresh-ahead factor).
@@ -500,7 +456,7 @@ async fn background_loads_and_refreshes_are_stopped_before_the_lease_is_given_ba
     }
     s.write_through.write(&Key::new("refreshed").unwrap(), Change::Upsert(json!(1))).await.unwrap();
     time.advance(Duration::from_secs(290));
-    store.hold.store(true, Ordering::SeqCst);
+    store.hold_reads.store(true, Ordering::SeqCst);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().unwrap().port();
