@@ -262,11 +262,15 @@ mod tests {
         assert_eq!(s.refresh_ahead.schedule.as_str(), "0 */5 * * * *");
         assert_eq!(s.cache.soft_timeout, Duration::from_millis(1000));
         assert_eq!((s.refresh_ahead.hot_keys.max_keys, s.refresh_ahead.timer_parallelism), (10_000, 8));
+        assert_eq!(s.refresh_ahead.eager_parallelism, 8);
+        let tuned = settings(&[("RedisCache", "localhost"), ("RefreshAheadEagerParallelism", "3")]).unwrap();
+        assert_eq!(tuned.refresh_ahead.eager_parallelism, 3);
         for (name, bad) in [
             ("RefreshAheadSchedule", "every five minutes"),
             ("RefreshAheadHotKeysMax", "0"),
             ("RefreshAheadHotMinReads", "-1"),
             ("RefreshAheadTimerParallelism", "1000"),
+            ("RefreshAheadEagerParallelism", "0"),
             ("FailSafeSoftTimeoutMs", "soon"),
         ] {
             let err = settings(&[("RedisCache", "localhost"), (name, bad)]).unwrap_err();

@@ -47,6 +47,7 @@ pub(super) fn refresh_ahead_policy(
         hot_min_reads: decimal(get, "RefreshAheadHotMinReads", 2.0, (0.0, 1e6), "")?,
         timer_max_keys: number(get, "RefreshAheadTimerMaxKeys", 1000, 1, 100_000)?,
         timer_parallelism: number(get, "RefreshAheadTimerParallelism", 8, 1, 256)? as usize,
+        eager_parallelism: number(get, "RefreshAheadEagerParallelism", 8, 1, 256)? as usize,
         schedule,
         // Outlives the store read it guards, so two instances never refresh one key at once.
         lock_ttl: cache.store_timeout + Duration::from_secs(1),

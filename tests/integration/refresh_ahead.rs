@@ -244,6 +244,65 @@ async fn a_refresh_racing_a_write_through_never_wins() {
     }
 }
 
+/// Many keys due at once (written together, read together) must not send one store read per key at
+/// the same moment: eager refreshes are bounded per process, and a key skipped while the bound is
+/// full is refreshed by a later read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eager_refreshes_of_many_due_keys_are_bounded_and_skipped_keys_are_refreshed_later() {
+    const KEYS: usize = 60;
+    const BOUND: usize = 5;
+    let redis = RedisServer::start();
+    let dir = TempDir::new("ra-bounded");
+    for (store_name, backing) in stores(&dir).await {
+        redis.command("FLUSHALL").expect("FLUSHALL");
+        let held = Arc::new(HeldStore { inner: backing, hold: watch::Sender::new(false), held: AtomicUsize::new(0) });
+        let time = ManualClock::starting_now();
+        let mut settings = SHORT_TTL.to_vec();
+        settings.extend([("RefreshAheadEagerParallelism", "5"), ("L1MaxEntries", "0")]);
+        let (a, _) = Process::pair_on(&redis, held.clone(), &settings, time.clone());
+        let keys: Vec<String> = (0..KEYS).map(|i| format!("{store_name}-due-{i}")).collect();
+        for key in &keys {
+            a.write(key, json!(key)).await;
+        }
+        time.advance(Duration::from_millis(1100));
+        held.hold.send_replace(true);
+        let reads = keys.iter().map(|key| a.read(Mode::Direct, "RefreshAheadRead", key));
+        for (reply, key) in futures_util::future::join_all(reads).await.iter().zip(&keys) {
+            assert_served(reply, &json!(key), "cache", "hit");
+        }
+        // Every refresh that was started reaches the store and is held there.
+        wait_until("the started refreshes to read the store", || {
+            held.held.load(Ordering::SeqCst) == a.app.services.refresh_ahead.refreshes_in_flight()
+        })
+        .await;
+        let at_once = held.held.load(Ordering::SeqCst);
+        assert!(
+            (1..=BOUND).contains(&at_once),
+            "{store_name}: {at_once} store reads at once for {KEYS} due keys; the bound is {BOUND}"
+        );
+        held.hold.send_replace(false);
+        a.settle().await;
+        // Skipped keys are still due: later reads refresh them, a bound's worth at a time.
+        let mut rounds = 0;
+        loop {
+            let mut due = Vec::new();
+            for key in &keys {
+                if time.now().since(a.entry(key).await.written_at) >= Duration::from_millis(1000) {
+                    due.push(key);
+                }
+            }
+            if due.is_empty() {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds <= KEYS, "{store_name}: {} keys never refreshed", due.len());
+            let reads = due.iter().map(|key| a.read(Mode::Direct, "RefreshAheadRead", key));
+            futures_util::future::join_all(reads).await;
+            a.settle().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_refresh_keeps_the_old_value_and_is_not_retried_at_once() {
     let redis = RedisServer::start();

@@ -28,6 +28,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use super::read_path::{Lookup, ReadError, ReadPath};
 use crate::domain::entry::CacheEntry;
 use crate::domain::error_chain::Chain;
@@ -49,6 +51,10 @@ pub struct RefreshAheadPolicy {
     pub timer_max_keys: u64,
     /// Store reads one timer run makes at once.
     pub timer_parallelism: usize,
+    /// Eager refreshes one process runs at once. A read that finds them all busy starts none: the
+    /// entry is still fresh, and a later read past the factor (or the timer) refreshes it. Without
+    /// a bound, many keys written together and read together each sent a store read at once.
+    pub eager_parallelism: usize,
     /// The timer's schedule (to know when it runs next).
     pub schedule: Schedule,
     /// Lifetime of a key's refresh lock: longer than a store read may take, so two processes do not
@@ -64,6 +70,7 @@ impl Default for RefreshAheadPolicy {
             hot_min_reads: 2.0,
             timer_max_keys: 1000,
             timer_parallelism: 8,
+            eager_parallelism: 8,
             schedule: Schedule::default(),
             // The default store timeout (10 s) plus a second.
             lock_ttl: Duration::from_secs(11),
@@ -78,6 +85,8 @@ pub struct RefreshAhead {
     leases: Arc<dyn Leases>,
     policy: Arc<RefreshAheadPolicy>,
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// One permit per eager refresh that may run at once ([`RefreshAheadPolicy::eager_parallelism`]).
+    eager_permits: Arc<Semaphore>,
     reads: Arc<read_counts::ReadCounts>,
 }
 
@@ -119,7 +128,8 @@ impl Refreshed {
 impl RefreshAhead {
     pub(crate) fn new(read: ReadPath, leases: Arc<dyn Leases>, policy: RefreshAheadPolicy) -> Self {
         let reads = Arc::new(read_counts::ReadCounts::new(policy.hot_keys.max_keys));
-        Self { read, leases, policy: Arc::new(policy), in_flight: Arc::default(), reads }
+        let eager_permits = Arc::new(Semaphore::new(policy.eager_parallelism.max(1)));
+        Self { read, leases, policy: Arc::new(policy), in_flight: Arc::default(), eager_permits, reads }
     }
 
     /// The policy.
@@ -192,14 +202,20 @@ impl RefreshAhead {
             && now.since(entry.written_at).as_secs_f64() >= factor * ttl.as_secs_f64()
     }
 
-    /// Starts a background refresh of `key` unless this process is already refreshing it (on a
-    /// task stopped at shutdown, see `background`).
+    /// Starts a background refresh of `key` unless this process is already refreshing it or runs
+    /// as many eager refreshes as it may (on a task stopped at shutdown, see `background`).
     fn spawn_refresh(&self, key: &Key, observed: Timestamp) {
         let Some(claim) = self.claim(key.as_str()) else { return };
+        let Ok(permit) = self.eager_permits.clone().try_acquire_owned() else {
+            crate::telemetry::metrics().refresh("read", "deferred");
+            tracing::debug!(key = ?key.as_str(), "refresh deferred: as many eager refreshes as allowed are running");
+            return;
+        };
         let this = self.clone();
         let key = key.clone();
         self.read.core.background.spawn(async move {
             let _claim = claim;
+            let _permit = permit;
             let refreshed = this.refresh_key(&key, Some(observed)).await;
             crate::telemetry::metrics().refresh("read", refreshed.outcome());
             match refreshed {
