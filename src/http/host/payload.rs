@@ -60,9 +60,13 @@ impl Invocation {
         let Value::Object(mut root) = value else {
             return Err(EnvelopeError::NotJson("the top level is not an object".into()));
         };
+        // The exact name first, then any casing: the rule of `lenient::field` and of `http_call`.
         let mut part = |name: &str| {
-            let found = root.keys().find(|k| k.as_str() == name || k.eq_ignore_ascii_case(name)).cloned();
-            found.and_then(|k| root.remove(&k)).and_then(lenient::into_object).unwrap_or_default()
+            let found = root.remove(name).or_else(|| {
+                let other = root.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned()?;
+                root.remove(&other)
+            });
+            found.and_then(lenient::into_object).unwrap_or_default()
         };
         Ok(Self { data: part("Data"), metadata: part("Metadata") })
     }
@@ -778,6 +782,16 @@ mod tests {
         assert_eq!(call.route_key.as_deref(), Some("k"));
         let bad = json!({"Data": {"req": {"Method": "PUT", "Headers": {"content-type": "multipart/x"}, "Body": "!"}}});
         assert!(matches!(decode(bad.to_string().as_bytes(), "req", "x"), Err(EnvelopeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn an_envelope_part_is_found_by_its_exact_name_before_another_casing() {
+        // Sorted, `DATA` comes before `Data`: the exact name must still win, as for bindings.
+        let body = br#"{"DATA": {"t": 1}, "Data": {"t": 2}, "METADATA": {"m": 1}, "Metadata": {"m": 2}}"#;
+        let inv = Invocation::parse(body).unwrap();
+        assert_eq!((inv.binding("t"), inv.metadata("m")), (Some(&json!(2)), Some(json!(2))));
+        let other_casing = Invocation::parse(br#"{"dAtA": {"t": 3}}"#).unwrap();
+        assert_eq!(other_casing.binding("t"), Some(&json!(3)));
     }
 
     #[test]
