@@ -55,6 +55,7 @@ REDIS_BENCH_N=$((DURATION * 20000))
 REPORT=${BENCH_REPORT:-bench/report.md}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 HANDLER=$TARGET_DIR/release/handler
+FLOOR=$TARGET_DIR/release/examples/stack_floor
 STARTED=$EPOCHREALTIME
 
 for tool in wrk redis-server redis-cli redis-benchmark curl awk; do
@@ -193,10 +194,10 @@ declare -A HPORT HPID
 # start_handler NAME L1MAXENTRIES [RUST_LOG] [REDISCACHE]: L1MAXENTRIES "" leaves the default
 # (1000); REDISCACHE defaults to the script's redis-server.
 start_handler() {
-  local name=$1 l1=$2 filter=${3:-warn} redis=${4:-} port attempt
+  local name=$1 l1=$2 filter=${3:-warn} redis=${4:-} binary=${5:-$HANDLER} port attempt
   for attempt in 1 2 3; do
     free_port port
-    spawn_handler "$name" "$l1" "$filter" "$port" "$redis"
+    spawn_handler "$name" "$l1" "$filter" "$port" "$redis" "$binary"
     wait_ready "$name" && return 0
     # Another program may have taken the port meanwhile: try another one.
     grep -q 'Address already in use' "$WORK/$name.err" || break
@@ -205,7 +206,7 @@ start_handler() {
   die "handler $name did not become ready"
 }
 spawn_handler() {
-  local name=$1 l1=$2 filter=$3 port=$4 redis=${5:-127.0.0.1:$REDIS_PORT}
+  local name=$1 l1=$2 filter=$3 port=$4 redis=${5:-127.0.0.1:$REDIS_PORT} binary=${6:-$HANDLER}
   local settings=(
     "PATH=$PATH" "HOME=${HOME:-/tmp}"
     "FUNCTIONS_CUSTOMHANDLER_PORT=$port" "RedisCache=$redis"
@@ -214,7 +215,8 @@ spawn_handler() {
     "CacheTtlSeconds=3600"
   )
   [ -n "$l1" ] && settings+=("L1MaxEntries=$l1")
-  (cd "$WORK" && exec env -i "${settings[@]}" "$HANDLER") >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  [ "$binary" = "$FLOOR" ] && settings+=("FLOOR_VALUE=$(cat "$WORK/value.100")")
+  (cd "$WORK" && exec env -i "${settings[@]}" "$binary") >"$WORK/$name.out" 2>"$WORK/$name.err" &
   HPID[$name]=$!
   HPORT[$name]=$port
   PIDS+=("$!")
@@ -297,9 +299,10 @@ say() { printf '%s\n' "$@" >>"$WORK/section.$SECTION.md"; }
 # ---------------------------------------------------------------------------------------------
 # Start
 
-log "building the release handler (cargo build --release --locked --bin handler)"
-CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --locked --bin handler >&2
+log "building the release handler and the stack floor (cargo build --release --locked --bin handler --example stack_floor)"
+CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --locked --bin handler --example stack_floor >&2
 [ -x "$HANDLER" ] || die "no handler binary at $HANDLER"
+[ -x "$FLOOR" ] || die "no stack floor binary at $FLOOR"
 
 start_redis
 log "redis-server on port $REDIS_PORT, work directory $WORK"
@@ -352,24 +355,28 @@ for i in $(seq 1 100); do
 done
 [ "$tier" = l1 ] || die "the near cache did not serve (x-cache-tier: $tier)"
 fi
+# The stack floor (scenario 1): the same hits with none of the patterns' logic.
+want 1 && start_handler floor "" warn "" "$FLOOR"
 
 if want 1; then
 log "scenario 1: hit path"
 SECTION=1
 
-# label|handler|script|path|environment (space-separated NAME=VALUE)|what it is
+# label|handler|script|path|environment (space-separated NAME=VALUE)|its stack floor|what it is
 TARGETS=(
-  "ceiling|l2|get.lua|/||HTTP ceiling: \`GET /\` of the same server"
-  "aside|l2|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|Cache-Aside, forwarded \`GET /api/cache-aside/k\` (L2 hit)"
-  "payload|l2|payload.lua|/CacheAside|BENCH_KEY=$HIT_KEY BENCH_PAYLOAD=1 BENCH_EXPECT=x-cache-tier=l2|Cache-Aside, payload \`POST /CacheAside\` (L2 hit)"
-  "refresh|l2|get.lua|/api/refresh-ahead/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit, read counted in batches)"
-  "near|l1|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l1|Cache-Aside, forwarded, near-cache hit (L1)"
+  "ceiling|l2|get.lua|/|||HTTP ceiling: \`GET /\` of the same server"
+  "floorl2|floor|get.lua|/floor/l2/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2||Stack floor, L2: one \`HMGET\` of an entry hash, same HTTP stack and Redis client, no pattern logic"
+  "floorl1|floor|get.lua|/floor/l1/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l1||Stack floor, L1: the same answer from memory"
+  "aside|l2|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|floorl2|Cache-Aside, forwarded \`GET /api/cache-aside/k\` (L2 hit)"
+  "payload|l2|payload.lua|/CacheAside|BENCH_KEY=$HIT_KEY BENCH_PAYLOAD=1 BENCH_EXPECT=x-cache-tier=l2|floorl2|Cache-Aside, payload \`POST /CacheAside\` (L2 hit)"
+  "refresh|l2|get.lua|/api/refresh-ahead/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|floorl2|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit, read counted in batches)"
+  "near|l1|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l1|floorl1|Cache-Aside, forwarded, near-cache hit (L1)"
 )
 
 # Check pass: every answer is what it should be, and how many Redis commands each costs.
 : >"$RES/commands"
 for target in "${TARGETS[@]}"; do
-  IFS='|' read -r label handler script path envs what <<<"$target"
+  IFS='|' read -r label handler script path envs floor what <<<"$target"
   rcli CONFIG RESETSTAT >/dev/null
   read -r rps p50 p99 requests non2xx errors ok bad why < <(run_wrk 10 "$CHECK_SECONDS" "$script" "$(url "$handler" "$path")" BENCH_CHECK=1 $envs)
   commandstats "hit.$label"
@@ -386,7 +393,7 @@ for c in "${CONNS[@]}"; do
   for r in $(seq 1 "$RUNS"); do
     redis_bench get "$c" 100 >>"$RES/hit.$c.redis"
     for target in "${TARGETS[@]}"; do
-      IFS='|' read -r label handler script path envs what <<<"$target"
+      IFS='|' read -r label handler script path envs floor what <<<"$target"
       start_sampler "${HPID[$handler]}" "$WORK/rss.$handler"
       run_wrk "$c" "$DURATION" "$script" "$(url "$handler" "$path")" $envs >>"$RES/hit.$c.$label"
       stop_sampler
@@ -404,20 +411,28 @@ say "## 1. Hit path" "" \
   "The HTTP ceiling is \`GET /\`, the host's readiness probe: \`src/http/server.rs\` answers it first," \
   "before the body budget, routing and Redis (a 404 of an unknown path costs more: it passes the body" \
   "budget and the route lookup). \`redis-benchmark\` GETs a 100-byte string; the hits read a 100-byte value" \
-  "(one \`HMGET\` of the entry hash)." ""
+  "(one \`HMGET\` of the entry hash)." "" \
+  "The **stack floor** (\`bench/stack_floor.rs\`, built as an example) is a second server on the same HTTP" \
+  "stack (the service's own serve loop, axum, hyper, mimalloc, the same runtime) and the same Redis client," \
+  "with none of the service's logic: one \`HMGET\` of a nine-field hash, or an answer from memory, written" \
+  "like a hit's answer. What separates a hit from its floor is what the service itself costs: the key check," \
+  "the entry's freshness and JSON checks, the near cache's lookup, the breaker and deadline, metrics, spans" \
+  "and logs. What separates the floor from \`redis-benchmark\` is the stack's." ""
 for c in "${CONNS[@]}"; do
   ceiling=$(median "$RES/hit.$c.ceiling" 1)
   redis=$(median "$RES/hit.$c.redis" 1)
   say "**$c connection(s)**" "" \
-    "| route | req/s | p50 ms | p99 ms | × HTTP ceiling | × redis-benchmark GET |" \
-    "| --- | ---: | ---: | ---: | ---: | ---: |"
-  say "| \`redis-benchmark -t get -c $c\` | $(num "$redis") | $(num "$(median "$RES/hit.$c.redis" 2)" 3) | $(num "$(median "$RES/hit.$c.redis" 3)" 3) | $(ratio "$redis" "$ceiling") | 1.00× |"
+    "| route | req/s | p50 ms | p99 ms | × HTTP ceiling | × redis-benchmark GET | × its stack floor |" \
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  say "| \`redis-benchmark -t get -c $c\` | $(num "$redis") | $(num "$(median "$RES/hit.$c.redis" 2)" 3) | $(num "$(median "$RES/hit.$c.redis" 3)" 3) | $(ratio "$redis" "$ceiling") | 1.00× | |"
   for target in "${TARGETS[@]}"; do
-    IFS='|' read -r label handler script path envs what <<<"$target"
+    IFS='|' read -r label handler script path envs floor what <<<"$target"
     rps=$(median "$RES/hit.$c.$label" 1)
-    say "| $what | $(num "$rps") | $(num "$(median "$RES/hit.$c.$label" 2)" 3) | $(num "$(median "$RES/hit.$c.$label" 3)" 3) | $(ratio "$rps" "$ceiling") | $(ratio "$rps" "$redis") |"
+    against_floor=""
+    [ -n "$floor" ] && against_floor=$(ratio "$rps" "$(median "$RES/hit.$c.$floor" 1)")
+    say "| $what | $(num "$rps") | $(num "$(median "$RES/hit.$c.$label" 2)" 3) | $(num "$(median "$RES/hit.$c.$label" 3)" 3) | $(ratio "$rps" "$ceiling") | $(ratio "$rps" "$redis") | $against_floor |"
   done
-  non2xx=$(cat "$RES"/hit."$c".{ceiling,aside,payload,refresh,near} | awk '{ s += $5 + $6 } END { print s + 0 }')
+  non2xx=$(cat "$RES"/hit."$c".{ceiling,floorl2,floorl1,aside,payload,refresh,near} | awk '{ s += $5 + $6 } END { print s + 0 }')
   [ "$non2xx" = 0 ] || say "" "($non2xx answers were not 2xx or had socket errors at $c connections.)"
   say ""
 done
@@ -430,7 +445,7 @@ say "### Redis commands per hit" "" \
   "| route | requests | answers as expected | commands per hit | commands (≥ 0.01 per hit) |" "| --- | ---: | ---: | ---: | --- |"
 while IFS='|' read -r label requests ok bad why total parts; do
   for target in "${TARGETS[@]}"; do
-    IFS='|' read -r l _ _ _ _ what <<<"$target"
+    IFS='|' read -r l _ _ _ _ _ what <<<"$target"
     [ "$bad" = 0 ] && why="" || why=" (first other: ${why//_/ })"
     [ "$l" = "$label" ] && say "| $what | $requests | $ok of $((ok + bad))$why | $total | $parts |"
   done

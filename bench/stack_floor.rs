@@ -1,0 +1,116 @@
+//! The stack floor: a cache hit through this server's HTTP stack and Redis client, with none of the
+//! patterns' logic. `scripts/bench.sh` measures it next to the real hits, so the report can tell what
+//! the stack costs (hyper, axum, redis-rs, the loopback) from what the service adds to it.
+//!
+//! It is served by the service's own loop (`cachepatterns::http::server::serve`, same limits, same
+//! allocator, same runtime), on `FUNCTIONS_CUSTOMHANDLER_PORT`, against the Redis at `RedisCache`
+//! (`host:port`, no TLS, no password):
+//!
+//! * `GET /` answers `{"status":"ready"}`, like the handler's readiness probe;
+//! * `GET /floor/l2/{key}`: one `HMGET` of the nine fields of an entry hash (as a Cache-Aside hit
+//!   reads), the answer `{"key","value","version","source"}` written around the value's text, with
+//!   `x-cache: hit` and `x-cache-tier: l2`. No key check, no JSON check, no breaker, timeout, metric
+//!   or span;
+//! * `GET /floor/l1/{key}`: the same answer from memory (`x-cache-tier: l1`), no lookup at all.
+//!
+//! At start it writes the hash `floor␟entry` with the value `FLOOR_VALUE` (JSON text).
+//! Not a product: nothing checks a key, and a Redis failure answers 503.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use cachepatterns::http::server::{Limits, serve};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The fields a Cache-Aside hit reads, in its order.
+const FIELDS: [&str; 9] = ["data", "ver", "at", "soft", "hard", "neg", "fs", "tags", "asof"];
+const ENTRY: &str = "floor\u{241f}entry";
+
+#[derive(Clone)]
+struct Floor {
+    redis: redis::aio::ConnectionManager,
+    value: Arc<str>,
+}
+
+fn answer(key: &str, value: &str, tier: &'static str) -> Response {
+    let mut body = String::with_capacity(value.len() + key.len() + 64);
+    body.push_str("{\"key\":");
+    body.push_str(&serde_json::Value::from(key).to_string());
+    body.push_str(",\"value\":");
+    body.push_str(value);
+    // A version as wide as the service's (19 digits), so both answers have the same length.
+    body.push_str(",\"version\":1000000000000000001,\"source\":\"cache\"}");
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert("x-cache", HeaderValue::from_static("hit"));
+    headers.insert("x-cache-tier", HeaderValue::from_static(tier));
+    response
+}
+
+fn status(code: StatusCode, text: &'static str) -> Response {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = code;
+    response
+}
+
+async fn route(State(floor): State<Floor>, request: Request) -> Response {
+    let path = request.uri().path();
+    if path == "/" {
+        let mut ready = Response::new(Body::from("{\"status\":\"ready\"}"));
+        ready.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        return ready;
+    }
+    if let Some(key) = path.strip_prefix("/floor/l1/") {
+        return answer(key, &floor.value, "l1");
+    }
+    let Some(key) = path.strip_prefix("/floor/l2/") else {
+        return status(StatusCode::NOT_FOUND, "not found");
+    };
+    let mut redis = floor.redis.clone();
+    let fields: redis::RedisResult<Vec<Option<String>>> =
+        redis::cmd("HMGET").arg(ENTRY).arg(&FIELDS[..]).query_async(&mut redis).await;
+    match fields.map(|fields| fields.into_iter().next().flatten()) {
+        Ok(Some(value)) => answer(key, &value, "l2"),
+        Ok(None) => status(StatusCode::NOT_FOUND, "no entry"),
+        Err(_) => status(StatusCode::SERVICE_UNAVAILABLE, "redis failed"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")?.parse()?;
+    let redis_at = std::env::var("RedisCache")?;
+    let value = std::env::var("FLOOR_VALUE").unwrap_or_else(|_| "\"floor\"".to_string());
+    let client = redis::Client::open(format!("redis://{redis_at}/"))?;
+    let mut redis = redis::aio::ConnectionManager::new(client).await?;
+    let mut write = redis::cmd("HSET");
+    write.arg(ENTRY).arg("data").arg(&value);
+    for (field, filler) in FIELDS[1..].iter().zip([
+        "1000000000000000001",
+        "1764000000000",
+        "1764003600000",
+        "1764007200000",
+        "0",
+        "0",
+        "",
+        "1",
+    ]) {
+        write.arg(*field).arg(filler);
+    }
+    let _: i64 = write.query_async(&mut redis).await?;
+    let floor = Floor { redis, value: Arc::from(value) };
+    let router = Router::new().fallback(route).with_state(floor);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve(listener, router, Limits::default(), shutdown, std::time::Duration::from_secs(1)).await?;
+    Ok(())
+}
