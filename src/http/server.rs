@@ -187,14 +187,15 @@ pub async fn serve(
 
 /// The invocation id for logs: the host sends a GUID; anything else is shown quoted, so a caller
 /// cannot forge log fields through it.
-fn invocation_id(headers: &axum::http::HeaderMap) -> String {
-    let raw = headers.get("x-azure-functions-invocationid").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    match raw {
-        None => String::new(),
-        Some(id) if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
-            id
+fn invocation_id(headers: &axum::http::HeaderMap) -> Cow<'_, str> {
+    let Some(raw) = headers.get("x-azure-functions-invocationid").map(|v| v.as_bytes()) else {
+        return Cow::Borrowed("");
+    };
+    match std::str::from_utf8(raw) {
+        Ok(id) if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            Cow::Borrowed(id)
         }
-        Some(other) => format!("{other:?}"),
+        _ => Cow::Owned(format!("{:?}", String::from_utf8_lossy(raw))),
     }
 }
 
@@ -341,7 +342,7 @@ async fn route_body(
             Some(Ok(key)) => Some(key),
             None => None,
         };
-        let mut call = forwarded::http_call(&parts.method, &parts.uri, &parts.headers, body, route_key);
+        let mut call = forwarded::http_call(&parts.method, &parts.uri, parts.headers, body, route_key);
         call.path_key_unusable = emptied;
         let mut log = InvocationLog::process_only();
         let reply = run_with_timeout(functions::dispatch(&state, function, &call, &mut log)).await;
@@ -495,7 +496,13 @@ fn response(status: u16, headers: &[(&'static str, Cow<'static, str>)], body: St
             }
             other => HeaderValue::from_str(other),
         };
-        if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(name.as_bytes()), value) {
+        // The code's own lower-case names (`x-cache`, …) are used as they are, without a copy.
+        let name = if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+            Ok(header::HeaderName::from_static(name))
+        } else {
+            header::HeaderName::from_bytes(name.as_bytes())
+        };
+        if let (Ok(name), Ok(value)) = (name, value) {
             map.insert(name, value);
         }
     }
@@ -528,7 +535,8 @@ mod tests {
             invocation_id(&headers("0d3f5a0e-9d2b-4c55-8d2a-0c1c6b7f1b11")),
             "0d3f5a0e-9d2b-4c55-8d2a-0c1c6b7f1b11"
         );
-        let forged = invocation_id(&headers("1 path=/api/dead-letters}: FAKE error=\"x\""));
+        let forging = headers("1 path=/api/dead-letters}: FAKE error=\"x\"");
+        let forged = invocation_id(&forging);
         assert!(forged.starts_with('"') && forged.ends_with('"'), "{forged}");
         assert!(forged.contains("\\\"x\\\""), "quotes inside are escaped: {forged}");
         assert_eq!(invocation_id(&axum::http::HeaderMap::new()), "");

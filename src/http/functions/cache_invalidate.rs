@@ -147,11 +147,11 @@ mod tests {
 
     fn call(method: &str, route_key: Option<&str>, query: &[(&str, &str)], body: &str) -> HttpCall {
         HttpCall {
-            method: method.into(),
+            method: method.to_string().into(),
             route_key: route_key.map(str::to_string),
             path_key_unusable: false,
             query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            headers: Vec::new(),
+            headers: Default::default(),
             body: body.as_bytes().to_vec().into(),
         }
     }

@@ -40,7 +40,7 @@ pub(super) async fn handle(admin: &DeadLetterAdmin, call: &HttpCall, log: &mut I
     };
     // The function's methods are GET, POST and DELETE, DELETE with an id (checked before this
     // handler runs).
-    match (call.method.as_str(), id) {
+    match (call.method.as_ref(), id) {
         ("GET", None) => match admin.list(count, after.as_ref()).await {
             Ok(page) => {
                 let next = page.items.last().map(|d| Value::String(d.id.to_string())).unwrap_or(Value::Null);

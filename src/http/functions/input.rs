@@ -230,11 +230,11 @@ fn entry_options(call: &HttpCall) -> Result<EntryOptions, HttpReply> {
     if call.query_count("ttl") > 1 {
         return Err(HttpReply::error(400, "bad_ttl", "`ttl` is given more than once in the query; give it once"));
     }
-    let header_tags = call.header("x-cache-tags").map(parse_tag_list).transpose().map_err(bad_tags)?;
+    let header_tags = call.header("x-cache-tags").as_deref().map(parse_tag_list).transpose().map_err(bad_tags)?;
     let bad_ttl = |e: OptionsError| HttpReply::error(400, "bad_ttl", e.to_string());
     let query_ttl = call.query("ttl").map(parse_ttl_seconds).transpose().map_err(bad_ttl)?;
-    let header_ttl =
-        call.header("cache-control").and_then(max_age).map(parse_ttl_seconds).transpose().map_err(bad_ttl)?;
+    let cache_control = call.header("cache-control");
+    let header_ttl = cache_control.as_deref().and_then(max_age).map(parse_ttl_seconds).transpose().map_err(bad_ttl)?;
     Ok(EntryOptions { tags: query_tags.or(header_tags).unwrap_or_default(), ttl: query_ttl.or(header_ttl) })
 }
 

@@ -181,13 +181,13 @@ pub(crate) async fn dispatch(
 
 async fn run(state: &AppState, function: HttpFunction, call: &HttpCall, log: &mut InvocationLog) -> HttpReply {
     let allowed = function.methods_for(call.route_key.is_some());
-    if !allowed.contains(&call.method.as_str()) {
+    if !allowed.contains(&call.method.as_ref()) {
         let form = match (function.takes_key(), call.route_key.is_some()) {
             (false, _) => String::new(),
             (true, true) => format!(" at api/{}/{{key}}", function.route_base()),
             (true, false) => format!(" at api/{}", function.route_base()),
         };
-        let hint = match (function, call.method.as_str()) {
+        let hint = match (function, call.method.as_ref()) {
             (HttpFunction::DeadLetters, "DELETE") => "; discard one dead letter with DELETE api/dead-letters/{id}",
             (HttpFunction::CacheInvalidate, "POST") => {
                 "; to evict one key send DELETE api/cache/{key}; POST api/cache takes {\"keys\":[…]} or {\"tags\":[…]}"

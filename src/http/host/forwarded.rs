@@ -11,10 +11,12 @@
 //!   turns `\` into `/` and decodes `%25XX` twice: such keys are lost before they arrive, which is
 //!   why `host.json` uses the invocation payload instead.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderMap, Method, Uri};
 use bytes::Bytes;
 
-use super::{HttpCall, parse_query, percent_decode};
+use super::{HttpCall, RequestHeaders, parse_query, percent_decode};
 
 /// The header the host's reverse proxy adds (its invocation id).
 pub(crate) const PROXY_HEADER: &str = "x-ms-invocation-id";
@@ -43,41 +45,29 @@ pub(crate) fn route_key(raw: &str, headers: &HeaderMap) -> Result<String, BadPat
 }
 
 /// Builds an [`HttpCall`] from a forwarded request. `route_key` is the decoded `{key}` part.
-pub fn http_call(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes, route_key: Option<String>) -> HttpCall {
+pub fn http_call(method: &Method, uri: &Uri, headers: HeaderMap, body: Bytes, route_key: Option<String>) -> HttpCall {
     HttpCall {
-        method: method.as_str().to_ascii_uppercase(),
+        method: method_name(method),
         route_key,
         path_key_unusable: false,
         query: uri.query().map(parse_query).unwrap_or_default(),
-        headers: headers
-            .iter()
-            .map(|(name, value)| (name.as_str().to_ascii_lowercase(), header_text(value.as_bytes())))
-            .collect(),
+        headers: RequestHeaders::Received(headers),
         body,
     }
 }
 
-/// A header value as text: UTF-8 when it is, else ISO-8859-1 (the historical charset of HTTP
-/// headers), so that no header is dropped: a dropped `x-cache-tags` would have stored the write
-/// without its tags (found by scripts/api-fuzz.sh), where a tag that is not valid gets `400`.
-fn header_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_string(),
-        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+/// The method's upper-case name; the usual ones are constants.
+fn method_name(method: &Method) -> Cow<'static, str> {
+    const USUAL: [&str; 7] = ["GET", "PUT", "POST", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+    match USUAL.iter().find(|name| method.as_str() == **name) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(method.as_str().to_ascii_uppercase()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_values_are_utf8_else_latin1() {
-        assert_eq!(header_text(b"a,b"), "a,b");
-        assert_eq!(header_text("café".as_bytes()), "café");
-        assert_eq!(header_text(b"caf\xe9"), "café");
-        assert_eq!(header_text(b"\x84"), "\u{84}", "a C1 control character stays one, to be refused");
-    }
 
     #[test]
     fn keys_from_the_path() {

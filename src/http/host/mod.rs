@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 /// An HTTP request to a function, whichever way the host delivered it.
 #[derive(Debug, Clone, Default)]
 pub struct HttpCall {
-    /// Upper-case method.
-    pub method: String,
+    /// Upper-case method (the standard ones without a copy).
+    pub method: Cow<'static, str>,
     /// The `{key}` route parameter, percent-decoded, if the route had one.
     pub route_key: Option<String>,
     /// True when the path went on past the function's route but gave no usable key: its key
@@ -30,16 +30,56 @@ pub struct HttpCall {
     pub path_key_unusable: bool,
     /// Query parameters (a parameter given several times appears several times).
     pub query: Vec<(String, String)>,
-    /// Headers with lower-case names.
-    pub headers: Vec<(String, String)>,
+    /// The request's headers.
+    pub headers: RequestHeaders,
     /// The body bytes (empty when there was none).
     pub body: Bytes,
 }
 
+/// A request's headers, kept as each mode delivers them. Forwarded requests keep the server's map:
+/// copying every header into strings cost a dozen allocations per request behind the host, and
+/// reads never look at a header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestHeaders {
+    /// As the server received them (forwarded mode).
+    Received(axum::http::HeaderMap),
+    /// As an invocation envelope listed them, names lower-cased (payload mode).
+    Listed(Vec<(String, String)>),
+}
+
+impl Default for RequestHeaders {
+    fn default() -> Self {
+        Self::Listed(Vec::new())
+    }
+}
+
+impl RequestHeaders {
+    /// The first header called `name` (case-insensitive), as text: UTF-8 when it is, else
+    /// ISO-8859-1 (the historical charset of HTTP headers), so that no header is dropped: a
+    /// dropped `x-cache-tags` would have stored the write without its tags (found by
+    /// scripts/api-fuzz.sh), where a tag that is not valid gets `400`.
+    pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        match self {
+            Self::Received(map) => map.get(name).map(|value| header_text(value.as_bytes())),
+            Self::Listed(list) => {
+                list.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| Cow::Borrowed(v.as_str()))
+            }
+        }
+    }
+}
+
+/// Header bytes as text: UTF-8 when they are, else ISO-8859-1.
+fn header_text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+    }
+}
+
 impl HttpCall {
     /// The first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.headers.get(name)
     }
 
     /// The first query parameter called `name` (case-insensitive).
@@ -201,6 +241,23 @@ pub(crate) fn parse_query(raw: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_are_utf8_else_latin1_in_both_modes() {
+        assert_eq!(header_text(b"a,b"), "a,b");
+        assert_eq!(header_text("café".as_bytes()), "café");
+        assert_eq!(header_text(b"caf\xe9"), "café");
+        assert_eq!(header_text(b"\x84"), "\u{84}", "a C1 control character stays one, to be refused");
+        let mut map = axum::http::HeaderMap::new();
+        map.append("x-cache-tags", axum::http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        map.append("x-cache-tags", axum::http::HeaderValue::from_static("second"));
+        let received = RequestHeaders::Received(map);
+        assert_eq!(received.get("X-Cache-Tags").as_deref(), Some("café"), "the first, any casing");
+        assert_eq!(received.get("cache-control"), None);
+        let listed =
+            RequestHeaders::Listed(vec![("x-cache-tags".into(), "a".into()), ("x-cache-tags".into(), "b".into())]);
+        assert_eq!(listed.get("X-CACHE-TAGS").as_deref(), Some("a"));
+    }
 
     #[test]
     fn percent_decoding() {
