@@ -11,7 +11,9 @@
 //!   reads), the answer `{"key","value","version","source"}` written around the value's text, with
 //!   `x-cache: hit` and `x-cache-tier: l2`. No key check, no JSON check, no breaker, timeout, metric
 //!   or span;
-//! * `GET /floor/l1/{key}`: the same answer from memory (`x-cache-tier: l1`), no lookup at all.
+//! * `GET /floor/l1/{key}`: the same answer from memory (`x-cache-tier: l1`), no lookup at all;
+//! * `POST /FloorPayload`: a payload-mode hit. The envelope is read but not decoded; the answer is
+//!   the same `HMGET`'s value in the envelope the service answers, for the key `FLOOR_KEY`.
 //!
 //! At start it writes the hash `floor␟entry` with the value `FLOOR_VALUE` (JSON text).
 //! Not a product: nothing checks a key, and a Redis failure answers 503.
@@ -36,9 +38,12 @@ const ENTRY: &str = "floor\u{241f}entry";
 struct Floor {
     redis: redis::aio::ConnectionManager,
     value: Arc<str>,
+    /// The key a payload-mode hit answers for (the floor does not decode the envelope).
+    payload_key: Arc<str>,
 }
 
-fn answer(key: &str, value: &str, tier: &'static str) -> Response {
+/// A read's answer, as the service writes it.
+fn answer_text(key: &str, value: &str) -> String {
     let mut body = String::with_capacity(value.len() + key.len() + 64);
     body.push_str("{\"key\":");
     body.push_str(&serde_json::Value::from(key).to_string());
@@ -46,7 +51,27 @@ fn answer(key: &str, value: &str, tier: &'static str) -> Response {
     body.push_str(value);
     // A version as wide as the service's (19 digits), so both answers have the same length.
     body.push_str(",\"version\":1000000000000000001,\"source\":\"cache\"}");
+    body
+}
+
+/// The answer of a payload-mode hit: the read's answer inside the envelope the host expects, with
+/// the log line the service writes.
+fn envelope_text(key: &str, value: &str) -> String {
+    let body = serde_json::Value::from(answer_text(key, value)).to_string();
+    let log = serde_json::Value::from(format!("cache-aside {key:?}: hit (source cache, version 1000000000000000001)"));
+    format!(
+        "{{\"Outputs\":{{\"res\":{{\"body\":{body},\"headers\":{{\"Content-Type\":\"application/json; charset=utf-8\",\"x-cache\":\"hit\",\"x-cache-tier\":\"l2\"}},\"statusCode\":\"200\"}}}},\"Logs\":[{log}],\"ReturnValue\":null}}"
+    )
+}
+
+fn json(body: String) -> Response {
     let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    response
+}
+
+fn answer(key: &str, value: &str, tier: &'static str) -> Response {
+    let mut response = Response::new(Body::from(answer_text(key, value)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     headers.insert("x-cache", HeaderValue::from_static("hit"));
@@ -60,12 +85,32 @@ fn status(code: StatusCode, text: &'static str) -> Response {
     response
 }
 
+/// The cached value, from one `HMGET` of the entry hash.
+async fn read_value(floor: &Floor) -> Result<String, Response> {
+    let mut redis = floor.redis.clone();
+    let fields: redis::RedisResult<Vec<Option<String>>> =
+        redis::cmd("HMGET").arg(ENTRY).arg(&FIELDS[..]).query_async(&mut redis).await;
+    match fields.map(|fields| fields.into_iter().next().flatten()) {
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => Err(status(StatusCode::NOT_FOUND, "no entry")),
+        Err(_) => Err(status(StatusCode::SERVICE_UNAVAILABLE, "redis failed")),
+    }
+}
+
 async fn route(State(floor): State<Floor>, request: Request) -> Response {
-    let path = request.uri().path();
+    let path = request.uri().path().to_string();
     if path == "/" {
-        let mut ready = Response::new(Body::from("{\"status\":\"ready\"}"));
-        ready.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-        return ready;
+        return json("{\"status\":\"ready\"}".to_string());
+    }
+    if path == "/FloorPayload" {
+        // The envelope is read, not decoded: decoding it is the service's work.
+        if axum::body::to_bytes(request.into_body(), 1 << 20).await.is_err() {
+            return status(StatusCode::BAD_REQUEST, "unreadable body");
+        }
+        return match read_value(&floor).await {
+            Ok(value) => json(envelope_text(&floor.payload_key, &value)),
+            Err(failed) => failed,
+        };
     }
     if let Some(key) = path.strip_prefix("/floor/l1/") {
         return answer(key, &floor.value, "l1");
@@ -73,13 +118,9 @@ async fn route(State(floor): State<Floor>, request: Request) -> Response {
     let Some(key) = path.strip_prefix("/floor/l2/") else {
         return status(StatusCode::NOT_FOUND, "not found");
     };
-    let mut redis = floor.redis.clone();
-    let fields: redis::RedisResult<Vec<Option<String>>> =
-        redis::cmd("HMGET").arg(ENTRY).arg(&FIELDS[..]).query_async(&mut redis).await;
-    match fields.map(|fields| fields.into_iter().next().flatten()) {
-        Ok(Some(value)) => answer(key, &value, "l2"),
-        Ok(None) => status(StatusCode::NOT_FOUND, "no entry"),
-        Err(_) => status(StatusCode::SERVICE_UNAVAILABLE, "redis failed"),
+    match read_value(&floor).await {
+        Ok(value) => answer(key, &value, "l2"),
+        Err(failed) => failed,
     }
 }
 
@@ -105,7 +146,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         write.arg(*field).arg(filler);
     }
     let _: i64 = write.query_async(&mut redis).await?;
-    let floor = Floor { redis, value: Arc::from(value) };
+    let payload_key = std::env::var("FLOOR_KEY").unwrap_or_else(|_| "k".to_string());
+    let floor = Floor { redis, value: Arc::from(value), payload_key: Arc::from(payload_key) };
     let router = Router::new().fallback(route).with_state(floor);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let shutdown = async {

@@ -193,8 +193,9 @@ redis_bench() {
 # Handlers
 
 declare -A HPORT HPID
-# start_handler NAME L1MAXENTRIES [RUST_LOG] [REDISCACHE]: L1MAXENTRIES "" leaves the default
-# (1000); REDISCACHE defaults to the script's redis-server.
+# start_handler NAME L1MAXENTRIES [RUST_LOG] [REDISCACHE] [BINARY]: L1MAXENTRIES "" leaves the default
+# (1000); REDISCACHE defaults to the script's redis-server; BINARY to the handler (the stack floor
+# is started with it).
 start_handler() {
   local name=$1 l1=$2 filter=${3:-warn} redis=${4:-} binary=${5:-$HANDLER} port attempt
   for attempt in 1 2 3; do
@@ -217,7 +218,7 @@ spawn_handler() {
     "CacheTtlSeconds=3600"
   )
   [ -n "$l1" ] && settings+=("L1MaxEntries=$l1")
-  [ "$binary" = "$FLOOR" ] && settings+=("FLOOR_VALUE=$(cat "$WORK/value.100")")
+  [ "$binary" = "$FLOOR" ] && settings+=("FLOOR_VALUE=$(cat "$WORK/value.100")" "FLOOR_KEY=$HIT_KEY")
   (cd "$WORK" && exec env -i "${settings[@]}" "$binary") >"$WORK/$name.out" 2>"$WORK/$name.err" &
   HPID[$name]=$!
   HPORT[$name]=$port
@@ -319,7 +320,7 @@ git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
 say "# Benchmark report" ""
 if [ "$QUICK" = 1 ]; then
   say "> **Quick run** (\`scripts/bench.sh --quick\`): one run of ${DURATION} s per figure, so the figures are" \
-    "> rough; \`scripts/bench.sh\` without \`--quick\` takes medians of $((3)) runs at more concurrencies." ""
+    "> rough; \`scripts/bench.sh\` without \`--quick\` takes medians of 3 runs (5 for the hit path) at more concurrencies." ""
 fi
 say "Produced by \`scripts/bench.sh$([ "$QUICK" = 1 ] && echo ' --quick')\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT." \
   "Each figure is the median of $RUNS run(s) of $DURATION s ($HIT_RUNS for the hit path); every ratio compares with a baseline measured" \
@@ -369,8 +370,9 @@ TARGETS=(
   "ceiling|l2|get.lua|/|||HTTP ceiling: \`GET /\` of the same server"
   "floorl2|floor|get.lua|/floor/l2/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2||Stack floor, L2: one \`HMGET\` of an entry hash, same HTTP stack and Redis client, no pattern logic"
   "floorl1|floor|get.lua|/floor/l1/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l1||Stack floor, L1: the same answer from memory"
+  "floorpay|floor|payload.lua|/FloorPayload|BENCH_KEY=$HIT_KEY BENCH_FUNCTION=FloorPayload BENCH_PAYLOAD=1 BENCH_EXPECT=x-cache-tier=l2||Stack floor, payload: the envelope read (not decoded), one \`HMGET\`, the service's envelope answered"
   "aside|l2|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|floorl2|Cache-Aside, forwarded \`GET /api/cache-aside/k\` (L2 hit)"
-  "payload|l2|payload.lua|/CacheAside|BENCH_KEY=$HIT_KEY BENCH_PAYLOAD=1 BENCH_EXPECT=x-cache-tier=l2|floorl2|Cache-Aside, payload \`POST /CacheAside\` (L2 hit)"
+  "payload|l2|payload.lua|/CacheAside|BENCH_KEY=$HIT_KEY BENCH_PAYLOAD=1 BENCH_EXPECT=x-cache-tier=l2|floorpay|Cache-Aside, payload \`POST /CacheAside\` (L2 hit)"
   "refresh|l2|get.lua|/api/refresh-ahead/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l2|floorl2|Refresh-Ahead \`GET /api/refresh-ahead/k\` (L2 hit, read counted in batches)"
   "near|l1|get.lua|/api/cache-aside/$HIT_KEY|BENCH_EXPECT=x-cache-tier=l1|floorl1|Cache-Aside, forwarded, near-cache hit (L1)"
 )
@@ -417,9 +419,10 @@ say "## 1. Hit path" "" \
   "The **stack floor** (\`bench/stack_floor.rs\`, built as an example) is a second server on the same HTTP" \
   "stack (the service's own serve loop, axum, hyper, mimalloc, the same runtime) and the same Redis client," \
   "with none of the service's logic: one \`HMGET\` of a nine-field hash, or an answer from memory, written" \
-  "like a hit's answer. What separates a hit from its floor is what the service itself costs: the key check," \
-  "the entry's freshness and JSON checks, the near cache's lookup, the breaker and deadline, metrics, spans" \
-  "and logs. What separates the floor from \`redis-benchmark\` is the stack's." ""
+  "like a hit's answer (payload mode: the envelope is read but not decoded, and the service's envelope is" \
+  "answered). What separates a hit from its floor is what the service itself costs: decoding the envelope," \
+  "the key check, the entry's freshness and JSON checks, the near cache's lookup, the breaker and deadline," \
+  "metrics, spans and logs. What separates the floor from \`redis-benchmark\` is the stack's." ""
 for c in "${CONNS[@]}"; do
   ceiling=$(median "$RES/hit.$c.ceiling" 1)
   redis=$(median "$RES/hit.$c.redis" 1)
@@ -434,7 +437,7 @@ for c in "${CONNS[@]}"; do
     [ -n "$floor" ] && against_floor=$(ratio "$rps" "$(median "$RES/hit.$c.$floor" 1)")
     say "| $what | $(num "$rps") | $(num "$(median "$RES/hit.$c.$label" 2)" 3) | $(num "$(median "$RES/hit.$c.$label" 3)" 3) | $(ratio "$rps" "$ceiling") | $(ratio "$rps" "$redis") | $against_floor |"
   done
-  non2xx=$(cat "$RES"/hit."$c".{ceiling,floorl2,floorl1,aside,payload,refresh,near} | awk '{ s += $5 + $6 } END { print s + 0 }')
+  non2xx=$(cat "$RES"/hit."$c".{ceiling,floorl2,floorl1,floorpay,aside,payload,refresh,near} | awk '{ s += $5 + $6 } END { print s + 0 }')
   [ "$non2xx" = 0 ] || say "" "($non2xx answers were not 2xx or had socket errors at $c connections.)"
   say ""
 done

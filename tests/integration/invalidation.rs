@@ -82,6 +82,26 @@ async fn evicting_a_key_makes_the_next_read_miss_and_keeps_the_fail_safe_copy_un
     }
 }
 
+/// A header sent on several lines is one list (RFC 9110 §5.3). Forwarded requests took the first
+/// line only, where payload mode (the host puts every line's value in the header's array) took them
+/// all: the same write was stored with other tags depending on how the host delivered it.
+#[tokio::test]
+async fn tags_sent_on_several_header_lines_are_all_taken_in_every_mode() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let router = t.app.router();
+    let f = functions();
+    for mode in MODES {
+        let k = format!("lines-{mode:?}");
+        let put = Call::new("PUT", Some(&k)).json(&json!(1));
+        let call = with_header(with_header(put, "x-cache-tags", "red"), "x-cache-tags", "round");
+        let reply = send(&router, mode, &f.through, &call).await;
+        assert_eq!(reply.status, 200, "{mode:?}: {:?}", reply.body);
+        let stored = t.sqlite.get(&k).await.unwrap().unwrap();
+        assert_eq!(stored.options.tag_names(), ["red", "round"], "{mode:?}: the tags of both lines");
+    }
+}
+
 #[tokio::test]
 async fn bulk_evictions_and_tags_invalidate_exactly_their_entries() {
     let redis = RedisServer::start();

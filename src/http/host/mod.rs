@@ -54,13 +54,24 @@ impl Default for RequestHeaders {
 }
 
 impl RequestHeaders {
-    /// The first header called `name` (case-insensitive), as text: UTF-8 when it is, else
-    /// ISO-8859-1 (the historical charset of HTTP headers), so that no header is dropped: a
-    /// dropped `x-cache-tags` would have stored the write without its tags (found by
-    /// scripts/api-fuzz.sh), where a tag that is not valid gets `400`.
+    /// The header called `name` (case-insensitive), as text: UTF-8 when it is, else ISO-8859-1
+    /// (the historical charset of HTTP headers), so that no header is dropped: a dropped
+    /// `x-cache-tags` would have stored the write without its tags (found by scripts/api-fuzz.sh),
+    /// where a tag that is not valid gets `400`. A header sent on several lines is their values
+    /// joined by commas (RFC 9110 §5.3), as the host hands it to a payload-mode invocation.
     pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
         match self {
-            Self::Received(map) => map.get(name).map(|value| header_text(value.as_bytes())),
+            Self::Received(map) => {
+                let mut lines = map.get_all(name).iter();
+                let first = header_text(lines.next()?.as_bytes());
+                let Some(second) = lines.next() else { return Some(first) };
+                let mut joined = first.into_owned();
+                for line in std::iter::once(second).chain(lines) {
+                    joined.push(',');
+                    joined.push_str(&header_text(line.as_bytes()));
+                }
+                Some(Cow::Owned(joined))
+            }
             Self::Listed(list) => {
                 list.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| Cow::Borrowed(v.as_str()))
             }
@@ -252,7 +263,7 @@ mod tests {
         map.append("x-cache-tags", axum::http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
         map.append("x-cache-tags", axum::http::HeaderValue::from_static("second"));
         let received = RequestHeaders::Received(map);
-        assert_eq!(received.get("X-Cache-Tags").as_deref(), Some("café"), "the first, any casing");
+        assert_eq!(received.get("X-Cache-Tags").as_deref(), Some("café,second"), "every line, any casing");
         assert_eq!(received.get("cache-control"), None);
         let listed =
             RequestHeaders::Listed(vec![("x-cache-tags".into(), "a".into()), ("x-cache-tags".into(), "b".into())]);

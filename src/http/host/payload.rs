@@ -60,7 +60,7 @@ impl Invocation {
         let Value::Object(mut root) = value else {
             return Err(EnvelopeError::NotJson("the top level is not an object".into()));
         };
-        // The exact name first, then any casing: the rule of `lenient::field` and of `http_call`.
+        // The exact name first, then any casing (`lenient::field`'s rule, which `http_call` follows too).
         let mut part = |name: &str| {
             let found = root.remove(name).or_else(|| {
                 let other = root.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned()?;
@@ -214,10 +214,13 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
         f.write_str("an invocation envelope object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // `Data` by the rule of `lenient::field`: the exact name first, then any casing.
         let mut data = None;
+        let mut chosen: Option<std::borrow::Cow<'de, str>> = None;
         while let Some(Name(name)) = map.next_key()? {
-            if name.eq_ignore_ascii_case("data") {
+            if lenient::prefer("Data", &name, chosen.as_deref()) {
                 data = Some(map.next_value_seed(DataSeed { trigger: self.trigger })?);
+                chosen = Some(name);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -566,9 +569,11 @@ pub(crate) mod oracle {
                 }
                 fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DataOnly, A::Error> {
                     let mut data = None;
+                    let mut chosen: Option<String> = None;
                     while let Some(name) = map.next_key::<String>()? {
-                        if name.eq_ignore_ascii_case("data") {
+                        if lenient::prefer("Data", &name, chosen.as_deref()) {
                             data = Some(map.next_value::<Value>()?);
+                            chosen = Some(name);
                         } else {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -806,6 +811,16 @@ mod tests {
         assert_eq!((inv.binding("t"), inv.metadata("m")), (Some(&json!(2)), Some(json!(2))));
         let other_casing = Invocation::parse(br#"{"dAtA": {"t": 3}}"#).unwrap();
         assert_eq!(other_casing.binding("t"), Some(&json!(3)));
+        // HTTP functions read the same `Data`, whichever comes first.
+        for envelope in [
+            r#"{"Data": {"req": {"Method": "GET", "Url": "http://h/api/cache-aside/right"}}, "DATA": {"req": {"Method": "GET", "Url": "http://h/api/cache-aside/wrong"}}}"#,
+            r#"{"DATA": {"req": {"Method": "GET", "Url": "http://h/api/cache-aside/wrong"}}, "Data": {"req": {"Method": "GET", "Url": "http://h/api/cache-aside/right"}}}"#,
+        ] {
+            let call = http_call(envelope.as_bytes(), "req", "cache-aside").unwrap();
+            assert_eq!(call.route_key.as_deref(), Some("right"), "{envelope}");
+            let oracle = by_value(envelope.as_bytes(), "req", "cache-aside").unwrap();
+            assert_eq!(oracle.route_key.as_deref(), Some("right"), "the oracle: {envelope}");
+        }
     }
 
     #[test]

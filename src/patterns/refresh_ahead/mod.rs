@@ -5,7 +5,8 @@
 //!
 //! * **Access-driven (eager) refresh** — [`RefreshAhead::get`]: a read is answered from
 //!   the cache at once; if the entry is older than `RefreshAheadFactor` × its TTL, one background
-//!   refresh of the key is started. One per key per window: an in-process set of keys being
+//!   refresh of the key is started, unless the instance already runs `RefreshAheadEagerParallelism`
+//!   of them (a later read starts it then). One per key per window: an in-process set of keys being
 //!   refreshed, and across processes a short Redis lock that is only taken if the entry is still
 //!   the one the reader saw. A miss loads synchronously, exactly like Cache-Aside (stampede
 //!   protection and fail-safe included). Every read counts in the hot-key set, sent in batches
@@ -205,12 +206,14 @@ impl RefreshAhead {
     /// Starts a background refresh of `key` unless this process is already refreshing it or runs
     /// as many eager refreshes as it may (on a task stopped at shutdown, see `background`).
     fn spawn_refresh(&self, key: &Key, observed: Timestamp) {
-        let Some(claim) = self.claim(key.as_str()) else { return };
+        // The permit first: a read that is deferred claims nothing (no allocation, and no window in
+        // which the timer would find the key claimed by a refresh that never runs).
         let Ok(permit) = self.eager_permits.clone().try_acquire_owned() else {
             crate::telemetry::metrics().refresh("read", "deferred");
             tracing::debug!(key = ?key.as_str(), "refresh deferred: as many eager refreshes as allowed are running");
             return;
         };
+        let Some(claim) = self.claim(key.as_str()) else { return };
         let this = self.clone();
         let key = key.clone();
         self.read.core.background.spawn(async move {

@@ -367,9 +367,20 @@ fn payload_envelope(def: &FunctionDef, call: &Call, decoded: &str, key: Option<S
     } else if !call.body.is_empty() {
         all.push(("Content-Length".into(), call.body.len().to_string()));
     }
+    // A header on several lines: one name with every value (`Data`), or joined by commas
+    // (`Metadata`, plain strings).
     for (name, value) in &all {
-        headers.insert(name.clone(), json!([value]));
-        header_strings.insert(name.clone(), json!(value));
+        match headers.get_mut(name) {
+            Some(Value::Array(values)) => values.push(json!(value)),
+            _ => drop(headers.insert(name.clone(), json!([value]))),
+        }
+        match header_strings.get_mut(name) {
+            Some(Value::String(joined)) => {
+                joined.push(',');
+                joined.push_str(value);
+            }
+            _ => drop(header_strings.insert(name.clone(), json!(value))),
+        }
     }
     // A name given several times becomes one entry, its values joined with commas (ASP.NET's
     // `StringValues.ToString()`), the first occurrence's name and place kept.
