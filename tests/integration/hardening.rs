@@ -879,6 +879,35 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     let headers_held = started.elapsed();
     assert!(headers_held < Duration::from_secs(3), "held for {headers_held:?}");
 
+    // Headers sent a byte at a time, never ending: the deadline runs from their first byte, and
+    // what trickles in does not move it.
+    let mut trickle = connect().await.unwrap();
+    let started = Instant::now();
+    let sent = async {
+        for byte in b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789" {
+            if trickle.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        trickle
+    };
+    let trickle = sent.await;
+    let trickled = started.elapsed();
+    read_all(trickle).await;
+    let trickle_held = started.elapsed();
+    assert!(trickled < Duration::from_secs(3), "the trickle was never cut: {trickled:?}");
+    assert!(trickle_held < Duration::from_secs(3), "held for {trickle_held:?}");
+
+    // A kept-alive connection that sent nothing after its request is closed the same way.
+    let mut idle = connect().await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let answer = read_all(idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let idle_held = started.elapsed();
+    assert!(idle_held < Duration::from_secs(3), "held for {idle_held:?}");
+
     // A body that never arrives: 408.
     let mut slow = connect().await.unwrap();
     slow.write_all(b"PUT /api/write-through/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
@@ -911,8 +940,113 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     statuses.sort();
     assert_eq!(statuses, ["408", "408", "503"]);
     eprintln!(
-        "FIGURES slow clients (limits of the test: headers {:?}, body {:?}, 100 kB in flight): unfinished headers closed after {headers_held:?}, an unfinished body answered 408 after {body_held:?}; 3 uploads of 45 kB: {statuses:?}",
+        "FIGURES slow clients (limits of the test: headers {:?}, body {:?}, 100 kB in flight): unfinished headers closed after {headers_held:?}, trickled ones after {trickle_held:?}, an idle kept-alive connection after {idle_held:?}, an unfinished body answered 408 after {body_held:?}; 3 uploads of 45 kB: {statuses:?}",
         limits.header_read_timeout, limits.body_read_timeout
+    );
+}
+
+/// Sends one request on a kept-alive connection and reads its answer (`Content-Length` bodies):
+/// the status, the `x-cache` header and the body.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> (u16, String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut chunk).await.expect("read the answer");
+        assert!(n > 0, "the connection closed: {:?}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    let header = |name: &str| {
+        head.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':'))).map(|v| v.trim().to_string())
+    };
+    let length: usize = header("content-length").and_then(|v| v.parse().ok()).expect("a content-length");
+    while received.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.expect("read the body");
+        assert!(n > 0, "the connection closed in the body");
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&received[head_end..head_end + length]).unwrap_or(Value::Null);
+    (status, header("x-cache").unwrap_or_default(), body)
+}
+
+/// Over real connections, a request's deadlines are kept by its connection's one timer
+/// (`src/ports/deadline.rs`), not by the router's caller: with Redis frozen (`SIGSTOP`), reads and
+/// writes on three kept-alive connections at once are each bounded as through the router, and the
+/// same connections serve from the cache again once Redis is thawed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_redis_bounds_requests_on_served_connections() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
+    let limits = cachepatterns::http::Limits::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = t.app.router_with(limits);
+    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    let read = "GET /api/cache-aside/k HTTP/1.1\r\nHost: x\r\n\r\n";
+    let write = |key: &str| {
+        format!(
+            "PUT /api/write-through/{key} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\n1"
+        )
+    };
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (status, cache, _) = exchange(&mut connection, read).await;
+        assert_eq!(status, 200);
+        assert!(cache == "miss" || cache == "hit", "{cache}");
+        connections.push(connection);
+    }
+    redis.pause();
+    let mut slowest = Duration::ZERO;
+    for round in 0..2 {
+        let served = connections.iter_mut().enumerate().map(|(i, connection)| async move {
+            let started = Instant::now();
+            let answered = tokio::time::timeout(Duration::from_secs(10), exchange(connection, read)).await;
+            let (status, cache, body) = answered.expect("a read answered at all");
+            let took = started.elapsed();
+            assert!(took < REQUEST_BOUND, "a read took {took:?}");
+            assert_eq!((status, cache.as_str(), &body["value"]), (200, "bypass", &json!("stored")), "{body}");
+            let read_took = took;
+            let started = Instant::now();
+            let request = write(&format!("w{round}{i}"));
+            let written = tokio::time::timeout(Duration::from_secs(10), exchange(connection, &request)).await;
+            let (status, _, body) = written.expect("a write answered at all");
+            let took = started.elapsed();
+            assert!(took < REQUEST_BOUND, "a write took {took:?}");
+            assert_eq!(status, 200, "{body}");
+            read_took.max(took)
+        });
+        for took in futures_util::future::join_all(served).await {
+            slowest = slowest.max(took);
+        }
+    }
+    redis.resume();
+    for connection in &mut connections {
+        let started = Instant::now();
+        loop {
+            let (status, cache, body) = exchange(connection, read).await;
+            assert_eq!(status, 200, "{body}");
+            if cache != "bypass" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for round in 0..2 {
+        for i in 0..3 {
+            assert_eq!(t.sqlite.get(&format!("w{round}{i}")).await.unwrap().and_then(|r| r.value), Some(json!(1)));
+        }
+    }
+    eprintln!(
+        "FIGURES Redis hung, 3 served connections: 6 reads and 6 writes answered, the slowest in {slowest:?}; 6 writes acknowledged, 0 lost; the same connections back on the cache after"
     );
 }
 
