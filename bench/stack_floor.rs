@@ -9,8 +9,9 @@
 //! * `GET /` answers `{"status":"ready"}`, like the handler's readiness probe;
 //! * `GET /floor/l2/{key}`: one `HMGET` of the nine fields of an entry hash (as a Cache-Aside hit
 //!   reads), the answer `{"key","value","version","source"}` written around the value's text, with
-//!   `x-cache: hit` and `x-cache-tier: l2`. No key check, no JSON check, no breaker, timeout, metric
-//!   or span;
+//!   `x-cache: hit` and `x-cache-tier: l2`. No key check, no JSON check, no breaker, no deadline of
+//!   its own (the serve loop's header deadline and redis-rs's default response timeout are there, as
+//!   in the service), no metric or span;
 //! * `GET /floor/l1/{key}`: the same answer from memory (`x-cache-tier: l1`), no lookup at all;
 //! * `POST /FloorPayload`: a payload-mode hit. The envelope is read but not decoded; the answer is
 //!   the same `HMGET`'s value in the envelope the service answers, for the key `FLOOR_KEY`.

@@ -879,24 +879,24 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     let headers_held = started.elapsed();
     assert!(headers_held < Duration::from_secs(3), "held for {headers_held:?}");
 
-    // Headers sent a byte at a time, never ending: the deadline runs from their first byte, and
-    // what trickles in does not move it.
+    // Headers sent a byte every 20 ms for 5 s, never ending: hyper's header deadline runs from when
+    // it began to read the request, and what trickles in does not move it, so the connection is cut
+    // while the client is still sending.
     let mut trickle = connect().await.unwrap();
     let started = Instant::now();
-    let sent = async {
-        for byte in b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789" {
-            if trickle.write_all(&[*byte]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut cut = None;
+    let slow_header: Vec<u8> =
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().copied().chain([b'a'; 220]).collect();
+    for byte in &slow_header {
+        if trickle.write_all(&[*byte]).await.is_err() {
+            cut = Some(started.elapsed());
+            break;
         }
-        trickle
-    };
-    let trickle = sent.await;
-    let trickled = started.elapsed();
-    read_all(trickle).await;
-    let trickle_held = started.elapsed();
-    assert!(trickled < Duration::from_secs(3), "the trickle was never cut: {trickled:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let trickle_held = cut.unwrap_or_else(|| {
+        panic!("a trickle of {} bytes over {:?} was never cut", slow_header.len(), started.elapsed())
+    });
     assert!(trickle_held < Duration::from_secs(3), "held for {trickle_held:?}");
 
     // A kept-alive connection that sent nothing after its request is closed the same way.
@@ -940,7 +940,7 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     statuses.sort();
     assert_eq!(statuses, ["408", "408", "503"]);
     eprintln!(
-        "FIGURES slow clients (limits of the test: headers {:?}, body {:?}, 100 kB in flight): unfinished headers closed after {headers_held:?}, trickled ones after {trickle_held:?}, an idle kept-alive connection after {idle_held:?}, an unfinished body answered 408 after {body_held:?}; 3 uploads of 45 kB: {statuses:?}",
+        "FIGURES slow clients (limits of the test: headers {:?}, body {:?}, 100 kB in flight): unfinished headers closed after {headers_held:?}, trickled ones cut after {trickle_held:?}, an idle kept-alive connection after {idle_held:?}, an unfinished body answered 408 after {body_held:?}; 3 uploads of 45 kB: {statuses:?}",
         limits.header_read_timeout, limits.body_read_timeout
     );
 }
@@ -975,10 +975,15 @@ async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> (u16, St
     (status, header("x-cache").unwrap_or_default(), body)
 }
 
-/// Over real connections, a request's deadlines are kept by its connection's one timer
-/// (`src/ports/deadline.rs`), not by the router's caller: with Redis frozen (`SIGSTOP`), reads and
-/// writes on three kept-alive connections at once are each bounded as through the router, and the
-/// same connections serve from the cache again once Redis is thawed.
+/// [`exchange`], bounded: a server that never answers fails the test instead of hanging it.
+async fn answered(stream: &mut tokio::net::TcpStream, request: String) -> (u16, String, Value) {
+    tokio::time::timeout(Duration::from_secs(10), exchange(stream, &request)).await.expect("an answer within 10 s")
+}
+
+/// Served connections (the serve loop and hyper, not the router alone) live through a Redis outage:
+/// with Redis frozen (`SIGSTOP`), reads and writes on three kept-alive connections at once each
+/// wait on Redis no longer than its deadline and are answered (reads from the store, writes
+/// acknowledged), and once Redis is thawed the same connections are served from the cache again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_redis_bounds_requests_on_served_connections() {
     let redis = RedisServer::start();
@@ -989,7 +994,7 @@ async fn a_hung_redis_bounds_requests_on_served_connections() {
     let port = listener.local_addr().unwrap().port();
     let router = t.app.router_with(limits);
     tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
-    let read = "GET /api/cache-aside/k HTTP/1.1\r\nHost: x\r\n\r\n";
+    let read = "GET /api/cache-aside/k HTTP/1.1\r\nHost: x\r\n\r\n".to_string();
     let write = |key: &str| {
         format!(
             "PUT /api/write-through/{key} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\n1"
@@ -998,55 +1003,68 @@ async fn a_hung_redis_bounds_requests_on_served_connections() {
     let mut connections = Vec::new();
     for _ in 0..3 {
         let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (status, cache, _) = exchange(&mut connection, read).await;
+        let (status, cache, _) = answered(&mut connection, read.clone()).await;
         assert_eq!(status, 200);
         assert!(cache == "miss" || cache == "hit", "{cache}");
         connections.push(connection);
     }
     redis.pause();
-    let mut slowest = Duration::ZERO;
+    let mut timings = Vec::new();
+    let mut written = Vec::new();
     for round in 0..2 {
-        let served = connections.iter_mut().enumerate().map(|(i, connection)| async move {
-            let started = Instant::now();
-            let answered = tokio::time::timeout(Duration::from_secs(10), exchange(connection, read)).await;
-            let (status, cache, body) = answered.expect("a read answered at all");
-            let took = started.elapsed();
-            assert!(took < REQUEST_BOUND, "a read took {took:?}");
-            assert_eq!((status, cache.as_str(), &body["value"]), (200, "bypass", &json!("stored")), "{body}");
-            let read_took = took;
-            let started = Instant::now();
-            let request = write(&format!("w{round}{i}"));
-            let written = tokio::time::timeout(Duration::from_secs(10), exchange(connection, &request)).await;
-            let (status, _, body) = written.expect("a write answered at all");
-            let took = started.elapsed();
-            assert!(took < REQUEST_BOUND, "a write took {took:?}");
-            assert_eq!(status, 200, "{body}");
-            read_took.max(took)
+        // All three at once, so that each waits on Redis before the first missed deadline opens
+        // the breaker; reads and writes alternate between the connections and the rounds.
+        let served = connections.iter_mut().enumerate().map(|(i, connection)| {
+            let is_read = (i + round) % 2 == 0;
+            let key = format!("w{round}{i}");
+            let request = if is_read { read.clone() } else { write(&key) };
+            async move {
+                let started = Instant::now();
+                let (status, cache, body) = answered(connection, request).await;
+                let took = started.elapsed();
+                assert!(took < REQUEST_BOUND, "took {took:?}");
+                if is_read {
+                    assert_eq!((status, cache.as_str(), &body["value"]), (200, "bypass", &json!("stored")), "{body}");
+                } else {
+                    assert_eq!(status, 200, "{body}");
+                }
+                (took, (!is_read).then_some(key))
+            }
         });
-        for took in futures_util::future::join_all(served).await {
-            slowest = slowest.max(took);
+        let round_timings = futures_util::future::join_all(served).await;
+        let waited = round_timings.iter().map(|(took, _)| *took).max().unwrap_or_default();
+        assert!(
+            waited >= Duration::from_millis(500),
+            "round {round}: no request waited on the frozen Redis ({waited:?})"
+        );
+        for (took, key) in round_timings {
+            timings.push(took);
+            written.extend(key);
         }
+        // Let the breaker's 2 s window pass so that the next round waits on Redis again.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
     }
     redis.resume();
-    for connection in &mut connections {
-        let started = Instant::now();
-        loop {
-            let (status, cache, body) = exchange(connection, read).await;
-            assert_eq!(status, 200, "{body}");
-            if cache != "bypass" {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut back = [false; 3];
+    while !back.iter().all(|b| *b) {
+        for (connection, back) in connections.iter_mut().zip(&mut back) {
+            let (status, cache, body) = answered(connection, read.clone()).await;
+            assert_eq!((status, &body["value"]), (200, &json!("stored")), "{body}");
+            // A resumed Redis still holds the entry: reads go from bypassing it to hits.
+            assert!(cache == "hit" || cache == "bypass", "{cache}");
+            *back = cache == "hit";
         }
+        assert!(started.elapsed() < Duration::from_secs(10), "reads never went back to the cache: {back:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for round in 0..2 {
-        for i in 0..3 {
-            assert_eq!(t.sqlite.get(&format!("w{round}{i}")).await.unwrap().and_then(|r| r.value), Some(json!(1)));
-        }
+    assert_eq!(written.len(), 3);
+    for key in &written {
+        assert_eq!(t.sqlite.get(key).await.unwrap().and_then(|r| r.value), Some(json!(1)), "{key} was lost");
     }
+    let slowest = timings.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "FIGURES Redis hung, 3 served connections: 6 reads and 6 writes answered, the slowest in {slowest:?}; 6 writes acknowledged, 0 lost; the same connections back on the cache after"
+        "FIGURES Redis hung, 3 served connections, 2 rounds: 3 reads and 3 writes sent at once, each bounded, the slowest waiting {slowest:?} (the Redis deadline); 3 writes acknowledged, 0 lost; the same connections back on the cache after"
     );
 }
 
