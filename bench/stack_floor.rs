@@ -12,6 +12,10 @@
 //!   `x-cache: hit` and `x-cache-tier: l2`. No key check, no JSON check, no breaker, no deadline of
 //!   its own (the serve loop's header deadline and redis-rs's default response timeout are there, as
 //!   in the service), no metric or span;
+//! * `GET /floor/l2d/{key}`: the same read under the two deadlines the service adds to a hit, each
+//!   a `tokio::time::timeout` as the service's: the request's (60 s) around it all, and the Redis
+//!   call's (1 s, `syncTimeout`'s default) around the `HMGET`. What it costs over `/floor/l2/` is
+//!   what those protections cost;
 //! * `GET /floor/l1/{key}`: the same answer from memory (`x-cache-tier: l1`), no lookup at all;
 //! * `POST /FloorPayload`: a payload-mode hit. The envelope is read but not decoded; the answer is
 //!   the same `HMGET`'s value in the envelope the service answers, for the key `FLOOR_KEY`.
@@ -34,6 +38,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The fields a Cache-Aside hit reads, in its order.
 const FIELDS: [&str; 9] = ["data", "ver", "at", "soft", "hard", "neg", "fs", "tags", "asof"];
 const ENTRY: &str = "floor\u{241f}entry";
+/// The deadlines of `/floor/l2d/`: the service's request deadline and its default Redis call deadline.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+const REDIS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Clone)]
 struct Floor {
@@ -111,6 +118,14 @@ async fn route(State(floor): State<Floor>, request: Request) -> Response {
         return match read_value(&floor).await {
             Ok(value) => json(envelope_text(&floor.payload_key, &value)),
             Err(failed) => failed,
+        };
+    }
+    if let Some(key) = path.strip_prefix("/floor/l2d/") {
+        let read = tokio::time::timeout(REDIS_DEADLINE, read_value(&floor));
+        return match tokio::time::timeout(REQUEST_DEADLINE, read).await {
+            Ok(Ok(Ok(value))) => answer(key, &value, "l2"),
+            Ok(Ok(Err(failed))) => failed,
+            Ok(Err(_)) | Err(_) => status(StatusCode::SERVICE_UNAVAILABLE, "deadline missed"),
         };
     }
     if let Some(key) = path.strip_prefix("/floor/l1/") {
