@@ -10,12 +10,13 @@
 //! * `GET /floor/l2/{key}`: one `HMGET` of the nine fields of an entry hash (as a Cache-Aside hit
 //!   reads), the answer `{"key","value","version","source"}` written around the value's text, with
 //!   `x-cache: hit` and `x-cache-tier: l2`. No key check, no JSON check, no breaker, no deadline of
-//!   its own (the serve loop's header deadline and redis-rs's default response timeout are there, as
-//!   in the service), no metric or span;
-//! * `GET /floor/l2d/{key}`: the same read under the two deadlines the service adds to a hit, each
-//!   a `tokio::time::timeout` as the service's: the request's (60 s) around it all, and the Redis
-//!   call's (1 s, `syncTimeout`'s default) around the `HMGET`. What it costs over `/floor/l2/` is
-//!   what those protections cost;
+//!   its own (the serve loop's header deadline and redis-rs's response timeout are there, as in the
+//!   service: redis-rs's default of 500 ms here, the call deadline there), no metric or span;
+//! * `GET /floor/l2d/{key}`: the same read under what the service adds around a hit to bound it,
+//!   built the same way: the request's deadline (60 s) around it all, the request's budget (a
+//!   task-local end, 2 s), and the Redis call's deadline (1 s, `syncTimeout`'s default, or what is
+//!   left of the budget) around the `HMGET`. What it costs over `/floor/l2/` is what those
+//!   protections cost;
 //! * `GET /floor/l1/{key}`: the same answer from memory (`x-cache-tier: l1`), no lookup at all;
 //! * `POST /FloorPayload`: a payload-mode hit. The envelope is read but not decoded; the answer is
 //!   the same `HMGET`'s value in the envelope the service answers, for the key `FLOOR_KEY`.
@@ -24,6 +25,7 @@
 //! Not a product: nothing checks a key, and a Redis failure answers 503.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -38,9 +40,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The fields a Cache-Aside hit reads, in its order.
 const FIELDS: [&str; 9] = ["data", "ver", "at", "soft", "hard", "neg", "fs", "tags", "asof"];
 const ENTRY: &str = "floor\u{241f}entry";
-/// The deadlines of `/floor/l2d/`: the service's request deadline and its default Redis call deadline.
-const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
-const REDIS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+/// The bounds of `/floor/l2d/`, the service's: the request's deadline, its budget for waiting on
+/// the cache, and the default deadline of one Redis call.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+const REQUEST_BUDGET: Duration = Duration::from_secs(2);
+const REDIS_DEADLINE: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// When the current request's budget ends (as the service's `ports::budget`).
+    static BUDGET_ENDS: Instant;
+}
 
 #[derive(Clone)]
 struct Floor {
@@ -121,8 +130,12 @@ async fn route(State(floor): State<Floor>, request: Request) -> Response {
         };
     }
     if let Some(key) = path.strip_prefix("/floor/l2d/") {
-        let read = tokio::time::timeout(REDIS_DEADLINE, read_value(&floor));
-        return match tokio::time::timeout(REQUEST_DEADLINE, read).await {
+        let read = async {
+            let left = BUDGET_ENDS.try_with(|ends| ends.saturating_duration_since(Instant::now()));
+            tokio::time::timeout(REDIS_DEADLINE.min(left.unwrap_or(REDIS_DEADLINE)), read_value(&floor)).await
+        };
+        let budgeted = BUDGET_ENDS.scope(Instant::now() + REQUEST_BUDGET, read);
+        return match tokio::time::timeout(REQUEST_DEADLINE, budgeted).await {
             Ok(Ok(Ok(value))) => answer(key, &value, "l2"),
             Ok(Ok(Err(failed))) => failed,
             Ok(Err(_)) | Err(_) => status(StatusCode::SERVICE_UNAVAILABLE, "deadline missed"),
@@ -169,6 +182,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, router, Limits::default(), shutdown, std::time::Duration::from_secs(1)).await?;
+    serve(listener, router, Limits::default(), shutdown, Duration::from_secs(1)).await?;
     Ok(())
 }
