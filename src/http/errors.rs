@@ -63,6 +63,8 @@ pub(crate) fn write_failure(error: &WriteError, log: &mut InvocationLog) -> Http
             log.warn(format_args!("write refused: {message}"));
             HttpReply::error(409, "stored_version_implausible", message)
         }
+        WriteError::Superseded { .. } => HttpReply::error(409, "superseded", error.to_string()),
+        WriteError::Stopping => stopping(error.to_string(), log),
     }
 }
 
@@ -72,6 +74,7 @@ pub(crate) fn write_behind_failure(error: &WriteBehindError, log: &mut Invocatio
     let error = match error {
         WriteBehindError::Store(e) => return store_failure(e, log),
         WriteBehindError::Queue(e) => e,
+        WriteBehindError::Stopping => return stopping(error.to_string(), log),
     };
     let message = Chain(error).to_string();
     log.warn(format_args!("queue failure: {message}"));
@@ -80,6 +83,13 @@ pub(crate) fn write_behind_failure(error: &WriteBehindError, log: &mut Invocatio
         QueueError::TooLarge(_) => HttpReply::error(413, "value_too_large", message),
         QueueError::Rejected { .. } => HttpReply::error(500, "queue_rejected", message),
     }
+}
+
+/// Work cut by the handler stopping (`message` says what): `503`, to be sent again (to another
+/// instance).
+pub(crate) fn stopping(message: String, log: &mut InvocationLog) -> HttpReply {
+    log.warn(format_args!("cut: {message}"));
+    HttpReply::error(503, "stopping", message).with_header("Retry-After", "1")
 }
 
 /// A failed dead-letter call (the dead letters live in Redis only).

@@ -26,7 +26,7 @@ use super::AppState;
 use super::functions::{self, HttpFunction, TriggerFunction};
 use super::host::{HttpReply, InvocationLog, forwarded, payload};
 use crate::domain::error_chain::Chain;
-use crate::ports::budget::with_request_budget;
+use crate::ports::budget::{Held, with_request_budget};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -238,7 +238,9 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         return too_large(limit, state.max_value_bytes);
     }
     // A request without a body (a read) neither waits for room in the budget nor reads.
-    let mut _room = None;
+    // The room is held until the request ends, or until a write it begins (which finishes even if
+    // the caller goes away) ends, as that write holds the body's value.
+    let mut room_held = None;
     let body = if body.is_end_stream() {
         Bytes::new()
     } else {
@@ -247,7 +249,8 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         let limits = server.limits;
         let want = declared.unwrap_or(limit).clamp(1, limits.in_flight_body_budget.max(1));
         let permits = u32::try_from(want).unwrap_or(u32::MAX);
-        let mut room = match tokio::time::timeout(limits.budget_wait, server.budget.acquire_many(permits)).await {
+        let acquire = server.budget.clone().acquire_many_owned(permits);
+        let mut room = match tokio::time::timeout(limits.budget_wait, acquire).await {
             Ok(Ok(permit)) => permit,
             _ => {
                 return json_response(
@@ -288,7 +291,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         };
         // Keep room for what the body holds; give the rest back at once.
         drop(room.split(want.saturating_sub(body.len().max(1))));
-        _room = Some(room);
+        room_held = Some(Box::new(room) as Held);
         body
     };
     let span = tracing::info_span!(
@@ -304,7 +307,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         let parent = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&parts.headers));
         let _ = span.set_parent(parent);
     }
-    route_body(state, parts, path.clone(), forwarded_path.map(str::to_string), body).instrument(span).await
+    route_body(state, parts, path.clone(), forwarded_path.map(str::to_string), body, room_held).instrument(span).await
 }
 
 async fn route_body(
@@ -313,6 +316,7 @@ async fn route_body(
     path: String,
     forwarded_path: Option<String>,
     body: Bytes,
+    room: Option<Held>,
 ) -> Response {
     if let Some(rest) = forwarded_path {
         let Some((function, raw_key)) = HttpFunction::by_route(&rest) else {
@@ -345,7 +349,7 @@ async fn route_body(
         let mut call = forwarded::http_call(&parts.method, &parts.uri, parts.headers, body, route_key);
         call.path_key_unusable = emptied;
         let mut log = InvocationLog::process_only();
-        let reply = run_with_timeout(functions::dispatch(&state, function, &call, &mut log)).await;
+        let reply = run_with_timeout(room, functions::dispatch(&state, function, &call, &mut log)).await;
         return reply_response(reply);
     }
 
@@ -365,11 +369,12 @@ async fn route_body(
     }
     // Boxed: payload invocations carry much more state than a forwarded read, which should not
     // pay for moving it.
-    Box::pin(invoke(&state, name, &body)).await
+    Box::pin(invoke(&state, name, &body, room)).await
 }
 
-/// Payload mode: one invocation of function `name`.
-async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
+/// Payload mode: one invocation of function `name`, holding `room` (its body's share of the memory
+/// budget) until it ends.
+async fn invoke(state: &AppState, name: &str, body: &Bytes, room: Option<Held>) -> Response {
     let (http, trigger) = (HttpFunction::by_name(name), TriggerFunction::by_name(name));
     if http.is_none() && trigger.is_none() {
         return json_response(
@@ -401,7 +406,7 @@ async fn invoke(state: &AppState, name: &str, body: &Bytes) -> Response {
         Ok(call) => call,
         Err(e) => return json_response(400, &[], &error_body("bad_envelope", &e.to_string())),
     };
-    let reply = run_with_timeout(functions::dispatch(state, function, &call, &mut log)).await;
+    let reply = run_with_timeout(room, functions::dispatch(state, function, &call, &mut log)).await;
     response(200, &[], payload::http_envelope_text(function.output_binding(), reply, &log.into_lines()))
 }
 
@@ -432,13 +437,14 @@ async fn unreadable_trigger(state: &AppState, name: &str, reason: &str, body: &[
     }
 }
 
-/// `work` within [`REQUEST_TIMEOUT`] and the request's budget. Not an `async fn`, for the reason
-/// given at [`with_request_budget`].
+/// `work` within [`REQUEST_TIMEOUT`] and the request's budget, holding `room` (its body's share of
+/// the memory budget). Not an `async fn`, for the reason given at [`with_request_budget`].
 fn run_with_timeout(
+    room: Option<Held>,
     work: impl std::future::Future<Output = HttpReply>,
 ) -> impl std::future::Future<Output = HttpReply> {
     use futures_util::FutureExt;
-    tokio::time::timeout(REQUEST_TIMEOUT, with_request_budget(work)).map(|finished| match finished {
+    tokio::time::timeout(REQUEST_TIMEOUT, with_request_budget(room, work)).map(|finished| match finished {
         Ok(reply) => reply,
         Err(_) => HttpReply::error(503, "timeout", format!("the request did not complete within {REQUEST_TIMEOUT:?}"))
             .with_header("Retry-After", "5"),

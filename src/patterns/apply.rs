@@ -3,9 +3,11 @@
 //!
 //! A batch is coalesced to the newest version per key (older writes of a key are superseded), keys
 //! are applied concurrently up to a bound, each with a versioned store write (so old, duplicated or
-//! reordered events are no-ops), transient store failures are retried with exponential back-off
-//! inside a time budget, and after a write is applied the cache entry is refreshed unless the cache
-//! already holds something newer. Then [`Applier::apply_and_settle`] decides per delivery: done,
+//! reordered events change nothing in the store), transient store failures are retried with
+//! exponential back-off inside a time budget, and after a write is applied the cache entry is
+//! refreshed unless the cache already holds something newer. An event delivered again whose
+//! version the store already holds is cached again: its first delivery may have been cut between
+//! the store and the cache. Then [`Applier::apply_and_settle`] decides per delivery: done,
 //! kept for a later retry (the caller's retry policy says whether it may be), or recorded as a
 //! dead letter; nothing is dropped.
 
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 use super::Core;
 use crate::domain::error_chain::Chain;
 use crate::domain::key::Key;
+use crate::domain::options::EntryOptions;
 use crate::domain::time::Timestamp;
 use crate::domain::version::{Implausible, is_plausible};
 use crate::domain::write_event::{EventError, Op, WriteEvent};
@@ -339,12 +342,7 @@ impl Applier {
                 Ok(Applied::Yes) => {
                     // Plausible by now (checked when the batch was read).
                     let _ = core.versions.observe(event.version);
-                    let value = match &change {
-                        Change::Upsert(value) => Some(value.clone()),
-                        Change::Delete => None,
-                    };
-                    let entry = core.policy.entry_with(value, event.version, core.now(), &options, event.version);
-                    core.cache_write(key, &entry).await;
+                    cache_applied(core, key, event.version, &change, &options).await;
                     return Outcome::Applied;
                 }
                 Ok(Applied::BelowWatermark { watermark }) => {
@@ -361,7 +359,14 @@ impl Applier {
                     if let Err(why) = is_plausible(current, core.now()) {
                         return self.refused_by_implausible(key, event, current, why, attempts).await;
                     }
-                    tracing::debug!(key = ?key.as_str(), version = event.version, current, "queued write is older than the store; skipped");
+                    if current == event.version {
+                        // This very write, delivered again: the store took it on an earlier
+                        // delivery whose cache step may never have run (a crash, a stop, an
+                        // invocation the host cut). Its value is the key's, so it is cached; the
+                        // cache keeps anything newer.
+                        cache_applied(core, key, event.version, &change, &options).await;
+                    }
+                    tracing::debug!(key = ?key.as_str(), version = event.version, current, "queued write is not newer than the store; skipped");
                     return Outcome::Stale;
                 }
                 Err(e) if e.is_transient() => {
@@ -377,4 +382,15 @@ impl Applier {
             }
         }
     }
+}
+
+/// Caches what the store holds after `change` was applied at `version`; the cache keeps anything
+/// newer.
+async fn cache_applied(core: &Core, key: &Key, version: u64, change: &Change, options: &EntryOptions) {
+    let value = match change {
+        Change::Upsert(value) => Some(value.clone()),
+        Change::Delete => None,
+    };
+    let entry = core.policy.entry_with(value, version, core.now(), options, version);
+    core.cache_write(key, &entry).await;
 }

@@ -55,6 +55,8 @@ pub enum Outcome {
         /// The invalidation's stamp.
         stamp: u64,
     },
+    /// The handler is stopping and cut it: part of it may be done.
+    Stopping,
 }
 
 /// Invalidations waiting for Redis.
@@ -150,8 +152,17 @@ impl Invalidator {
         &self.core
     }
 
-    /// Invalidates `scope`. Never fails: when Redis is away the invalidation waits for it.
+    /// Invalidates `scope`. Never fails: when Redis is away the invalidation waits for it. Runs to
+    /// its end even if the caller leaves: cut midway, some keys would be evicted and the others
+    /// neither evicted nor waiting for Redis ([`Core::run_to_the_end`]).
     pub async fn invalidate(&self, scope: &Scope) -> Outcome {
+        let (this, scope) = (self.clone(), scope.clone());
+        let invalidation = |_caller| async move { this.invalidate_now(&scope).await };
+        self.core.run_to_the_end(invalidation).await.unwrap_or(Outcome::Stopping)
+    }
+
+    /// The invalidation itself: done in Redis, or kept until it answers.
+    async fn invalidate_now(&self, scope: &Scope) -> Outcome {
         let core = &self.core;
         let stamp = core.versions.next();
         let now = core.now();

@@ -37,7 +37,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 pub use apply::Applier;
-pub(crate) use background::RequestTasks;
+pub(crate) use background::{Caller, RequestTasks};
 pub use cache_aside::CacheAside;
 pub use dead_letters::DeadLetterAdmin;
 pub use health::HealthCheck;
@@ -196,8 +196,8 @@ pub(crate) struct Core {
     pub(crate) write_health: WriteHealth,
     /// Cache work that waits for Redis (docs/invalidation.md, "Auto-recovery").
     pub(crate) recovery: invalidation::Recovery,
-    /// Work requests start that outlives them (loads, refreshes): stopped at shutdown before the
-    /// node-id lease is given back.
+    /// Work requests start that outlives them (loads, refreshes, writes whose caller left):
+    /// stopped at shutdown before the node-id lease is given back.
     pub(crate) background: RequestTasks,
 }
 
@@ -240,6 +240,31 @@ impl Core {
         let error = result.as_ref().err().map(|e| if e.is_transient() { "unavailable" } else { "rejected" });
         crate::telemetry::metrics().db_call(kind, op, started.elapsed(), error);
         result
+    }
+
+    /// Runs `write` on a task of its own to its end, even if the caller stops waiting for it: a
+    /// client that disconnects, or the host cancelling an invocation, drops the request, and a
+    /// write dropped between its store (or queue) step and its cache step would leave the cache
+    /// serving what it replaced until its TTL. `write` is told whether its caller still waits
+    /// ([`Caller`]). The task keeps the request's span, its time budget and its room in the memory
+    /// budget, and is one of the [`RequestTasks`] shutdown stops before the node-id lease is given
+    /// back (its versions must not outlive the lease). `None` when that stop cut it.
+    pub(crate) async fn run_to_the_end<T, W>(&self, write: impl FnOnce(Caller) -> W) -> Option<T>
+    where
+        T: Send + 'static,
+        W: std::future::Future<Output = T> + Send + 'static,
+    {
+        let (caller, waiting) = Caller::waiting();
+        let task = self.background.spawn_write(crate::ports::budget::carried(write(caller)).in_current_span());
+        let ended = task.await;
+        waiting.disarm();
+        match ended {
+            Ok(done) => done,
+            Err(failed) => match failed.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => None,
+            },
+        }
     }
 
     /// Writes a cache entry; a failure is logged, never returned (the store already answered).

@@ -5,11 +5,12 @@
 //! the "never older" cache write, so racing readers and writers cannot leave an older value behind
 //! (invariants 1–3, docs/reliability.md). If the store fails, the cache is not touched and the
 //! caller learns it. If another process wrote a newer version (clock skew), the clock moves past it
-//! and the write is retried, so the latest accepted write wins.
+//! and the write is retried, so the latest accepted write wins. A write runs to its end even if its
+//! caller leaves ([`Core::run_to_the_end`]), but is then not retried above a newer version.
 
 use std::sync::Arc;
 
-use super::Core;
+use super::{Caller, Core};
 use crate::domain::key::Key;
 use crate::domain::options::EntryOptions;
 use crate::domain::version::Implausible;
@@ -48,6 +49,16 @@ pub enum WriteError {
         #[source]
         reason: Implausible,
     },
+    /// The caller left, and meanwhile a newer write of the key was stored: this one was not tried
+    /// again above it (the caller may have written again since). Only logged: nobody waits for it.
+    #[error("a newer write of this key was stored after this write's caller had left; it was not written above it")]
+    Superseded {
+        /// The version the store holds.
+        current: u64,
+    },
+    /// The handler is stopping and cut the write: the store may or may not have it.
+    #[error("the handler is stopping and cut this write, which the store may or may not have; write it again")]
+    Stopping,
 }
 
 /// The Write-Through service. Cheap to clone.
@@ -67,8 +78,23 @@ impl WriteThrough {
     }
 
     /// Write-Through of `change` to `key`, cached with `options` (tags, TTL), which the store keeps.
+    /// Once begun, the write runs to its end even if the caller stops waiting, so that the cache
+    /// is updated whenever the store was ([`Core::run_to_the_end`]).
     pub async fn write_with(&self, key: &Key, change: Change, options: &EntryOptions) -> Result<Written, WriteError> {
-        let version = self.apply_versioned(key, &change, options).await?;
+        let (this, key, options) = (self.clone(), key.clone(), options.clone());
+        let write = |caller| async move { this.store_then_cache(&key, change, &options, &caller).await };
+        self.core.run_to_the_end(write).await.unwrap_or(Err(WriteError::Stopping))
+    }
+
+    /// The write itself: the store first, so that the cache never holds what the store refused.
+    async fn store_then_cache(
+        &self,
+        key: &Key,
+        change: Change,
+        options: &EntryOptions,
+        caller: &Caller,
+    ) -> Result<Written, WriteError> {
+        let version = self.apply_versioned(key, &change, options, caller).await?;
         let value = match change {
             Change::Upsert(value) => Some(value),
             Change::Delete => None,
@@ -78,14 +104,26 @@ impl WriteThrough {
         Ok(Written { version, cached })
     }
 
-    /// Applies `change` to the store with a fresh version, moving past newer versions it finds.
-    async fn apply_versioned(&self, key: &Key, change: &Change, options: &EntryOptions) -> Result<u64, WriteError> {
+    /// Applies `change` to the store with a fresh version, moving past newer versions it finds, as
+    /// long as the caller waits: once it has left, a newer version found means the write was
+    /// superseded (perhaps by the caller writing again), and it is not tried again above it.
+    async fn apply_versioned(
+        &self,
+        key: &Key,
+        change: &Change,
+        options: &EntryOptions,
+        caller: &Caller,
+    ) -> Result<u64, WriteError> {
         let versions = &self.core.versions;
         for _ in 0..MAX_VERSION_RETRIES {
             let version = versions.next();
             match self.core.store_apply(key, version, change.clone(), options, "writing to the store").await? {
                 Applied::Yes => return Ok(version),
                 Applied::Stale { current } | Applied::BelowWatermark { watermark: current } => {
+                    if caller.has_left() {
+                        tracing::debug!(key = ?key.as_str(), version, current, "store holds a newer version and the caller has left; not writing above it");
+                        return Err(WriteError::Superseded { current });
+                    }
                     tracing::debug!(key = ?key.as_str(), version, current, "store holds a newer version; moving the clock past it");
                     if let Err(reason) = versions.observe(current) {
                         tracing::error!(key = ?key.as_str(), current, %reason, "the store holds an implausible version of this key; refusing to follow it");

@@ -1,30 +1,105 @@
-//! A request's time budget on shared infrastructure.
+//! A request's budgets on shared resources.
 //!
 //! [`with_request_budget`] runs one request with [`REQUEST_BUDGET`] to spend waiting on the cache in
 //! all: each call waits at most what is left of it (and at most its own deadline), so a Redis that
 //! answers each command just under the deadline cannot make a request that sends several wait
 //! several deadlines. Background work (refreshes, the write-behind consumer) has no budget, only
 //! the per-call deadline. Adapters ask [`remaining`].
+//!
+//! A request may also hold room in the server's memory budget for its body (`http::server`). Work
+//! of the request that runs on a task of its own ([`carried`]: a write, which finishes even if its
+//! caller goes away) takes both along: the time left, and the room, which is then given back when
+//! that work ends rather than when the request does, so that writes whose callers left cannot pile
+//! up beyond the budget.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How long one request may wait on the cache in all, over all its calls.
 pub(crate) const REQUEST_BUDGET: Duration = Duration::from_secs(2);
 
-tokio::task_local! {
-    /// When the current request's budget runs out.
-    static BUDGET_ENDS: Instant;
+/// What a request holds of a shared budget until it ends (dropping it gives it back).
+pub(crate) type Held = Box<dyn Send>;
+
+/// The current request's budgets.
+struct Budgets {
+    /// When its time on the cache runs out.
+    ends: Instant,
+    /// What it holds, until work of its own takes it along.
+    held: Cell<Option<Held>>,
 }
 
-/// Runs `work` (one request) with a budget of [`REQUEST_BUDGET`]. A plain function, not an
-/// `async fn`: an `async fn` would hold `work` twice (as its argument and as what it awaits), and a
-/// request's future is moved several times on its way to the runtime.
-pub(crate) fn with_request_budget<F: Future>(work: F) -> impl Future<Output = F::Output> {
-    BUDGET_ENDS.scope(Instant::now() + REQUEST_BUDGET, work)
+tokio::task_local! {
+    static REQUEST: Budgets;
+}
+
+/// Runs `work` (one request) with a budget of [`REQUEST_BUDGET`], holding `held` until it ends
+/// or work of its own takes it along ([`carried`]). A plain function, not an `async fn`: an
+/// `async fn` would hold `work` twice (as its argument and as what it awaits), and a request's
+/// future is moved several times on its way to the runtime.
+pub(crate) fn with_request_budget<F: Future>(held: Option<Held>, work: F) -> impl Future<Output = F::Output> {
+    REQUEST.scope(Budgets { ends: Instant::now() + REQUEST_BUDGET, held: Cell::new(held) }, work)
+}
+
+/// `work`, under the current request's budget if there is one, and holding what the request held
+/// (taken from it): for a request's own work that runs on a task of its own, which a task-local
+/// would not follow.
+pub(crate) fn carried<F: Future>(work: F) -> impl Future<Output = F::Output> {
+    use futures_util::future::Either;
+    match REQUEST.try_with(|request| (request.ends, request.held.take())) {
+        Ok((ends, held)) => Either::Left(REQUEST.scope(Budgets { ends, held: Cell::new(held) }, work)),
+        Err(_) => Either::Right(work),
+    }
 }
 
 /// What is left of the current request's budget; `None` outside a request (background work).
 pub(crate) fn remaining() -> Option<Duration> {
-    BUDGET_ENDS.try_with(|ends| ends.saturating_duration_since(Instant::now())).ok()
+    REQUEST.try_with(|request| request.ends.saturating_duration_since(Instant::now())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn budget_ends() -> Option<Instant> {
+        REQUEST.try_with(|request| request.ends).ok()
+    }
+
+    /// Sets its flag when dropped (given back).
+    struct Room(Arc<AtomicBool>);
+
+    impl Drop for Room {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_of_the_request_s_own_keeps_its_budget_and_what_it_holds() {
+        let given_back = Arc::new(AtomicBool::new(false));
+        let room: Held = Box::new(Room(given_back.clone()));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (in_request, carried_task, in_plain) = with_request_budget(Some(room), async {
+            let carried_task = tokio::spawn(carried(async {
+                let ends = budget_ends();
+                let _ = released.await;
+                ends
+            }));
+            let in_plain = tokio::spawn(async { budget_ends() });
+            (budget_ends(), carried_task, in_plain.await.expect("the task ends"))
+        })
+        .await;
+        assert!(!given_back.load(Ordering::SeqCst), "the request ended; the work it took the room to still runs");
+        let _ = release.send(());
+        let in_carried = carried_task.await.expect("the task ends");
+        assert!(given_back.load(Ordering::SeqCst), "given back when the work ended");
+        assert!(in_request.is_some());
+        assert_eq!(in_carried, in_request, "the same end as the request's");
+        assert_eq!(in_plain, None, "a task-local does not follow a task of its own");
+        let outside = tokio::spawn(carried(async { budget_ends() })).await.expect("the task ends");
+        assert_eq!(outside, None, "outside a request there is no budget to keep");
+    }
 }

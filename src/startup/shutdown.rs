@@ -5,8 +5,8 @@
 //!    open requests get up to [`DRAIN_WITHIN`] to finish, then their connections are cut (aborted)
 //!    and awaited, so that no request runs any more ([`crate::http::serve`]);
 //! 2. the work the requests started and left running (a load that goes on after a stale value was
-//!    served, an eager refresh: [`crate::patterns::RequestTasks`]) is stopped (cancelled) and
-//!    awaited ([`super::Workers::stop`]);
+//!    served, an eager refresh, a write whose request was cut: [`crate::patterns::RequestTasks`])
+//!    is stopped (cancelled) and awaited ([`super::Workers::stop`]);
 //! 3. only then are the workers the requests relied on to the end (the node-id lease) told too: a
 //!    request, or work it started, still running after its node id was given back could issue
 //!    versions or stamps that another instance, leasing the id, issues too (if some of that work

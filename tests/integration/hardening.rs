@@ -1068,6 +1068,174 @@ async fn a_hung_redis_bounds_requests_on_served_connections() {
     );
 }
 
+/// A write whose caller goes away once the store has it (a client that disconnects, the host
+/// cancelling the invocation at `functionTimeout`) is still cached: hyper drops a request whose
+/// connection closed, and with it used to go the write's cache update, so the cache kept serving
+/// the replaced value (or a deleted key's) until its TTL while the store held the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_caller_goes_away_still_reaches_the_cache() {
+    use common::HoldApplies;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let limits = cachepatterns::http::Limits::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = t.app.router_with(limits);
+    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    let request = |method: &str, key: &str, body: &str| {
+        format!(
+            "{method} /api/write-through/{key} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let read = |key: &str| format!("GET /api/cache-aside/{key} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut reader = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut figures = Vec::new();
+    for (key, method, body, expected) in
+        [("put", "PUT", "\"new\"", (200, json!("new"))), ("deleted", "DELETE", "", (404, Value::Null))]
+    {
+        // The old value, cached.
+        let (status, _, _) = answered(&mut reader, request("PUT", key, "\"old\"")).await;
+        assert_eq!(status, 200);
+        let (status, cache, body_read) = answered(&mut reader, read(key)).await;
+        assert_eq!((status, cache.as_str(), &body_read["value"]), (200, "hit", &json!("old")), "{body_read}");
+
+        // The store takes the write, and its answer is held; meanwhile the caller leaves.
+        t.store.hold_applies(HoldApplies::BeforeTheAnswer);
+        let applied = t.store.applies_done();
+        let mut leaving = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        leaving.write_all(request(method, key, body).as_bytes()).await.unwrap();
+        let started = Instant::now();
+        while t.store.applies_done() == applied {
+            assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the store");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stored = t.sqlite.get(key).await.unwrap().and_then(|r| r.value);
+        assert_eq!(stored.as_ref(), expected.1.as_str().map(|_| &expected.1), "the store has the write");
+        leaving.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), leaving.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection the caller left")
+            .ok();
+        assert!(answer.is_empty(), "the request was dropped unanswered: {:?}", String::from_utf8_lossy(&answer));
+        let (status, cache, body_read) = answered(&mut reader, read(key)).await;
+        assert_eq!((status, cache.as_str(), &body_read["value"]), (200, "hit", &json!("old")), "not yet: {body_read}");
+
+        // The store answers: the write that nobody waits for any more goes on to the cache.
+        let left = Instant::now();
+        t.store.release_applies();
+        loop {
+            let (status, cache, body_read) = answered(&mut reader, read(key)).await;
+            if status == expected.0 && cache == "hit" && body_read["value"] == expected.1 {
+                break;
+            }
+            assert_eq!(&body_read["value"], &json!("old"), "{status} {cache} {body_read}");
+            assert!(
+                left.elapsed() < Duration::from_secs(5),
+                "{method}: the cache still serves the replaced value {:?} after the store answered",
+                left.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        figures.push(format!("{method} cached {:?} after the store answered", left.elapsed()));
+    }
+    eprintln!("FIGURES writes whose caller left before the store answered: {}", figures.join(", "));
+}
+
+/// A write whose caller left keeps its body's room in the in-flight memory budget until it ends:
+/// callers that send large writes and leave at once cannot pile up writes beyond the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_caller_left_keeps_its_room_in_the_memory_budget() {
+    use common::HoldApplies;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let limits = cachepatterns::http::Limits {
+        in_flight_body_budget: 100_000,
+        budget_wait: Duration::from_millis(100),
+        ..cachepatterns::http::Limits::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = t.app.router_with(limits);
+    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    let large = format!("\"{}\"", "a".repeat(60_000));
+    let put = |key: &str| {
+        format!(
+            "PUT /api/write-through/{key} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{large}",
+            large.len()
+        )
+    };
+    t.store.hold_applies(HoldApplies::BeforeTheAnswer);
+    let mut leaving = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    leaving.write_all(put("left").as_bytes()).await.unwrap();
+    let started = Instant::now();
+    while t.store.applies_done() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the store");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leaving.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), leaving.read_to_end(&mut answer)).await.expect("closed").ok();
+    assert!(answer.is_empty(), "the request was dropped unanswered");
+
+    // The write runs on, holding 60 kB of the 100 kB: another 60 kB must wait, then is turned away.
+    let mut next = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (status, _, body) = answered(&mut next, put("next")).await;
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("busy")), "{body}");
+    // Once the left write ended, its room is given back.
+    t.store.release_applies();
+    let started = Instant::now();
+    loop {
+        let mut again = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (status, _, body) = answered(&mut again, put("next")).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!((status, &body["error"]["code"]), (503, &json!("busy")), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the room was never given back");
+    }
+}
+
+/// A write whose caller left runs on, but is not retried above a newer version: the caller may
+/// have written again meanwhile (through this instance or another), and that write must stay.
+/// (A write whose caller waits is retried above newer versions, so that the latest accepted
+/// write wins.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_caller_left_is_not_written_above_a_newer_one() {
+    use common::HoldApplies;
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let workers = t.app.start_workers().expect("the workers start");
+    let k = Key::new("superseded").unwrap();
+    t.store.hold_applies(HoldApplies::BeforeTheStore);
+    let applies = t.store.applies();
+    let (services, abandoned_key) = (t.app.services.clone(), k.clone());
+    let abandoned =
+        tokio::spawn(
+            async move { services.write_through.write(&abandoned_key, Change::Upsert(json!("abandoned"))).await },
+        );
+    let started = Instant::now();
+    while t.store.applies() == applies {
+        assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the store");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled(), "the caller left");
+    // Meanwhile the caller wrote again, elsewhere: the store holds a newer write.
+    let newer = t.app.versions.next();
+    assert_eq!(t.sqlite.apply(k.as_str(), newer, Change::Upsert(json!("again"))).await.unwrap(), Applied::Yes);
+    t.store.release_applies();
+    // Stopping the work requests left running waits for the abandoned write to end (writes get
+    // time to finish first).
+    assert!(workers.stop(Duration::from_secs(5)).await, "the abandoned write ended");
+    let stored = t.sqlite.get(k.as_str()).await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.value), (newer, Some(json!("again"))), "the newer write stays");
+    assert_eq!(t.store.applies(), applies + 1, "the abandoned write was tried once, not again above the newer one");
+}
+
 /// Defect 12 on Event Hubs: a batch the store refuses for now is handed back to the host's retry
 /// policy (the trigger checkpoints only after it), and dead-lettered once older than the window or
 /// on the policy's last retry.

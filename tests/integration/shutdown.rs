@@ -355,11 +355,12 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A request still running when the drain time is up is cut, and cut before the workers stop: the
-/// node-id lease its versions come from is given back only after it. A connection left running past
-/// that could write with a node id another instance may lease by then (versions that tie). The
-/// drain time is injected (200 ms) into the server the handler runs, and the steps after it are the
-/// handler's (`startup::run`): the workers are told at the signal, and stopped once `serve` returns.
+/// A request still running when the drain time is up is cut, and its write (which runs on to its
+/// end without its request, like work requests leave behind) is cut before the node-id lease its
+/// versions come from is given back. A write left running past that could write with a node id
+/// another instance may lease by then (versions that tie). The drain time is injected (200 ms) into
+/// the server the handler runs, and the steps after it are the handler's (`startup::run`): the
+/// workers are told at the signal, and stopped once `serve` returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_still_running_after_the_drain_is_cut_before_the_lease_is_given_back() {
     use std::io::{Read, Write};
@@ -398,14 +399,12 @@ async fn a_request_still_running_after_the_drain_is_cut_before_the_lease_is_give
     };
     let (served, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), server), serving);
     served.expect("serve returns after the drain time").expect("serve");
+    assert!(store.cut.lock().unwrap().is_empty(), "the write outlived its request");
+    // What `startup::run` does once `serve` returned (with 2 s left: the write gets 1 s to finish,
+    // then is cut).
+    let stopped = workers.stop(Duration::from_secs(2)).await;
     let cut = store.cut.lock().unwrap().clone();
-    // What `startup::run` does once `serve` returned.
-    let stopped = workers.stop(Duration::from_secs(5)).await;
-    assert_eq!(
-        cut,
-        vec![true],
-        "when serve returned, the held request had been cut (one entry) while the lease was held (true)"
-    );
+    assert_eq!(cut, vec![true], "the held write was cut (one entry) while the lease was held (true)");
     assert!(stopped, "the workers stop");
     assert!(leases().starts_with("*0\r\n"), "the lease is given back: {:?}", leases());
     let answer = client.join().expect("the client");
@@ -504,4 +503,36 @@ async fn background_loads_and_refreshes_are_stopped_before_the_lease_is_given_ba
     );
     assert!(stopped, "the workers stop");
     assert!(leases().starts_with("*0\r\n"), "the lease is given back: {:?}", leases());
+}
+
+/// Once the work requests leave running has been stopped (the last step before the node-id lease
+/// is given back), a write or an invalidation can no longer begin: it is refused with
+/// `503 stopping`, never run with versions or stamps that may outlive the lease. (The handler
+/// serves no request by then; this is what the services answer.)
+#[tokio::test]
+async fn a_write_after_the_stop_is_refused_with_503_stopping() {
+    use cachepatterns::ports::Cache;
+    use cachepatterns::ports::store::Store;
+    use common::host::{Call, FunctionDef, MODES, send};
+    let redis = RedisServer::start();
+    let t = common::TestApp::new(&redis, &[]);
+    let workers = t.app.start_workers().expect("the workers start");
+    assert!(workers.stop(Duration::from_secs(5)).await, "the workers stop");
+    let router = t.app.router();
+    for function in ["WriteThrough", "WriteBehind"] {
+        let def = FunctionDef::load(function);
+        for mode in MODES {
+            let put = send(&router, mode, &def, &Call::new("PUT", Some("late")).json(&json!(1))).await;
+            assert_eq!((put.status, put.header("retry-after")), (503, Some("1")), "{function} {mode:?}: {}", put.body);
+            assert_eq!(put.body["error"]["code"], "stopping", "{}", put.body);
+        }
+    }
+    let invalidate = FunctionDef::load("CacheInvalidate");
+    for mode in MODES {
+        let evict = send(&router, mode, &invalidate, &Call::new("DELETE", Some("late"))).await;
+        assert_eq!((evict.status, &evict.body["error"]["code"]), (503, &json!("stopping")), "{}", evict.body);
+    }
+    assert_eq!(t.sqlite.get("late").await.unwrap(), None, "nothing was written");
+    assert_eq!(redis.command("XLEN \u{1f}writebehind").expect("XLEN"), ":0\r\n", "nothing was queued");
+    assert_eq!(t.app.redis.get("late").await.unwrap(), None, "nothing was cached");
 }

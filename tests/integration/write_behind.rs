@@ -162,6 +162,71 @@ impl WriteQueue for DownQueue {
     }
 }
 
+/// A queue that keeps what is published at once and confirms it only once told to: a caller that
+/// gives up in between never learns that its write was queued.
+struct SlowToConfirmQueue {
+    published: std::sync::Mutex<Vec<WriteEvent>>,
+    confirm: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl WriteQueue for SlowToConfirmQueue {
+    async fn publish(&self, event: &WriteEvent) -> Result<(), QueueError> {
+        self.published.lock().unwrap().push(event.clone());
+        let _ = self.confirm.subscribe().wait_for(|confirm| *confirm).await;
+        Ok(())
+    }
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "slow-to-confirm"
+    }
+}
+
+/// A write-behind write whose caller goes away once the queue has it is still cached, as it will
+/// be applied: readers must not be served what it replaced until the consumer gets to it.
+#[tokio::test]
+async fn a_queued_write_whose_caller_goes_away_still_reaches_the_cache() {
+    let redis = RedisServer::start();
+    let queue = Arc::new(SlowToConfirmQueue { published: Default::default(), confirm: Default::default() });
+    let t = TestApp::builder(&redis.connection_string(), &[]).queue(queue.clone()).build();
+    let k = key("left");
+    t.app.services.write_through.write(&k, Change::Upsert(json!("old"))).await.unwrap();
+    let services = t.app.services.clone();
+    let (caller_key, caller_services) = (k.clone(), services.clone());
+    let caller =
+        tokio::spawn(
+            async move { caller_services.write_behind.accept(&caller_key, Change::Upsert(json!("new"))).await },
+        );
+    let started = std::time::Instant::now();
+    while queue.published.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the queue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled(), "the caller left before the queue confirmed");
+    let version = queue.published.lock().unwrap()[0].version;
+    let read = services.cache_aside.get(&k).await.unwrap();
+    assert_eq!((read.value, read.cache.as_str()), (Some(json!("old").into()), "hit"), "not yet");
+    let left = std::time::Instant::now();
+    queue.confirm.send_replace(true);
+    loop {
+        let read = services.cache_aside.get(&k).await.unwrap();
+        if read.version == version {
+            assert_eq!(read.value, Some(json!("new").into()));
+            eprintln!(
+                "FIGURES a queued write whose caller left before the queue confirmed: cached {:?} after it did",
+                left.elapsed()
+            );
+            break;
+        }
+        assert_eq!(read.value, Some(json!("old").into()));
+        assert!(left.elapsed() < Duration::from_secs(5), "the cache still serves the replaced value");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_queue_failure_is_503_and_leaves_nothing_visible() {
     let mut redis = RedisServer::start();
@@ -328,6 +393,40 @@ async fn a_batch_is_coalesced_and_old_or_duplicate_events_are_harmless() {
         .await;
     assert_eq!(report.failed, 1);
     assert!(matches!(&outcomes[0], Outcome::Failed { transient: true, attempts, .. } if *attempts > 1), "{outcomes:?}");
+}
+
+/// A queued write delivered again after the store took it but before the cache did (its consumer
+/// crashed or was stopped in between, or the host cut the `EventHubConsumer` invocation and
+/// retries the batch) is cached on the second delivery: the store holds exactly this write, so
+/// its value is the key's. Before, the second delivery found the store "already newer" and
+/// skipped it, and an older value a reader had cached meanwhile stayed until its TTL.
+#[tokio::test]
+async fn a_write_delivered_again_after_the_store_took_it_reaches_the_cache() {
+    let redis = RedisServer::start();
+    let t = TestApp::new(&redis, &[]);
+    let applier = &t.app.services.applier;
+    let k = key("replayed");
+    let old = t.app.services.write_through.write(&k, Change::Upsert(json!("old"))).await.unwrap();
+    // The first delivery's store step: the store has the write; the cache still has "old".
+    let event = WriteEvent::upsert(&k, json!("new"), old.version + 1, common::now());
+    assert_eq!(
+        t.sqlite.apply(k.as_str(), event.version, Change::Upsert(json!("new"))).await.unwrap(),
+        cachepatterns::ports::store::Applied::Yes
+    );
+    assert_eq!(t.app.redis.get(k.as_str()).await.unwrap().unwrap().value, Some(json!("old").into()));
+    // The second delivery.
+    let delivery = Delivery { raw: event.to_json(), source: "test".into(), deliveries: 2, enqueued_at: None };
+    let (outcomes, report) = applier.apply(&[delivery], ApplyOptions::default()).await;
+    assert_eq!((report.applied, report.stale_skipped), (0, 1), "{outcomes:?}");
+    let cached = t.app.redis.get(k.as_str()).await.unwrap().unwrap();
+    assert_eq!((cached.value, cached.version), (Some(json!("new").into()), event.version));
+    let read = t.app.services.cache_aside.get(&k).await.unwrap();
+    assert_eq!(read.value, Some(json!("new").into()), "a read is served the stored write");
+    // An older write delivered again changes nothing (the store holds a newer one).
+    let older = WriteEvent::upsert(&k, json!("older"), old.version, common::now());
+    let delivery = Delivery { raw: older.to_json(), source: "test".into(), deliveries: 2, enqueued_at: None };
+    applier.apply(&[delivery], ApplyOptions::default()).await;
+    assert_eq!(t.app.redis.get(k.as_str()).await.unwrap().unwrap().version, event.version);
 }
 
 /// Thousands of writes over a few keys; duplicated and reordered deliveries; consumers killed

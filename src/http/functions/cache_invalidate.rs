@@ -48,6 +48,10 @@ fn reply(scope: &Scope, outcome: Outcome, described: String, log: &mut Invocatio
     let (status, stamp, state) = match outcome {
         Outcome::Done { stamp } => (200, stamp, "invalidated"),
         Outcome::Pending { stamp } => (202, stamp, "pending"),
+        Outcome::Stopping => {
+            let message = "the handler is stopping and cut this invalidation, which may be partly done; send it again";
+            return crate::http::errors::stopping(message.into(), log);
+        }
     };
     body["stamp"] = json!(stamp);
     body["status"] = json!(state);

@@ -60,6 +60,9 @@ pub enum WriteBehindError {
     /// There is no store to apply it to (nothing was queued).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The handler is stopping and cut the write: the queue may or may not have it.
+    #[error("the handler is stopping and cut this write, which the queue may or may not have; write it again")]
+    Stopping,
 }
 
 /// A write the queue accepted.
@@ -94,8 +97,22 @@ impl WriteBehind {
     }
 
     /// Write-Behind of `change` to `key`, cached with `options` (tags, TTL), which travel with the
-    /// queued write to the store.
+    /// queued write to the store. Once begun, the write runs to its end even if the caller stops
+    /// waiting, so that the cache is updated whenever the queue took it
+    /// ([`Core::run_to_the_end`]).
     pub async fn accept_with(
+        &self,
+        key: &Key,
+        change: Change,
+        options: &EntryOptions,
+    ) -> Result<Accepted, WriteBehindError> {
+        let (this, key, options) = (self.clone(), key.clone(), options.clone());
+        let write = |_caller| async move { this.queue_then_cache(&key, change, &options).await };
+        self.core.run_to_the_end(write).await.unwrap_or(Err(WriteBehindError::Stopping))
+    }
+
+    /// The write itself: the queue first, so that readers never see a write the queue did not take.
+    async fn queue_then_cache(
         &self,
         key: &Key,
         change: Change,

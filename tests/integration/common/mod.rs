@@ -600,10 +600,23 @@ pub struct FaultyStore {
     /// Reads that have their answer from the inner store (even if it is still held back).
     reads_done: AtomicUsize,
     pub applies: AtomicUsize,
+    /// Writes the inner store has applied (even if their answer is still held back).
+    applies_done: AtomicUsize,
     failing: AtomicBool,
     failing_writes: AtomicBool,
     delay_ms: AtomicU64,
     get_return_delay_ms: AtomicU64,
+    /// Where writes are held, if they are.
+    applies_held: tokio::sync::watch::Sender<Option<HoldApplies>>,
+}
+
+/// Where [`FaultyStore::hold_applies`] holds writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldApplies {
+    /// Before they reach the store.
+    BeforeTheStore,
+    /// After the store applied them, before it answers.
+    BeforeTheAnswer,
 }
 
 impl FaultyStore {
@@ -615,10 +628,12 @@ impl FaultyStore {
             keys_in_get_manys: AtomicUsize::new(0),
             reads_done: AtomicUsize::new(0),
             applies: AtomicUsize::new(0),
+            applies_done: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             failing_writes: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             get_return_delay_ms: AtomicU64::new(0),
+            applies_held: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -640,6 +655,27 @@ impl FaultyStore {
     /// a slow reader racing a writer.
     pub fn set_get_return_delay(&self, delay: Duration) {
         self.get_return_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Holds writes `at` that point until [`FaultyStore::release_applies`]: before the store has
+    /// them, or once it has and before it answers (a caller that gives up then never hears of it).
+    pub fn hold_applies(&self, at: HoldApplies) {
+        self.applies_held.send_replace(Some(at));
+    }
+
+    /// Lets held writes go on.
+    pub fn release_applies(&self) {
+        self.applies_held.send_replace(None);
+    }
+
+    async fn pass(&self, here: HoldApplies) {
+        let mut held = self.applies_held.subscribe();
+        let _ = held.wait_for(|at| *at != Some(here)).await;
+    }
+
+    /// How many writes the inner store has applied (or refused), answered or not.
+    pub fn applies_done(&self) -> usize {
+        self.applies_done.load(Ordering::SeqCst)
     }
 
     pub fn gets(&self) -> usize {
@@ -720,7 +756,11 @@ impl Store for FaultyStore {
         if self.failing_writes.load(Ordering::SeqCst) {
             return Err(StoreError::unavailable("injected: database or disk is full"));
         }
-        self.inner.apply_with(key, version, change, options).await
+        self.pass(HoldApplies::BeforeTheStore).await;
+        let applied = self.inner.apply_with(key, version, change, options).await;
+        self.applies_done.fetch_add(1, Ordering::SeqCst);
+        self.pass(HoldApplies::BeforeTheAnswer).await;
+        applied
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
