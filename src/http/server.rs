@@ -291,7 +291,7 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         };
         // Keep room for what the body holds; give the rest back at once.
         drop(room.split(want.saturating_sub(body.len().max(1))));
-        room_held = Some(Box::new(room) as Held);
+        room_held = Some(Arc::new(room) as Held);
         body
     };
     let span = tracing::info_span!(

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// At shutdown, writes are cut this long before the time [`RequestTasks::stop`] has runs out, so
-/// that they can end and the node-id lease be given back in time.
+/// At shutdown, writes are cut this long before the time [`RequestTasks::stop`] is given runs
+/// out, so that they can end and the node-id lease be given back in time.
 pub(crate) const WRITES_CUT_BEFORE: Duration = Duration::from_secs(1);
 
 /// The tasks requests started. Cheap to clone; clones share the tasks.

@@ -152,7 +152,8 @@ impl Invalidator {
         &self.core
     }
 
-    /// Invalidates `scope`. Never fails: when Redis is away the invalidation waits for it. Runs to
+    /// Invalidates `scope`. Never fails: when Redis is away the invalidation waits for it (only
+    /// shutdown can cut it: [`Outcome::Stopping`]). Runs to
     /// its end even if the caller leaves: cut midway, some keys would be evicted and the others
     /// neither evicted nor waiting for Redis ([`Core::run_to_the_end`]).
     pub async fn invalidate(&self, scope: &Scope) -> Outcome {

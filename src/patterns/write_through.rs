@@ -49,9 +49,12 @@ pub enum WriteError {
         #[source]
         reason: Implausible,
     },
-    /// The caller left, and meanwhile a newer write of the key was stored: this one was not tried
-    /// again above it (the caller may have written again since). Only logged: nobody waits for it.
-    #[error("a newer write of this key was stored after this write's caller had left; it was not written above it")]
+    /// The caller left, and the store turned out to hold a newer version of the key (or to have
+    /// purged a newer delete): this write was not tried again above it (the caller may have written
+    /// again since). Only logged: nobody waits for it.
+    #[error(
+        "the store holds a newer version of this key than this write, whose caller had left; it was not written above it"
+    )]
     Superseded {
         /// The version the store holds.
         current: u64,

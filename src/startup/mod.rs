@@ -231,8 +231,9 @@ impl Application {
     /// purge, and connecting a store that connects in the background.
     pub fn start_workers(&self) -> Result<Workers, StartupError> {
         let mut workers = Workers::new();
-        // The work requests leave running (background loads and refreshes) is stopped before the
-        // lease below is given back: it takes stamps from the leased node id.
+        // The work requests leave running (background loads and refreshes, writes that finish
+        // without their caller) is stopped before the lease below is given back: it takes stamps
+        // and versions from the leased node id.
         workers.stop_first(self.services.request_tasks().clone());
         let lease = NodeLease::new(Arc::new(self.redis.clone()), self.versions.clone());
         // Given back only once the requests are done: they take their versions from this id.

@@ -1181,9 +1181,12 @@ async fn a_write_whose_caller_left_keeps_its_room_in_the_memory_budget() {
     tokio::time::timeout(Duration::from_secs(10), leaving.read_to_end(&mut answer)).await.expect("closed").ok();
     assert!(answer.is_empty(), "the request was dropped unanswered");
 
-    // The write runs on, holding 60 kB of the 100 kB: another 60 kB must wait, then is turned away.
+    // The write runs on, holding 60 kB of the 100 kB: another 60 kB must wait, then is turned away
+    // (let in, it would wait on the held store and never be answered).
     let mut next = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (status, _, body) = answered(&mut next, put("next")).await;
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(3), exchange(&mut next, &put("next")))
+        .await
+        .expect("turned away within 3 s: the room of the write whose caller left was given back too early");
     assert_eq!((status, &body["error"]["code"]), (503, &json!("busy")), "{body}");
     // Once the left write ended, its room is given back.
     t.store.release_applies();

@@ -523,3 +523,79 @@ async fn entries_a_tag_invalidation_covers_are_marked_stale_in_a_few_calls() {
     // Marked stale in Redis: nothing left to do.
     assert_eq!(read("second read").await, 3);
 }
+
+/// An eviction whose caller leaves midway (a client that disconnects, the host cancelling the
+/// invocation) still evicts every key: it runs to its end on a task of its own. Cut with its
+/// request, the keys of the calls not yet sent stayed cached, neither evicted nor waiting for
+/// Redis. The second of its three calls is held at a proxy while the caller leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_whose_caller_leaves_midway_evicts_every_key() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const KEYS: usize = 300;
+    let redis = RedisServer::start_single();
+    let (armed, calls, holding, released) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let gate = {
+        let (armed, calls, holding, released) = (armed.clone(), calls.clone(), holding.clone(), released.clone());
+        move |chunk: &mut [u8]| {
+            if !armed.load(Ordering::SeqCst) || !chunk.windows(5).any(|w| w == b"left-") {
+                return;
+            }
+            if calls.fetch_add(1, Ordering::SeqCst) == 1 {
+                holding.store(true, Ordering::SeqCst);
+                while !released.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    };
+    let proxy = common::Proxy::start(redis.port, Arc::new(gate), Arc::new(|_: &mut [u8]| {}));
+    let t = TestApp::with_connection(&format!("127.0.0.1:{}", proxy.port), &[("L1MaxEntries", "0")]);
+    let workers = t.app.start_workers().expect("the workers start");
+    let s = t.app.services.clone();
+    let keys: Vec<Key> = (0..KEYS).map(|i| key(&format!("left-{i}"))).collect();
+    for k in &keys {
+        s.write_through.write(k, Change::Upsert(json!("old"))).await.unwrap();
+    }
+    armed.store(true, Ordering::SeqCst);
+    let caller = tokio::spawn({
+        let (s, keys) = (s.clone(), keys.clone());
+        async move { s.invalidation.invalidate(&Scope::Keys { keys, hard: false }).await }
+    });
+    let started = std::time::Instant::now();
+    while !holding.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the second eviction call never came");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled(), "the caller left midway");
+    released.store(true, Ordering::SeqCst);
+    let released_at = std::time::Instant::now();
+    while calls.load(Ordering::SeqCst) < KEYS / 100 {
+        assert!(
+            released_at.elapsed() < Duration::from_secs(5),
+            "the eviction stopped with its caller: {} of {} calls sent",
+            calls.load(Ordering::SeqCst),
+            KEYS / 100
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let sent = calls.load(Ordering::SeqCst);
+    // The reads go on the same connection, after the last call.
+    let mut still_cached = 0;
+    for k in &keys {
+        if s.cache_aside.get(k).await.unwrap().cache == cachepatterns::patterns::CacheStatus::Hit {
+            still_cached += 1;
+        }
+    }
+    eprintln!(
+        "FIGURES an eviction of {KEYS} keys whose caller left during its second call: {sent} writes to Redis carrying its keys, {still_cached} keys still cached"
+    );
+    assert_eq!(still_cached, 0, "{still_cached} of {KEYS} keys were never evicted");
+    assert!(workers.stop(Duration::from_secs(5)).await);
+}
