@@ -4,7 +4,8 @@
 //! them together): write-through and write-behind, upserts and deletes, mixed. After the
 //! write-behind queue has drained, every key must hold, in the store and in the cache, the write
 //! with the highest version any `2xx` answer reported, and no two `2xx` answers for one key may
-//! report the same version (invariants 1, 2 and 4, docs/reliability.md).
+//! report the same version (invariants 1, 2 and 4, docs/reliability.md). And with callers that
+//! leave at any moment of their writes, cache and store still agree on every key once it is over.
 
 use crate::common;
 
@@ -190,4 +191,148 @@ fn two_processes_conflicting_writes_agree_in_cache_and_store() {
 #[test]
 fn three_processes_conflicting_writes_agree_in_cache_and_store() {
     conflicting_writes(3, 2000);
+}
+
+/// Sends `request` on a connection of its own and leaves: after `wait` without reading anything,
+/// or once the answer came when `wait` is `None`.
+fn send_and_maybe_leave(port: u16, request: &str, wait: Option<Duration>) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    if stream.write_all(request.as_bytes()).is_err() {
+        return;
+    }
+    match wait {
+        Some(wait) => {
+            std::thread::sleep(wait);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        None => {
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+    }
+}
+
+/// Callers that leave while their writes run, on several processes at once: a client that
+/// disconnects (or the host cancelling the invocation) at any moment of a write. Whatever each
+/// write became, once the queue has drained every key must be the same in the cache and in the
+/// store: a write the store took is cached too (invariant 2).
+fn callers_that_leave(processes: usize, writes_per_process: usize) {
+    let redis = RedisServer::start();
+    let store_dir = common::TempDir::new("scale-out-leaving");
+    let store_path = store_dir.path().join("shared.db");
+    let (redis_cs, store) = (redis.connection_string(), store_path.display().to_string());
+    let handlers: Vec<Arc<Handler>> = (0..processes)
+        .map(|_| {
+            Arc::new(Handler::start(&[
+                ("RedisCache", &redis_cs),
+                ("LocalStorePath", &store),
+                ("CacheTtlSeconds", "3600"),
+                ("NegativeCacheTtlSeconds", "3600"),
+            ]))
+        })
+        .collect();
+    let started = Instant::now();
+    loop {
+        let leases = redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
+        if leases.starts_with(&format!("*{processes}\r\n")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "node-id leases not taken: {leases:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    const KEYS: u64 = 16;
+    let barrier = Arc::new(Barrier::new(processes));
+    let threads: Vec<_> = (0..processes)
+        .map(|p| {
+            let (handler, barrier) = (handlers[p].clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (p as u64 + 1));
+                let mut left = 0;
+                for i in 0..writes_per_process {
+                    let key = format!("leave-{}", rng.below(KEYS));
+                    let pattern = if rng.below(3) == 0 { "write-behind" } else { "write-through" };
+                    let request = if rng.below(5) == 0 {
+                        format!("DELETE /api/{pattern}/{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    } else {
+                        let body = format!("\"p{p}-{i}\"");
+                        format!(
+                            "PUT /api/{pattern}/{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    // Two in three callers leave after 0 to 2 ms, the moments a write is in the
+                    // store or the queue and not yet in the cache.
+                    let wait = (rng.below(3) != 0).then(|| Duration::from_micros(rng.below(2000)));
+                    left += usize::from(wait.is_some());
+                    if i % 50 == 0 {
+                        barrier.wait();
+                    }
+                    send_and_maybe_leave(handler.port, &request, wait);
+                }
+                left
+            })
+        })
+        .collect();
+    let left: usize = threads.into_iter().map(|t| t.join().expect("a writer thread panicked")).sum();
+
+    // Quiescence: nothing queued, and no write of a caller that left still running (they end
+    // within the store's timeout; a read of every key on every process then sees their results).
+    let started = Instant::now();
+    loop {
+        let len = redis.command("XLEN \u{1f}writebehind").expect("XLEN");
+        if len.trim() == ":0" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the write-behind queue did not drain: {len}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let settled = || {
+        (0..KEYS).all(|k| {
+            let key = format!("leave-{k}");
+            let stored = sqlite_row(&store_path, &key).map(|(_, version, _)| version);
+            let fields = redis.command(&format!("HMGET {key} ver")).expect("HMGET");
+            let cached = fields.lines().nth(2).and_then(|line| line.parse::<u64>().ok());
+            stored == cached
+        })
+    };
+    // Writes whose callers left may still be finishing: they end within the store's timeout.
+    let started = Instant::now();
+    while !settled() && started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut disagreements = Vec::new();
+    for k in 0..KEYS {
+        let key = format!("leave-{k}");
+        let stored = sqlite_row(&store_path, &key).map(|(text, version, deleted)| {
+            (version, if deleted { None } else { text.map(|t| serde_json::from_str::<Value>(&t).unwrap()) })
+        });
+        let fields = redis.command(&format!("HMGET {key} ver data neg")).expect("HMGET");
+        let lines: Vec<&str> = fields.lines().collect();
+        let cached_version = lines.get(2).and_then(|line| line.parse::<u64>().ok());
+        let agree = match &stored {
+            None => cached_version.is_none(),
+            Some((version, value)) => {
+                cached_version == Some(*version)
+                    && match value {
+                        Some(value) => lines.get(4) == Some(&value.to_string().as_str()),
+                        None => fields.contains("\r\n1\r\n"),
+                    }
+            }
+        };
+        if !agree {
+            disagreements.push(format!("{key}: store {stored:?}, cache {fields:?}"));
+        }
+    }
+    eprintln!(
+        "FIGURES scale-out, {processes} processes, callers leaving: {} writes to {KEYS} keys, {left} callers left mid-write, {} keys where cache and store disagree",
+        processes * writes_per_process,
+        disagreements.len()
+    );
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
+
+#[test]
+fn callers_that_leave_mid_write_on_two_processes_leave_cache_and_store_agreeing() {
+    callers_that_leave(2, 1500);
 }
