@@ -15,6 +15,8 @@
 //! what they replaced.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -34,22 +36,49 @@ pub struct RequestTasks {
     stop_writes: CancellationToken,
 }
 
-/// Whether the caller of work that runs on past it is still waiting for it. Work that would
-/// begin something new on the caller's behalf (a write retried with a newer version) must not once
-/// the caller has left: the caller may have written again since.
-#[derive(Debug, Clone)]
+/// Whether the caller of a write ([`RequestTasks::write`]) still waits for it. A write that would
+/// begin something new on the caller's behalf (a retry with a newer version) must not once the
+/// caller has left: the caller may have written again since.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Caller(CancellationToken);
 
 impl Caller {
-    /// A caller that waits until the guard is dropped (or disarmed, when the work ended).
-    pub(crate) fn waiting() -> (Self, tokio_util::sync::DropGuard) {
-        let left = CancellationToken::new();
-        (Self(left.clone()), left.drop_guard())
-    }
-
     /// True once the caller stopped waiting.
     pub(crate) fn has_left(&self) -> bool {
         self.0.is_cancelled()
+    }
+}
+
+/// A write its caller polls, as any future, so that a write costs no task of its own; should the
+/// caller drop it before it completed (a client that disconnects: hyper drops the request), it
+/// goes on on a task of its own, its caller marked as left.
+pub(crate) struct ToTheEnd<T: Send + 'static> {
+    write: Option<Pin<Box<dyn Future<Output = Option<T>> + Send>>>,
+    caller: Caller,
+}
+
+impl<T: Send + 'static> Future for ToTheEnd<T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let Some(write) = self.write.as_mut() else {
+            // Polled again after it completed: nothing more to give.
+            return Poll::Ready(None);
+        };
+        let done = std::task::ready!(write.as_mut().poll(cx));
+        self.write = None;
+        Poll::Ready(done)
+    }
+}
+
+impl<T: Send + 'static> Drop for ToTheEnd<T> {
+    fn drop(&mut self) {
+        let Some(write) = self.write.take() else { return };
+        self.caller.0.cancel();
+        // Outside a runtime (it is shutting down) there is nothing left to run it on.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(write);
+        }
     }
 }
 
@@ -68,18 +97,22 @@ impl RequestTasks {
         tokio::spawn(self.guard(work))
     }
 
-    /// Runs `write` on a task of its own until it completes (`Some`), or until
-    /// [`RequestTasks::stop`] cuts it once its time to finish is up (`None`; at once if stopping
-    /// already began).
-    pub(crate) fn spawn_write<T: Send + 'static>(
-        &self,
-        write: impl Future<Output = T> + Send + 'static,
-    ) -> JoinHandle<Option<T>> {
-        if self.stop.is_cancelled() {
+    /// `write` (given whether its caller still waits), to its end even if its caller drops it
+    /// ([`ToTheEnd`]): it completes (`Some`), or [`RequestTasks::stop`] cuts it once its time to
+    /// finish is up (`None`; at once if stopping already began).
+    pub(crate) fn write<T, W>(&self, write: impl FnOnce(Caller) -> W) -> ToTheEnd<T>
+    where
+        T: Send + 'static,
+        W: Future<Output = T> + Send + 'static,
+    {
+        let caller = Caller::default();
+        let write: Pin<Box<dyn Future<Output = Option<T>> + Send>> = if self.stop.is_cancelled() {
             // Stopping began: a write must not start (its versions could outlive the lease).
-            return tokio::spawn(async { None });
-        }
-        tokio::spawn(Self::until_cancelled(&self.tasks, self.stop_writes.clone(), write))
+            Box::pin(async { None })
+        } else {
+            Box::pin(Self::until_cancelled(&self.tasks, self.stop_writes.clone(), write(caller.clone())))
+        };
+        ToTheEnd { write: Some(write), caller }
     }
 
     /// `work`, tracked and stopped like a task of [`RequestTasks::spawn`], for a task spawned
@@ -190,10 +223,10 @@ mod tests {
     async fn stop_lets_writes_finish_then_cuts_what_is_left_in_time() {
         let tasks = RequestTasks::new();
         let (finish, finished) = tokio::sync::oneshot::channel::<()>();
-        let write = tasks.spawn_write(async move {
+        let write = tokio::spawn(tasks.write(|_| async move {
             let _ = finished.await;
             "written"
-        });
+        }));
         let load = tasks.spawn(std::future::pending::<()>());
         let stopping = tokio::spawn({
             let tasks = tasks.clone();
@@ -204,18 +237,52 @@ mod tests {
         let _ = finish.send(());
         assert_eq!(write.await.expect("the task ended"), Some("written"), "the write finished after stop began");
         assert!(stopping.await.expect("stop ended"), "stop returns once the write ended");
-        assert_eq!(tasks.spawn_write(async { "late" }).await.expect("the task ended"), None, "no write begins after");
+        assert_eq!(tasks.write(|_| async { "late" }).await, None, "no write begins after");
 
         let tasks = RequestTasks::new();
         let dropped = Arc::new(AtomicBool::new(false));
         let flag = Dropped(dropped.clone());
-        let stuck = tasks.spawn_write(async move {
+        let stuck = tokio::spawn(tasks.write(|_| async move {
             let _flag = flag;
             std::future::pending::<()>().await
-        });
+        }));
         let within = WRITES_CUT_BEFORE + Duration::from_millis(100);
         assert!(tasks.stop(within).await, "a write that does not finish is cut in time");
         assert!(dropped.load(Ordering::SeqCst), "its future was dropped before stop returned");
         assert_eq!(stuck.await.expect("the task ended"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_its_caller_drops_goes_on_told_that_the_caller_left() {
+        let tasks = RequestTasks::new();
+        let (started, has_started) = tokio::sync::oneshot::channel::<Caller>();
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let (ended, has_ended) = tokio::sync::oneshot::channel::<bool>();
+        let caller = tokio::spawn(tasks.write(|caller| async move {
+            let _ = started.send(caller.clone());
+            let _ = finished.await;
+            let _ = ended.send(caller.has_left());
+        }));
+        let seen = has_started.await.expect("the write began");
+        assert!(!seen.has_left(), "its caller waits");
+        caller.abort();
+        assert!(caller.await.expect_err("the caller was dropped").is_cancelled());
+        assert!(seen.has_left(), "the write is told at once that its caller left");
+        let _ = finish.send(());
+        assert_eq!(has_ended.await, Ok(true), "the write went on to its end, on a task of its own");
+        assert!(tasks.stop(Duration::from_secs(5)).await);
+
+        // A write that completes with its caller leaves nothing behind, its caller never marked.
+        let tasks = RequestTasks::new();
+        let (caller_seen, seen) = tokio::sync::oneshot::channel::<Caller>();
+        let done = tasks
+            .write(|caller| async move {
+                let _ = caller_seen.send(caller);
+                1
+            })
+            .await;
+        assert_eq!(done, Some(1));
+        assert!(!seen.await.expect("the write began").has_left(), "its caller waited to the end");
+        assert!(tasks.is_empty(), "nothing is left running");
     }
 }

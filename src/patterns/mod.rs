@@ -242,29 +242,21 @@ impl Core {
         result
     }
 
-    /// Runs `write` on a task of its own to its end, even if the caller stops waiting for it: a
-    /// client that disconnects, or the host cancelling an invocation, drops the request, and a
-    /// write dropped between its store (or queue) step and its cache step would leave the cache
-    /// serving what it replaced until its TTL. `write` is told whether its caller still waits
-    /// ([`Caller`]). The task keeps the request's span, its time budget and its room in the memory
-    /// budget, and is one of the [`RequestTasks`] shutdown stops before the node-id lease is given
-    /// back (its versions must not outlive the lease). `None` when that stop cut it.
+    /// Runs `write` to its end, even if the caller stops waiting for it: a client that
+    /// disconnects, or the host cancelling an invocation, drops the request, and a write dropped
+    /// between its store (or queue) step and its cache step would leave the cache serving what it
+    /// replaced until its TTL. The caller polls it; dropped before it completed, it goes on on a
+    /// task of its own ([`background::ToTheEnd`]), told that its caller left ([`Caller`]). It keeps
+    /// the request's span, its time budget and its room in the memory budget, and is one of the
+    /// [`RequestTasks`] shutdown stops before the node-id lease is given back (its versions must
+    /// not outlive the lease). `None` when that stop cut it.
     pub(crate) async fn run_to_the_end<T, W>(&self, write: impl FnOnce(Caller) -> W) -> Option<T>
     where
         T: Send + 'static,
         W: std::future::Future<Output = T> + Send + 'static,
     {
-        let (caller, waiting) = Caller::waiting();
-        let task = self.background.spawn_write(crate::ports::budget::carried(write(caller)).in_current_span());
-        let ended = task.await;
-        waiting.disarm();
-        match ended {
-            Ok(done) => done,
-            Err(failed) => match failed.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => None,
-            },
-        }
+        let carried = |caller| crate::ports::budget::carried(write(caller)).in_current_span();
+        self.background.write(carried).await
     }
 
     /// Writes a cache entry; a failure is logged, never returned (the store already answered).

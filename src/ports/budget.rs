@@ -7,8 +7,8 @@
 //! the per-call deadline. Adapters ask [`remaining`].
 //!
 //! A request may also hold room in the server's memory budget for its body (`http::server`). Work
-//! of the request that runs on a task of its own ([`carried`]: a write, which finishes even if its
-//! caller goes away) takes both along: the time left, and a share of the room, which is given back
+//! of the request that may run on a task of its own ([`carried`]: a write, which finishes even if
+//! its caller goes away) takes both along: the time left, and a share of the room, which is given back
 //! once both the request and that work have ended, so that writes whose callers left cannot pile
 //! up beyond the budget.
 
@@ -44,7 +44,8 @@ pub(crate) fn with_request_budget<F: Future>(held: Option<Held>, work: F) -> imp
 }
 
 /// `work`, under the current request's budget if there is one, and sharing what the request holds:
-/// for a request's own work that runs on a task of its own, which a task-local would not follow.
+/// for a request's own work that may go on on a task of its own, which a task-local would not
+/// follow.
 pub(crate) fn carried<F: Future>(work: F) -> impl Future<Output = F::Output> {
     use futures_util::future::Either;
     match REQUEST.try_with(|request| (request.ends, request.held.clone())) {
