@@ -238,8 +238,8 @@ async fn route(State(server): State<Server>, request: Request) -> Response {
         return too_large(limit, state.max_value_bytes);
     }
     // A request without a body (a read) neither waits for room in the budget nor reads.
-    // The room is held until the request ends, or until a write it begins (which finishes even if
-    // the caller goes away) ends, as that write holds the body's value.
+    // The room is held until both the request and any write it begins (which finishes even if the
+    // caller goes away, and holds the body's value) have ended.
     let mut room_held = None;
     let body = if body.is_end_stream() {
         Bytes::new()

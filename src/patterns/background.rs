@@ -6,8 +6,9 @@
 //!
 //! Such work takes stamps from the version clock, whose node id is leased
 //! (`versions::NodeLease`); another instance may lease that id once it is given back, and a stamp
-//! or version issued afterwards could tie with that instance's. So it runs on tasks tracked here,
-//! and at shutdown, once the requests are done (`http::serve` returned), [`RequestTasks::stop`]
+//! or version issued afterwards could tie with that instance's. So it runs on tasks tracked here
+//! (a write is a tracked future its request polls, and gets a task only if the request drops it:
+//! [`ToTheEnd`]), and at shutdown, once the requests are done (`http::serve` returned), [`RequestTasks::stop`]
 //! stops them all before the lease is released (`startup::Workers::stop`): each is cancelled (its
 //! future dropped where it waits; a load's lock in Redis then expires by itself) and awaited.
 //! Writes are first given all but the last [`WRITES_CUT_BEFORE`] of that time to finish: cut
@@ -74,6 +75,10 @@ impl<T: Send + 'static> Future for ToTheEnd<T> {
 impl<T: Send + 'static> Drop for ToTheEnd<T> {
     fn drop(&mut self) {
         let Some(write) = self.write.take() else { return };
+        if std::thread::panicking() {
+            // The write itself panicked while its caller polled it: nothing to go on with.
+            return;
+        }
         self.caller.0.cancel();
         // Outside a runtime (it is shutting down) there is nothing left to run it on.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -283,6 +288,20 @@ mod tests {
             .await;
         assert_eq!(done, Some(1));
         assert!(!seen.await.expect("the write began").has_left(), "its caller waited to the end");
+        assert!(tasks.is_empty(), "nothing is left running");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_is_not_handed_on() {
+        let tasks = RequestTasks::new();
+        let (caller_seen, seen) = tokio::sync::oneshot::channel::<Caller>();
+        let caller = tokio::spawn(tasks.write(|caller| async move {
+            let _ = caller_seen.send(caller);
+            panic!("the write failed")
+        }));
+        assert!(caller.await.expect_err("the caller's task failed").is_panic(), "the panic reaches the caller");
+        let caller = seen.await.expect("the write began");
+        assert!(!caller.has_left(), "not handed on to a task of its own as if its caller had left");
         assert!(tasks.is_empty(), "nothing is left running");
     }
 }

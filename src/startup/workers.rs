@@ -1,8 +1,9 @@
 //! The work that runs beside the requests, owned: every worker gets a shutdown token, and
 //! [`Workers::stop`] cancels them all and waits for them to finish what they were doing. A worker
-//! that does not stop in time is named in the log and left behind (the process exits anyway).
-//! The work requests started and left running ([`RequestTasks`]: background loads and refreshes,
-//! writes that finish without their caller) is stopped first, before the workers the requests relied on to the end (the node-id lease).
+//! that does not stop in time is named in the log and left behind (the process exits anyway). The
+//! work requests started and left running ([`RequestTasks`]: background loads and refreshes, writes
+//! that finish without their caller) is stopped first, before the workers the requests relied on to
+//! the end (the node-id lease).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -42,13 +42,11 @@ fn key_of(round: usize) -> String {
     }
 }
 
-fn conflicting_writes(processes: usize, rounds: usize) {
-    let redis = RedisServer::start();
-    let store_dir = common::TempDir::new("scale-out");
-    let store_path = store_dir.path().join("shared.db");
-    let redis_cs = redis.connection_string();
-    let store = store_path.display().to_string();
-    let handlers: Vec<Arc<Handler>> = (0..processes)
+/// `processes` handlers on `redis` and the SQLite file at `store`, each holding its version
+/// node-id lease.
+fn start_handlers(redis: &RedisServer, store: &std::path::Path, processes: usize) -> Vec<Arc<Handler>> {
+    let (redis_cs, store) = (redis.connection_string(), store.display().to_string());
+    let handlers = (0..processes)
         // Entries (and the record of a delete) outlive the run, however slow the machine: the final
         // check compares what is cached, and an entry that expired on its own would hold nothing.
         .map(|_| {
@@ -60,7 +58,6 @@ fn conflicting_writes(processes: usize, rounds: usize) {
             ]))
         })
         .collect();
-    // Every process holds its version node-id lease before the writes start.
     let started = Instant::now();
     loop {
         let leases = redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
@@ -70,6 +67,14 @@ fn conflicting_writes(processes: usize, rounds: usize) {
         assert!(started.elapsed() < Duration::from_secs(20), "node-id leases not taken: {leases:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    handlers
+}
+
+fn conflicting_writes(processes: usize, rounds: usize) {
+    let redis = RedisServer::start();
+    let store_dir = common::TempDir::new("scale-out");
+    let store_path = store_dir.path().join("shared.db");
+    let handlers = start_handlers(&redis, &store_path, processes);
     let barrier = Arc::new(Barrier::new(processes));
     let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -221,26 +226,7 @@ fn callers_that_leave(processes: usize, writes_per_process: usize) {
     let redis = RedisServer::start();
     let store_dir = common::TempDir::new("scale-out-leaving");
     let store_path = store_dir.path().join("shared.db");
-    let (redis_cs, store) = (redis.connection_string(), store_path.display().to_string());
-    let handlers: Vec<Arc<Handler>> = (0..processes)
-        .map(|_| {
-            Arc::new(Handler::start(&[
-                ("RedisCache", &redis_cs),
-                ("LocalStorePath", &store),
-                ("CacheTtlSeconds", "3600"),
-                ("NegativeCacheTtlSeconds", "3600"),
-            ]))
-        })
-        .collect();
-    let started = Instant::now();
-    loop {
-        let leases = redis.command("KEYS \u{1f}node\u{1f}*").expect("KEYS");
-        if leases.starts_with(&format!("*{processes}\r\n")) {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "node-id leases not taken: {leases:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let handlers = start_handlers(&redis, &store_path, processes);
     const KEYS: u64 = 16;
     let barrier = Arc::new(Barrier::new(processes));
     let threads: Vec<_> = (0..processes)
@@ -276,54 +262,57 @@ fn callers_that_leave(processes: usize, writes_per_process: usize) {
         .collect();
     let left: usize = threads.into_iter().map(|t| t.join().expect("a writer thread panicked")).sum();
 
-    // Quiescence: nothing queued, and no write of a caller that left still running (they end
-    // within the store's timeout; a read of every key on every process then sees their results).
-    let started = Instant::now();
-    loop {
+    // Quiescence, then agreement: nothing queued, and every key the same in the cache and in the
+    // store (a key not cached at all agrees: the next read loads it). Writes of callers that left
+    // may still be finishing, or queue events after the stream looked empty, so the check must
+    // hold twice, a second apart (within 60 s).
+    let disagreements = || {
+        let mut found = Vec::new();
         let len = redis.command("XLEN \u{1f}writebehind").expect("XLEN");
-        if len.trim() == ":0" {
-            break;
+        if len.trim() != ":0" {
+            found.push(format!("the write-behind queue holds {len:?}"));
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the write-behind queue did not drain: {len}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let settled = || {
-        (0..KEYS).all(|k| {
+        for k in 0..KEYS {
             let key = format!("leave-{k}");
-            let stored = sqlite_row(&store_path, &key).map(|(_, version, _)| version);
-            let fields = redis.command(&format!("HMGET {key} ver")).expect("HMGET");
-            let cached = fields.lines().nth(2).and_then(|line| line.parse::<u64>().ok());
-            stored == cached
-        })
-    };
-    // Writes whose callers left may still be finishing: they end within the store's timeout.
-    let started = Instant::now();
-    while !settled() && started.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut disagreements = Vec::new();
-    for k in 0..KEYS {
-        let key = format!("leave-{k}");
-        let stored = sqlite_row(&store_path, &key).map(|(text, version, deleted)| {
-            (version, if deleted { None } else { text.map(|t| serde_json::from_str::<Value>(&t).unwrap()) })
-        });
-        let fields = redis.command(&format!("HMGET {key} ver data neg")).expect("HMGET");
-        let lines: Vec<&str> = fields.lines().collect();
-        let cached_version = lines.get(2).and_then(|line| line.parse::<u64>().ok());
-        let agree = match &stored {
-            None => cached_version.is_none(),
-            Some((version, value)) => {
-                cached_version == Some(*version)
-                    && match value {
-                        Some(value) => lines.get(4) == Some(&value.to_string().as_str()),
-                        None => fields.contains("\r\n1\r\n"),
-                    }
+            let stored = sqlite_row(&store_path, &key).map(|(text, version, deleted)| {
+                (version, if deleted { None } else { text.map(|t| serde_json::from_str::<Value>(&t).unwrap()) })
+            });
+            let fields = redis.command(&format!("HMGET {key} ver data neg")).expect("HMGET");
+            let lines: Vec<&str> = fields.lines().collect();
+            let cached_version = lines.get(2).and_then(|line| line.parse::<u64>().ok());
+            let agree = match (&stored, cached_version) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some((version, value)), Some(cached)) => {
+                    cached == *version
+                        && match value {
+                            Some(value) => lines.get(4) == Some(&value.to_string().as_str()),
+                            None => fields.contains("\r\n1\r\n"),
+                        }
+                }
+            };
+            if !agree {
+                found.push(format!("{key}: store {stored:?}, cache {fields:?}"));
             }
-        };
-        if !agree {
-            disagreements.push(format!("{key}: store {stored:?}, cache {fields:?}"));
         }
-    }
+        found
+    };
+    let started = Instant::now();
+    let mut agreeing_since: Option<Instant> = None;
+    let disagreements = loop {
+        let found = disagreements();
+        if !found.is_empty() {
+            agreeing_since = None;
+        } else if agreeing_since.is_some_and(|since| since.elapsed() >= Duration::from_secs(1)) {
+            break found;
+        } else {
+            agreeing_since = agreeing_since.or(Some(Instant::now()));
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     eprintln!(
         "FIGURES scale-out, {processes} processes, callers leaving: {} writes to {KEYS} keys, {left} callers left mid-write, {} keys where cache and store disagree",
         processes * writes_per_process,

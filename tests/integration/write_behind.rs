@@ -422,11 +422,14 @@ async fn a_write_delivered_again_after_the_store_took_it_reaches_the_cache() {
     assert_eq!((cached.value, cached.version), (Some(json!("new").into()), event.version));
     let read = t.app.services.cache_aside.get(&k).await.unwrap();
     assert_eq!(read.value, Some(json!("new").into()), "a read is served the stored write");
-    // An older write delivered again changes nothing (the store holds a newer one).
+    // An older write delivered again is not cached: the store holds a newer one. (With the entry
+    // gone, caching it would show.)
+    redis.command(&format!("DEL {}", k.as_str())).expect("DEL");
     let older = WriteEvent::upsert(&k, json!("older"), old.version, common::now());
     let delivery = Delivery { raw: older.to_json(), source: "test".into(), deliveries: 2, enqueued_at: None };
-    applier.apply(&[delivery], ApplyOptions::default()).await;
-    assert_eq!(t.app.redis.get(k.as_str()).await.unwrap().unwrap().version, event.version);
+    let (_, report) = applier.apply(&[delivery], ApplyOptions::default()).await;
+    assert_eq!(report.stale_skipped, 1);
+    assert_eq!(t.app.redis.get(k.as_str()).await.unwrap(), None, "the older write was not cached");
 }
 
 /// Thousands of writes over a few keys; duplicated and reordered deliveries; consumers killed
