@@ -4,11 +4,11 @@
 //! every write (Write-Through, Write-Behind), which finishes even if its caller goes away
 //! (`Core::run_to_the_end`).
 //!
-//! Such work takes stamps from the version clock, whose node id is leased
-//! (`versions::NodeLease`); another instance may lease that id once it is given back, and a stamp
-//! or version issued afterwards could tie with that instance's. So it runs on tasks tracked here
-//! (a write is a tracked future its request polls, and gets a task only if the request drops it:
-//! [`ToTheEnd`]), and at shutdown, once the requests are done (`http::serve` returned), [`RequestTasks::stop`]
+//! Such work takes stamps from the version clock, whose node id is leased (`versions::NodeLease`);
+//! another instance may lease that id once it is given back, and a stamp or version issued
+//! afterwards could tie with that instance's. So it runs on tasks tracked here (a write is a
+//! tracked future its request polls, and gets a task only if the request drops it: [`ToTheEnd`]),
+//! and at shutdown, once the requests are done (`http::serve` returned), [`RequestTasks::stop`]
 //! stops them all before the lease is released (`startup::Workers::stop`): each is cancelled (its
 //! future dropped where it waits; a load's lock in Redis then expires by itself) and awaited.
 //! Writes are first given all but the last [`WRITES_CUT_BEFORE`] of that time to finish: cut

@@ -153,9 +153,9 @@ impl Invalidator {
     }
 
     /// Invalidates `scope`. Never fails: when Redis is away the invalidation waits for it (only
-    /// shutdown can cut it: [`Outcome::Stopping`]). Runs to
-    /// its end even if the caller leaves: cut midway, some keys would be evicted and the others
-    /// neither evicted nor waiting for Redis ([`Core::run_to_the_end`]).
+    /// shutdown can cut it: [`Outcome::Stopping`]). Runs to its end even if the caller leaves: cut
+    /// midway, some keys would be evicted and the others neither evicted nor waiting for Redis
+    /// ([`Core::run_to_the_end`]).
     pub async fn invalidate(&self, scope: &Scope) -> Outcome {
         let (this, scope) = (self.clone(), scope.clone());
         let invalidation = |_caller| async move { this.invalidate_now(&scope).await };

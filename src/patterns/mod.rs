@@ -380,7 +380,8 @@ impl Services {
 
 impl Services {
     /// The work requests started that outlives them (background loads and refreshes, writes that
-    /// finish without their caller), which shutdown stops before the node-id lease is given back ([`crate::startup::Workers::stop`]).
+    /// finish without their caller), which shutdown stops before the node-id lease is given back
+    /// ([`crate::startup::Workers::stop`]).
     pub(crate) fn request_tasks(&self) -> &RequestTasks {
         &self.invalidation.core().background
     }

@@ -8,9 +8,9 @@
 //!
 //! A request may also hold room in the server's memory budget for its body (`http::server`). Work
 //! of the request that may run on a task of its own ([`carried`]: a write, which finishes even if
-//! its caller goes away) takes both along: the time left, and a share of the room, which is given back
-//! once both the request and that work have ended, so that writes whose callers left cannot pile
-//! up beyond the budget.
+//! its caller goes away) takes both along: the time left, and a share of the room, which is given
+//! back once both the request and that work have ended, so that writes whose callers left cannot
+//! pile up beyond the budget.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use cachepatterns::ports::DeadLetters;
 use cachepatterns::ports::clock::{Clock, ManualClock};
 use cachepatterns::ports::store::{Applied, Change, Store};
 use common::host::{Call, FunctionDef, MODES, Mode, send};
-use common::{Blackhole, RedisServer, TestApp};
+use common::{Blackhole, RedisServer, TestApp, until};
 use serde_json::{Value, json};
 
 const WRITE_BEHIND_STREAM: &str = "\u{1f}writebehind";
@@ -860,10 +860,7 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
         in_flight_body_budget: 100_000,
         budget_wait: Duration::from_millis(100),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = t.app.router_with(limits);
-    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    let port = serve(&t, limits).await;
     let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
     let read_all = |mut s: tokio::net::TcpStream| async move {
         let mut out = Vec::new();
@@ -945,6 +942,29 @@ async fn slow_and_greedy_clients_cannot_hold_the_server() {
     );
 }
 
+/// Serves `t`'s app with `limits` through the serve loop and hyper, as the handler does, on a port
+/// of its own; returns the port.
+async fn serve(t: &TestApp, limits: cachepatterns::http::Limits) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = t.app.router_with(limits);
+    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    port
+}
+
+/// A caller leaving: half-closes `stream` and checks that the server closed it without answering
+/// (hyper dropped the request).
+async fn leave(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection the caller left")
+        .ok();
+    assert!(answer.is_empty(), "the request was dropped unanswered: {:?}", String::from_utf8_lossy(&answer));
+}
+
 /// Sends one request on a kept-alive connection and reads its answer (`Content-Length` bodies):
 /// the status, the `x-cache` header and the body.
 async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> (u16, String, Value) {
@@ -990,10 +1010,7 @@ async fn a_hung_redis_bounds_requests_on_served_connections() {
     let t = TestApp::new(&redis, &[]);
     t.sqlite.apply("k", at(common::now()), Change::Upsert(json!("stored"))).await.unwrap();
     let limits = cachepatterns::http::Limits::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = t.app.router_with(limits);
-    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    let port = serve(&t, limits).await;
     let read = "GET /api/cache-aside/k HTTP/1.1\r\nHost: x\r\n\r\n".to_string();
     let write = |key: &str| {
         format!(
@@ -1075,14 +1092,11 @@ async fn a_hung_redis_bounds_requests_on_served_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_whose_caller_goes_away_still_reaches_the_cache() {
     use common::HoldApplies;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[]);
     let limits = cachepatterns::http::Limits::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = t.app.router_with(limits);
-    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    let port = serve(&t, limits).await;
     let request = |method: &str, key: &str, body: &str| {
         format!(
             "{method} /api/write-through/{key} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -1106,20 +1120,10 @@ async fn a_write_whose_caller_goes_away_still_reaches_the_cache() {
         let applied = t.store.applies_done();
         let mut leaving = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         leaving.write_all(request(method, key, body).as_bytes()).await.unwrap();
-        let started = Instant::now();
-        while t.store.applies_done() == applied {
-            assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the store");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until("the write reaches the store", || t.store.applies_done() > applied).await;
         let stored = t.sqlite.get(key).await.unwrap().and_then(|r| r.value);
         assert_eq!(stored.as_ref(), expected.1.as_str().map(|_| &expected.1), "the store has the write");
-        leaving.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), leaving.read_to_end(&mut answer))
-            .await
-            .expect("the server closes the connection the caller left")
-            .ok();
-        assert!(answer.is_empty(), "the request was dropped unanswered: {:?}", String::from_utf8_lossy(&answer));
+        leave(leaving).await;
         let (status, cache, body_read) = answered(&mut reader, read(key)).await;
         assert_eq!((status, cache.as_str(), &body_read["value"]), (200, "hit", &json!("old")), "not yet: {body_read}");
 
@@ -1149,7 +1153,7 @@ async fn a_write_whose_caller_goes_away_still_reaches_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_whose_caller_left_keeps_its_room_in_the_memory_budget() {
     use common::HoldApplies;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let redis = RedisServer::start();
     let t = TestApp::new(&redis, &[]);
     let limits = cachepatterns::http::Limits {
@@ -1157,10 +1161,7 @@ async fn a_write_whose_caller_left_keeps_its_room_in_the_memory_budget() {
         budget_wait: Duration::from_millis(100),
         ..cachepatterns::http::Limits::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = t.app.router_with(limits);
-    tokio::spawn(cachepatterns::http::serve(listener, router, limits, std::future::pending(), Duration::from_secs(1)));
+    let port = serve(&t, limits).await;
     let large = format!("\"{}\"", "a".repeat(60_000));
     let put = |key: &str| {
         format!(
@@ -1171,15 +1172,8 @@ async fn a_write_whose_caller_left_keeps_its_room_in_the_memory_budget() {
     t.store.hold_applies(HoldApplies::BeforeTheAnswer);
     let mut leaving = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     leaving.write_all(put("left").as_bytes()).await.unwrap();
-    let started = Instant::now();
-    while t.store.applies_done() == 0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the store");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    leaving.shutdown().await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), leaving.read_to_end(&mut answer)).await.expect("closed").ok();
-    assert!(answer.is_empty(), "the request was dropped unanswered");
+    until("the write reaches the store", || t.store.applies_done() > 0).await;
+    leave(leaving).await;
 
     // The write runs on, holding 60 kB of the 100 kB: another 60 kB must wait, then is turned away
     // (let in, it would wait on the held store and never be answered).
@@ -1220,11 +1214,7 @@ async fn a_write_whose_caller_left_is_not_written_above_a_newer_one() {
         tokio::spawn(
             async move { services.write_through.write(&abandoned_key, Change::Upsert(json!("abandoned"))).await },
         );
-    let started = Instant::now();
-    while t.store.applies() == applies {
-        assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the store");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("the write reaches the store", || t.store.applies() > applies).await;
     abandoned.abort();
     assert!(abandoned.await.unwrap_err().is_cancelled(), "the caller left");
     // Meanwhile the caller wrote again, elsewhere: the store holds a newer write.

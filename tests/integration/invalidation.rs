@@ -567,11 +567,7 @@ async fn an_eviction_whose_caller_leaves_midway_evicts_every_key() {
         let (s, keys) = (s.clone(), keys.clone());
         async move { s.invalidation.invalidate(&Scope::Keys { keys, hard: false }).await }
     });
-    let started = std::time::Instant::now();
-    while !holding.load(Ordering::SeqCst) {
-        assert!(started.elapsed() < Duration::from_secs(10), "the second eviction call never came");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    common::until("the second eviction call comes", || holding.load(Ordering::SeqCst)).await;
     caller.abort();
     assert!(caller.await.unwrap_err().is_cancelled(), "the caller left midway");
     released.store(true, Ordering::SeqCst);

@@ -13,8 +13,8 @@ use cachepatterns::ports::store::{Applied, Change, Record, StoreError};
 use serde_json::{Value, json};
 
 use crate::common;
-use common::RedisServer;
 use common::process::Handler;
+use common::{RedisServer, until};
 
 /// The design's 10 s for open requests and workers, plus the handler's own caps after them (2 s to
 /// flush telemetry, 1 s for the runtime's teardown; its watchdog exits at 14 s whatever runs), plus
@@ -343,15 +343,6 @@ impl cachepatterns::ports::store::Store for HeldStore {
 
     fn kind(&self) -> &'static str {
         self.inner.kind()
-    }
-}
-
-/// Polls `done` every 10 ms until it holds; panics saying `what` after 10 s.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

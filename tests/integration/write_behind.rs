@@ -199,11 +199,7 @@ async fn a_queued_write_whose_caller_goes_away_still_reaches_the_cache() {
         tokio::spawn(
             async move { caller_services.write_behind.accept(&caller_key, Change::Upsert(json!("new"))).await },
         );
-    let started = std::time::Instant::now();
-    while queue.published.lock().unwrap().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(10), "the write never reached the queue");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::until("the write reaches the queue", || !queue.published.lock().unwrap().is_empty()).await;
     caller.abort();
     assert!(caller.await.unwrap_err().is_cancelled(), "the caller left before the queue confirmed");
     let version = queue.published.lock().unwrap()[0].version;

@@ -27,6 +27,15 @@ use cachepatterns::ports::store::{Applied, Change, Record, Store, StoreError};
 use cachepatterns::ports::{Clock, WriteQueue};
 use cachepatterns::startup::{Application, Plugs};
 
+/// Polls `done` every 5 ms until it holds; panics saying `what` after 10 s.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The system's time now.
 pub fn now() -> cachepatterns::domain::time::Timestamp {
     cachepatterns::ports::clock::SystemClock.now()
